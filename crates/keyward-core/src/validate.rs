@@ -1,0 +1,242 @@
+//! Validation of key metadata, with errors that name the offending field.
+//!
+//! Every limit here is documented in the README's "Limits" table; they keep records small
+//! enough to cache by the hundred thousand and keep hostile input from costing much.
+
+use serde_json::{Map, Value};
+use time::{Duration, OffsetDateTime};
+
+use crate::key::{PREFIX_LIVE, PREFIX_TEST, Prefix};
+use crate::permission::Permission;
+use crate::route::RoutePattern;
+
+/// Longest owner, name or purpose, in characters.
+pub const MAX_TEXT_CHARS: usize = 256;
+/// Longest tenant or environment, in bytes.
+pub const MAX_IDENT_LEN: usize = 64;
+/// Most tags on a key.
+pub const MAX_TAGS: usize = 32;
+/// Longest tag, in bytes.
+pub const MAX_TAG_LEN: usize = 64;
+/// Most permissions on a key.
+pub const MAX_PERMISSIONS: usize = 128;
+/// Most route patterns on a key.
+pub const MAX_ROUTES: usize = 64;
+/// Largest `meta` object, serialized, in bytes.
+pub const MAX_META_BYTES: usize = 4096;
+/// Longest revocation reason, in characters.
+pub const MAX_REASON_CHARS: usize = 512;
+/// Longest lifetime a key can be given: 10 years.
+pub const MAX_TTL: Duration = Duration::days(3660);
+
+/// An input field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// The field's name as it appears in the API.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// Builds an error for `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Free text such as an owner or name: non-blank, bounded, no control characters.
+pub fn text(field: &str, value: &str) -> Result<String, FieldError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    if trimmed.chars().count() > MAX_TEXT_CHARS {
+        return Err(FieldError::new(field, format!("must be at most {MAX_TEXT_CHARS} characters")));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "must not contain control characters"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Optional free text.
+pub fn optional_text(field: &str, value: Option<&str>) -> Result<Option<String>, FieldError> {
+    value.map(|v| text(field, v)).transpose()
+}
+
+/// An identifier such as a tenant or environment: `[A-Za-z0-9_.:-]`, 1 to 64 bytes.
+pub fn ident(field: &str, value: &str) -> Result<String, FieldError> {
+    if value.is_empty() || value.len() > MAX_IDENT_LEN {
+        return Err(FieldError::new(field, format!("must be 1 to {MAX_IDENT_LEN} characters")));
+    }
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-')) {
+        return Err(FieldError::new(field, "may contain only A-Z a-z 0-9 _ . : -"));
+    }
+    Ok(value.to_owned())
+}
+
+/// Tags: at most 32, each 1 to 64 bytes of `[A-Za-z0-9_.:=/-]`, duplicates removed.
+pub fn tags(values: &[String]) -> Result<Vec<String>, FieldError> {
+    if values.len() > MAX_TAGS {
+        return Err(FieldError::new("tags", format!("at most {MAX_TAGS} tags")));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(values.len());
+    for (i, tag) in values.iter().enumerate() {
+        let ok_chars = tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'=' | b'/' | b'-'));
+        if tag.is_empty() || tag.len() > MAX_TAG_LEN || !ok_chars {
+            return Err(FieldError::new(
+                format!("tags[{i}]"),
+                format!("must be 1 to {MAX_TAG_LEN} characters of A-Z a-z 0-9 _ . : = / -"),
+            ));
+        }
+        if !out.contains(tag) {
+            out.push(tag.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// The `meta` object: bounded in size when serialized.
+pub fn meta(value: Map<String, Value>) -> Result<Map<String, Value>, FieldError> {
+    let size = Value::Object(value.clone()).to_string().len();
+    if size > MAX_META_BYTES {
+        return Err(FieldError::new(
+            "meta",
+            format!("is {size} bytes serialized; at most {MAX_META_BYTES} are allowed"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Permission grants: at most 128, each valid, duplicates removed.
+pub fn permissions(values: &[String]) -> Result<Vec<Permission>, FieldError> {
+    if values.len() > MAX_PERMISSIONS {
+        return Err(FieldError::new("permissions", format!("at most {MAX_PERMISSIONS} permissions")));
+    }
+    let mut out: Vec<Permission> = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        let p = Permission::new(value).map_err(|e| FieldError::new(format!("permissions[{i}]"), e.to_string()))?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// Route patterns: at most 64, each valid.
+pub fn routes(values: &[String]) -> Result<Vec<RoutePattern>, FieldError> {
+    if values.len() > MAX_ROUTES {
+        return Err(FieldError::new("routes", format!("at most {MAX_ROUTES} routes")));
+    }
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| RoutePattern::new(v).map_err(|e| FieldError::new(format!("routes[{i}]"), e.to_string())))
+        .collect()
+}
+
+/// A revocation reason: non-blank, bounded.
+pub fn reason(value: &str) -> Result<String, FieldError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(FieldError::new("reason", "must not be empty"));
+    }
+    if trimmed.chars().count() > MAX_REASON_CHARS || trimmed.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "reason",
+            format!("must be at most {MAX_REASON_CHARS} characters without control characters"),
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// An absolute expiry: in the future and at most [`MAX_TTL`] away.
+pub fn expires_at(field: &str, at: OffsetDateTime, now: OffsetDateTime) -> Result<OffsetDateTime, FieldError> {
+    if at <= now {
+        return Err(FieldError::new(field, "must be in the future"));
+    }
+    if at - now > MAX_TTL {
+        return Err(FieldError::new(field, "must be at most 3660 days (10 years) away"));
+    }
+    Ok(at)
+}
+
+/// A lifetime in seconds, turned into an expiry.
+pub fn ttl(seconds: i64, now: OffsetDateTime) -> Result<OffsetDateTime, FieldError> {
+    if seconds <= 0 || seconds > MAX_TTL.whole_seconds() {
+        return Err(FieldError::new(
+            "ttl_seconds",
+            format!("must be between 1 and {} (10 years)", MAX_TTL.whole_seconds()),
+        ));
+    }
+    Ok(now + Duration::seconds(seconds))
+}
+
+/// The key prefix: an explicit one, or `kw_test` for test-like environments and `kw_live`
+/// otherwise.
+pub fn prefix(explicit: Option<&str>, environment: &str) -> Result<Prefix, FieldError> {
+    let chosen = match explicit {
+        Some(p) => p,
+        None if matches!(environment, "test" | "testing" | "dev" | "development" | "sandbox" | "staging") => {
+            PREFIX_TEST
+        }
+        None => PREFIX_LIVE,
+    };
+    Prefix::new(chosen).map_err(|e| FieldError::new("prefix", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::tests::T0;
+    use serde_json::json;
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(text("owner", "  ").unwrap_err().field, "owner");
+        assert_eq!(text("owner", " team ").unwrap(), "team");
+        assert_eq!(permissions(&["ok".into(), "bad perm".into()]).unwrap_err().field, "permissions[1]");
+        assert_eq!(routes(&["GET /x".into(), "nope".into()]).unwrap_err().field, "routes[1]");
+        assert_eq!(tags(&["a".into(), "b c".into()]).unwrap_err().field, "tags[1]");
+        assert_eq!(ident("tenant", "a b").unwrap_err().field, "tenant");
+    }
+
+    #[test]
+    fn meta_is_bounded() {
+        let small = json!({"plan": "pro"}).as_object().unwrap().clone();
+        assert!(meta(small).is_ok());
+        let big = json!({"blob": "x".repeat(5000)}).as_object().unwrap().clone();
+        assert!(meta(big).unwrap_err().message.contains("at most 4096"));
+    }
+
+    #[test]
+    fn expiry_must_be_future_and_bounded() {
+        assert!(expires_at("expires_at", T0, T0).is_err());
+        assert!(expires_at("expires_at", T0 + Duration::seconds(1), T0).is_ok());
+        assert!(expires_at("expires_at", T0 + Duration::days(4000), T0).is_err());
+        assert_eq!(ttl(60, T0).unwrap(), T0 + Duration::minutes(1));
+        assert!(ttl(0, T0).is_err());
+        assert!(ttl(i64::MAX, T0).is_err());
+    }
+
+    #[test]
+    fn prefix_follows_the_environment() {
+        assert_eq!(prefix(None, "live").unwrap().as_str(), "kw_live");
+        assert_eq!(prefix(None, "test").unwrap().as_str(), "kw_test");
+        assert_eq!(prefix(Some("acme_prod"), "test").unwrap().as_str(), "acme_prod");
+        assert_eq!(prefix(Some("Bad"), "live").unwrap_err().field, "prefix");
+    }
+
+    #[test]
+    fn duplicates_are_dropped() {
+        assert_eq!(permissions(&["a".into(), "a".into()]).unwrap().len(), 1);
+        assert_eq!(tags(&["x".into(), "x".into()]).unwrap(), vec!["x".to_owned()]);
+    }
+}

@@ -1,0 +1,222 @@
+//! The verify decision: given a key record, the secret presented and the request, what answer.
+//!
+//! The order of checks is fixed and documented because callers branch on the code: REVOKED,
+//! then EXPIRED (the secret's grace period ended, or the key expired), then DISABLED, then
+//! INSUFFICIENT_PERMISSIONS, then ROUTE_NOT_ALLOWED. MALFORMED and NOT_FOUND are decided
+//! before a record exists (by [`crate::key::ParsedKey::parse`] and the store lookup).
+
+use time::OffsetDateTime;
+
+use crate::permission::PermissionQuery;
+use crate::record::{KeyRecord, SecretInfo};
+use crate::route::route_allowed;
+
+/// The outcome of a verification. The names are the stable wire codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VerifyCode {
+    /// The key is valid for this request.
+    Valid,
+    /// The string is not a well-formed keyward key (format or checksum).
+    Malformed,
+    /// No key has this hash.
+    NotFound,
+    /// The key was revoked.
+    Revoked,
+    /// The key expired, or this secret was rotated out and its grace period ended.
+    Expired,
+    /// The key is disabled.
+    Disabled,
+    /// The key lacks a permission the query requires.
+    InsufficientPermissions,
+    /// The key's route allowlist does not include this request.
+    RouteNotAllowed,
+}
+
+impl VerifyCode {
+    /// The stable wire code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "VALID",
+            Self::Malformed => "MALFORMED",
+            Self::NotFound => "NOT_FOUND",
+            Self::Revoked => "REVOKED",
+            Self::Expired => "EXPIRED",
+            Self::Disabled => "DISABLED",
+            Self::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
+            Self::RouteNotAllowed => "ROUTE_NOT_ALLOWED",
+        }
+    }
+
+    /// Every code, in documentation order.
+    pub const ALL: [VerifyCode; 8] = [
+        Self::Valid,
+        Self::Malformed,
+        Self::NotFound,
+        Self::Revoked,
+        Self::Expired,
+        Self::Disabled,
+        Self::InsufficientPermissions,
+        Self::RouteNotAllowed,
+    ];
+}
+
+/// What the caller asks about besides the key itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyRequest<'a> {
+    /// Permissions the request needs.
+    pub query: Option<&'a PermissionQuery>,
+    /// HTTP method of the protected request.
+    pub method: Option<&'a str>,
+    /// Path of the protected request.
+    pub path: Option<&'a str>,
+}
+
+/// The decision for a found key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The outcome.
+    pub code: VerifyCode,
+    /// Set when the presented secret was rotated out and still verifies until this time.
+    pub deprecated_until: Option<OffsetDateTime>,
+}
+
+/// Decides the outcome for a key found by the hash of `secret`.
+pub fn decide(
+    key: &KeyRecord,
+    secret: &SecretInfo,
+    request: &VerifyRequest<'_>,
+    now: OffsetDateTime,
+) -> Decision {
+    let code = if key.revoked_at.is_some() {
+        VerifyCode::Revoked
+    } else if !secret.is_live(now) || key.expires_at.is_some_and(|t| t <= now) {
+        VerifyCode::Expired
+    } else if !key.enabled {
+        VerifyCode::Disabled
+    } else if request
+        .query
+        .is_some_and(|q| !q.is_satisfied_by(&key.permissions))
+    {
+        VerifyCode::InsufficientPermissions
+    } else if !route_allowed(&key.routes, request.method, request.path) {
+        VerifyCode::RouteNotAllowed
+    } else {
+        VerifyCode::Valid
+    };
+    Decision {
+        code,
+        deprecated_until: secret.expires_at.filter(|t| *t > now),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::key::KeyHash;
+    use crate::permission::Permission;
+    use crate::record::KeyKind;
+    use crate::route::RoutePattern;
+    use serde_json::Map;
+    use time::Duration;
+    use time::macros::datetime;
+
+    pub(crate) const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+
+    pub(crate) fn secret(expires_at: Option<OffsetDateTime>) -> SecretInfo {
+        SecretInfo {
+            hash: KeyHash::sha256_of("kw_live_secret"),
+            start: "kw_live_abcd".into(),
+            created_at: T0,
+            expires_at,
+        }
+    }
+
+    pub(crate) fn record() -> KeyRecord {
+        KeyRecord {
+            key_id: "key_00000000000000000000".into(),
+            kind: KeyKind::Api,
+            owner: "billing-team".into(),
+            name: None,
+            tenant: None,
+            environment: "live".into(),
+            purpose: None,
+            tags: vec![],
+            meta: Map::new(),
+            permissions: vec![Permission::new("orders.read").unwrap()],
+            routes: vec![],
+            expires_at: None,
+            enabled: true,
+            created_at: T0,
+            created_by: None,
+            updated_at: T0,
+            last_used_at: None,
+            revoked_at: None,
+            revoked_reason: None,
+            rotated_at: None,
+            version: 1,
+            secrets: vec![secret(None)],
+        }
+    }
+
+    fn code(key: &KeyRecord, secret: &SecretInfo, req: VerifyRequest<'_>, now: OffsetDateTime) -> VerifyCode {
+        decide(key, secret, &req, now).code
+    }
+
+    #[test]
+    fn valid_key_passes() {
+        let q = PermissionQuery::parse("orders.read").unwrap();
+        let req = VerifyRequest { query: Some(&q), ..Default::default() };
+        assert_eq!(code(&record(), &secret(None), req, T0), VerifyCode::Valid);
+    }
+
+    #[test]
+    fn checks_are_ordered() {
+        let q = PermissionQuery::parse("orders.write").unwrap();
+        let req = VerifyRequest { query: Some(&q), ..Default::default() };
+        let mut key = record();
+        key.enabled = false;
+        key.expires_at = Some(T0);
+        key.revoked_at = Some(T0);
+        assert_eq!(code(&key, &secret(None), req, T0), VerifyCode::Revoked);
+        key.revoked_at = None;
+        assert_eq!(code(&key, &secret(None), req, T0), VerifyCode::Expired);
+        key.expires_at = Some(T0 + Duration::seconds(1));
+        assert_eq!(code(&key, &secret(None), req, T0), VerifyCode::Disabled);
+        key.enabled = true;
+        assert_eq!(code(&key, &secret(None), req, T0), VerifyCode::InsufficientPermissions);
+        key.routes = vec![RoutePattern::new("GET /v1/orders/*").unwrap()];
+        let ok_q = PermissionQuery::parse("orders.read").unwrap();
+        let req = VerifyRequest { query: Some(&ok_q), method: Some("POST"), path: Some("/v1/orders/1") };
+        assert_eq!(code(&key, &secret(None), req, T0), VerifyCode::RouteNotAllowed);
+        let req = VerifyRequest { method: Some("GET"), ..req };
+        assert_eq!(code(&key, &secret(None), req, T0), VerifyCode::Valid);
+    }
+
+    #[test]
+    fn key_expiry_is_exclusive_of_the_instant() {
+        let mut key = record();
+        key.expires_at = Some(T0 + Duration::seconds(10));
+        let req = VerifyRequest::default();
+        assert_eq!(code(&key, &secret(None), req, T0 + Duration::seconds(9)), VerifyCode::Valid);
+        assert_eq!(code(&key, &secret(None), req, T0 + Duration::seconds(10)), VerifyCode::Expired);
+    }
+
+    #[test]
+    fn deprecated_secret_verifies_until_its_grace_ends() {
+        let until = T0 + Duration::hours(1);
+        let old = secret(Some(until));
+        let d = decide(&record(), &old, &VerifyRequest::default(), T0);
+        assert_eq!(d, Decision { code: VerifyCode::Valid, deprecated_until: Some(until) });
+        let d = decide(&record(), &old, &VerifyRequest::default(), until);
+        assert_eq!(d, Decision { code: VerifyCode::Expired, deprecated_until: None });
+    }
+
+    #[test]
+    fn codes_are_stable() {
+        let names: Vec<_> = VerifyCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            names,
+            ["VALID", "MALFORMED", "NOT_FOUND", "REVOKED", "EXPIRED", "DISABLED", "INSUFFICIENT_PERMISSIONS", "ROUTE_NOT_ALLOWED"]
+        );
+    }
+}
