@@ -1,1 +1,149 @@
-//! placeholder
+//! Storage for keyward: the [`KeyStore`] trait and its embedded SQLite implementation.
+//!
+//! The trait speaks only domain types from `keyward-core`; no SQL type or SQL error crosses
+//! it, so a backend can be swapped (PostgreSQL arrives in a later issue) without touching the
+//! layers above. Every write is a [`KeyWrite`]: the new state of one key, the version it
+//! expects to replace (optimistic concurrency), the secret changes, and the audit event that
+//! commits atomically with it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keyward_store::StoreError> {
+//! let store = keyward_store::SqliteStore::open(std::path::Path::new("./keyward-data")).await?;
+//! store.ping().await?;
+//! # Ok(()) }
+//! # use keyward_store::KeyStore;
+//! ```
+
+mod sqlite;
+#[cfg(test)]
+mod testsuite;
+
+use async_trait::async_trait;
+use keyward_core::audit::{AuditDraft, AuditEvent};
+use keyward_core::key::KeyHash;
+use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, SecretInfo};
+use time::OffsetDateTime;
+
+pub use sqlite::SqliteStore;
+
+/// Errors from a store. Backend errors are carried as opaque sources, never as SQL types.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The key changed since it was read (its version moved on); re-read and retry.
+    #[error("the key was changed concurrently")]
+    Conflict,
+    /// A key_id or secret hash already exists.
+    #[error("a key with this identifier or secret already exists")]
+    Duplicate,
+    /// The store could not be opened at startup.
+    #[error("cannot open the store at {location}: {reason}")]
+    Open {
+        /// Where the store was expected.
+        location: String,
+        /// What went wrong, in words an operator can act on.
+        reason: String,
+    },
+    /// Stored data could not be decoded.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The backend failed (connection, I/O, timeout).
+    #[error("store backend error")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A key found by the hash of one of its secrets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundKey {
+    /// The key's record, with its live secrets.
+    pub record: KeyRecord,
+    /// The secret whose hash matched (possibly rotated out).
+    pub secret: SecretInfo,
+}
+
+/// A write of one key's new state, committed atomically with its audit event.
+#[derive(Debug, Clone)]
+pub struct KeyWrite {
+    /// The new state. `record.version` must be the new version; `last_used_at` and `secrets`
+    /// are ignored (they are written through their own paths).
+    pub record: KeyRecord,
+    /// `None` to insert a new key; `Some(v)` to replace the state at version `v`.
+    pub expected_version: Option<i64>,
+    /// A secret to add.
+    pub new_secret: Option<SecretInfo>,
+    /// Existing secrets whose end time changes.
+    pub secret_ends: Vec<(KeyHash, OffsetDateTime)>,
+    /// The audit event.
+    pub audit: AuditDraft,
+}
+
+/// Filters for listing keys.
+#[derive(Debug, Clone)]
+pub struct KeyFilter {
+    /// API keys or root keys.
+    pub kind: KeyKind,
+    /// Only keys of this owner.
+    pub owner: Option<String>,
+    /// Only keys of this tenant.
+    pub tenant: Option<String>,
+    /// Only keys in this status at `now`.
+    pub status: Option<KeyStatus>,
+    /// The time `status` is evaluated at.
+    pub now: OffsetDateTime,
+    /// Page size.
+    pub limit: u32,
+    /// Continue after this position (from a previous page's `next_cursor`).
+    pub after: Option<i64>,
+}
+
+/// Filters for listing audit events.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only events about this key_id.
+    pub target: Option<String>,
+    /// Only events with this action name.
+    pub action: Option<String>,
+    /// Page size.
+    pub limit: u32,
+    /// Continue after this sequence number.
+    pub after: Option<i64>,
+}
+
+/// One page of results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The items, in stable order.
+    pub items: Vec<T>,
+    /// Cursor for the next page, if there may be one.
+    pub next_cursor: Option<i64>,
+}
+
+/// Where keys, secrets and the audit log live.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Finds the key owning the secret with `hash`; the record carries its secrets live at `now`.
+    async fn find_by_hash(&self, hash: &KeyHash, now: OffsetDateTime) -> Result<Option<FoundKey>, StoreError>;
+
+    /// Reads a key by key_id.
+    async fn get_key(&self, key_id: &str, now: OffsetDateTime) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Lists keys, oldest first.
+    async fn list_keys(&self, filter: &KeyFilter) -> Result<Page<KeyRecord>, StoreError>;
+
+    /// Applies a write and its audit event atomically; returns the event's sequence number.
+    async fn write_key(&self, write: KeyWrite) -> Result<i64, StoreError>;
+
+    /// Appends an audit event that changes no key (for example a failed authentication).
+    async fn append_audit(&self, draft: AuditDraft) -> Result<i64, StoreError>;
+
+    /// Lists audit events in sequence order.
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Page<AuditEvent>, StoreError>;
+
+    /// Records when keys were last used; later times win, earlier ones are ignored.
+    async fn touch_last_used(&self, uses: &[(String, OffsetDateTime)]) -> Result<(), StoreError>;
+
+    /// Number of root keys ever created (revoked ones included).
+    async fn count_root_keys(&self) -> Result<u64, StoreError>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

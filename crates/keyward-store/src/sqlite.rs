@@ -1,0 +1,485 @@
+//! The embedded store: SQLite in WAL mode with `synchronous = FULL`, so a write that returned
+//! is on disk before the API acknowledges it (it survives SIGKILL and power loss).
+//!
+//! Writes go through a single connection and take the write lock up front (`BEGIN
+//! IMMEDIATE`), which serialises audit-chain appends even if two processes share the file;
+//! reads use a small pool of read-only connections.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyward_core::audit::{AuditDraft, AuditEvent, GENESIS_HASH, unix_millis};
+use keyward_core::key::KeyHash;
+use keyward_core::permission::Permission;
+use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, SecretInfo};
+use keyward_core::route::RoutePattern;
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqliteConnection, SqlitePool};
+use time::OffsetDateTime;
+
+use crate::{AuditFilter, FoundKey, KeyFilter, KeyStore, KeyWrite, Page, StoreError};
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "keyward.db";
+
+/// The SQLite-backed [`KeyStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Duplicate,
+        _ => StoreError::Backend(Box::new(e)),
+    }
+}
+
+fn to_millis(t: OffsetDateTime) -> i64 {
+    unix_millis(t)
+}
+
+fn from_millis(ms: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_err(|_| StoreError::Corrupt(format!("timestamp {ms} is out of range")))
+}
+
+fn opt_from_millis(ms: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
+    ms.map(from_millis).transpose()
+}
+
+fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    // Serializing plain strings and maps cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("column {column}: {e}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir` and runs its migrations.
+    ///
+    /// Errors name the directory and say what is wrong with it (not a directory, not
+    /// writable, not a keyward database) rather than failing later.
+    pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let open_error = |reason: String| StoreError::Open {
+            location: data_dir.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| open_error(format!("cannot create the data directory: {e}")))?;
+        let path = data_dir.join(DB_FILE);
+        let base = SqliteConnectOptions::new()
+            .filename(&path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(base.clone().create_if_missing(true))
+            .await
+            .map_err(|e| open_error(format!("cannot open {}: {e}", path.display())))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| open_error(format!("{} is not a usable keyward database: {e}", path.display())))?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(base.read_only(true))
+            .await
+            .map_err(|e| open_error(format!("cannot open {} for reading: {e}", path.display())))?;
+        Ok(Self { writer, readers })
+    }
+
+    /// Closes the pools, flushing the WAL.
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+
+    async fn secrets_for(&self, key_ids: &[&str], now: OffsetDateTime) -> Result<Vec<(String, SecretInfo)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, hash, hash_version, start, created_at, expires_at FROM secrets
+             WHERE key_id IN (SELECT value FROM json_each(?1)) AND (expires_at IS NULL OR expires_at > ?2)
+             ORDER BY key_id, expires_at IS NOT NULL, created_at DESC",
+        )
+        .bind(json_text(key_ids))
+        .bind(to_millis(now))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("key_id").map_err(backend)?, secret_from_row(row)?)))
+            .collect()
+    }
+
+    async fn with_secrets(&self, mut records: Vec<KeyRecord>, now: OffsetDateTime) -> Result<Vec<KeyRecord>, StoreError> {
+        let ids: Vec<&str> = records.iter().map(|r| r.key_id.as_str()).collect();
+        let secrets = self.secrets_for(&ids, now).await?;
+        for record in &mut records {
+            record.secrets = secrets
+                .iter()
+                .filter(|(id, _)| *id == record.key_id)
+                .map(|(_, s)| s.clone())
+                .collect();
+        }
+        Ok(records)
+    }
+}
+
+fn secret_from_row(row: &SqliteRow) -> Result<SecretInfo, StoreError> {
+    let version: i64 = row.try_get("hash_version").map_err(backend)?;
+    let hex: String = row.try_get("hash").map_err(backend)?;
+    Ok(SecretInfo {
+        hash: KeyHash::from_stored(version, &hex).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        start: row.try_get("start").map_err(backend)?,
+        created_at: from_millis(row.try_get("created_at").map_err(backend)?)?,
+        expires_at: opt_from_millis(row.try_get("expires_at").map_err(backend)?)?,
+    })
+}
+
+fn record_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
+    let get_text = |c: &str| -> Result<String, StoreError> { row.try_get(c).map_err(backend) };
+    let get_opt_text = |c: &str| -> Result<Option<String>, StoreError> { row.try_get(c).map_err(backend) };
+    let get_opt_ms = |c: &str| -> Result<Option<OffsetDateTime>, StoreError> {
+        opt_from_millis(row.try_get(c).map_err(backend)?)
+    };
+    let kind = get_text("kind")?;
+    let permissions: Vec<String> = parse_json("permissions", &get_text("permissions")?)?;
+    let routes: Vec<String> = parse_json("routes", &get_text("routes")?)?;
+    Ok(KeyRecord {
+        key_id: get_text("key_id")?,
+        kind: KeyKind::from_stored(&kind).ok_or_else(|| StoreError::Corrupt(format!("unknown key kind {kind:?}")))?,
+        owner: get_text("owner")?,
+        name: get_opt_text("name")?,
+        tenant: get_opt_text("tenant")?,
+        environment: get_text("environment")?,
+        purpose: get_opt_text("purpose")?,
+        tags: parse_json("tags", &get_text("tags")?)?,
+        meta: parse_json("meta", &get_text("meta")?)?,
+        permissions: permissions
+            .iter()
+            .map(|p| Permission::new(p).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect::<Result<_, _>>()?,
+        routes: routes
+            .iter()
+            .map(|r| RoutePattern::new(r).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect::<Result<_, _>>()?,
+        expires_at: get_opt_ms("expires_at")?,
+        enabled: row.try_get::<bool, _>("enabled").map_err(backend)?,
+        created_at: from_millis(row.try_get("created_at").map_err(backend)?)?,
+        created_by: get_opt_text("created_by")?,
+        updated_at: from_millis(row.try_get("updated_at").map_err(backend)?)?,
+        last_used_at: get_opt_ms("last_used_at")?,
+        revoked_at: get_opt_ms("revoked_at")?,
+        revoked_reason: get_opt_text("revoked_reason")?,
+        rotated_at: get_opt_ms("rotated_at")?,
+        version: row.try_get("version").map_err(backend)?,
+        secrets: Vec::new(),
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<AuditEvent, StoreError> {
+    let summary: String = row.try_get("summary").map_err(backend)?;
+    Ok(AuditEvent {
+        seq: row.try_get("seq").map_err(backend)?,
+        time: from_millis(row.try_get("time").map_err(backend)?)?,
+        actor: row.try_get("actor").map_err(backend)?,
+        action: row.try_get("action").map_err(backend)?,
+        target: row.try_get("target").map_err(backend)?,
+        summary: parse_json::<Value>("summary", &summary)?,
+        prev_hash: row.try_get("prev_hash").map_err(backend)?,
+        hash: row.try_get("hash").map_err(backend)?,
+    })
+}
+
+/// Appends `draft` to the chain inside the caller's transaction.
+async fn append_in(conn: &mut SqliteConnection, draft: AuditDraft) -> Result<i64, StoreError> {
+    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let (seq, prev_hash) = match last {
+        Some(row) => (
+            row.try_get::<i64, _>("seq").map_err(backend)? + 1,
+            row.try_get::<String, _>("hash").map_err(backend)?,
+        ),
+        None => (1, GENESIS_HASH.to_owned()),
+    };
+    let event = draft.into_event(seq, &prev_hash);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, time, actor, action, target, summary, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .bind(event.seq)
+    .bind(to_millis(event.time))
+    .bind(&event.actor)
+    .bind(&event.action)
+    .bind(&event.target)
+    .bind(event.summary.to_string())
+    .bind(&event.prev_hash)
+    .bind(&event.hash)
+    .execute(&mut *conn)
+    .await
+    .map_err(backend)?;
+    Ok(seq)
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn find_by_hash(&self, hash: &KeyHash, now: OffsetDateTime) -> Result<Option<FoundKey>, StoreError> {
+        let row = sqlx::query("SELECT key_id, hash, hash_version, start, created_at, expires_at FROM secrets WHERE hash = ?1 AND hash_version = ?2")
+            .bind(hash.to_hex())
+            .bind(hash.version())
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(backend)?;
+        let Some(row) = row else { return Ok(None) };
+        let secret = secret_from_row(&row)?;
+        let key_id: String = row.try_get("key_id").map_err(backend)?;
+        Ok(self.get_key(&key_id, now).await?.map(|record| FoundKey { record, secret }))
+    }
+
+    async fn get_key(&self, key_id: &str, now: OffsetDateTime) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM keys WHERE key_id = ?1")
+            .bind(key_id)
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(backend)?;
+        match row {
+            Some(row) => Ok(self.with_secrets(vec![record_from_row(&row)?], now).await?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_keys(&self, filter: &KeyFilter) -> Result<Page<KeyRecord>, StoreError> {
+        let limit = i64::from(filter.limit.max(1));
+        let rows = sqlx::query(
+            "SELECT * FROM keys WHERE kind = ?1 AND seq > ?2
+               AND (?3 IS NULL OR owner = ?3) AND (?4 IS NULL OR tenant = ?4)
+               AND (?5 IS NULL
+                    OR (?5 = 'revoked' AND revoked_at IS NOT NULL)
+                    OR (?5 = 'expired' AND revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?6)
+                    OR (?5 = 'active' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?6)))
+             ORDER BY seq LIMIT ?7",
+        )
+        .bind(filter.kind.as_str())
+        .bind(filter.after.unwrap_or(0))
+        .bind(&filter.owner)
+        .bind(&filter.tenant)
+        .bind(filter.status.map(KeyStatus::as_str))
+        .bind(to_millis(filter.now))
+        .bind(limit + 1)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(backend)?;
+        let more = rows.len() as i64 > limit;
+        let rows = &rows[..rows.len().min(limit as usize)];
+        let next_cursor = match rows.last() {
+            Some(last) if more => Some(last.try_get::<i64, _>("seq").map_err(backend)?),
+            _ => None,
+        };
+        let records = rows.iter().map(record_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page {
+            items: self.with_secrets(records, filter.now).await?,
+            next_cursor,
+        })
+    }
+
+    async fn write_key(&self, write: KeyWrite) -> Result<i64, StoreError> {
+        let KeyWrite { record: r, expected_version, new_secret, secret_ends, audit } = write;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        let permissions: Vec<&str> = r.permissions.iter().map(Permission::as_str).collect();
+        let routes: Vec<&str> = r.routes.iter().map(RoutePattern::as_str).collect();
+        let sql = match expected_version {
+            None => {
+                "INSERT INTO keys (key_id, kind, owner, name, tenant, environment, purpose, tags, meta, permissions, routes,
+                    expires_at, enabled, created_at, created_by, updated_at, revoked_at, revoked_reason, rotated_at, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+            }
+            Some(_) => {
+                "UPDATE keys SET kind = ?2, owner = ?3, name = ?4, tenant = ?5, environment = ?6, purpose = ?7, tags = ?8,
+                    meta = ?9, permissions = ?10, routes = ?11, expires_at = ?12, enabled = ?13, created_at = ?14,
+                    created_by = ?15, updated_at = ?16, revoked_at = ?17, revoked_reason = ?18, rotated_at = ?19, version = ?20
+                 WHERE key_id = ?1 AND version = ?21"
+            }
+        };
+        let result = sqlx::query(sql)
+            .bind(&r.key_id)
+            .bind(r.kind.as_str())
+            .bind(&r.owner)
+            .bind(&r.name)
+            .bind(&r.tenant)
+            .bind(&r.environment)
+            .bind(&r.purpose)
+            .bind(json_text(&r.tags))
+            .bind(json_text(&r.meta))
+            .bind(json_text(&permissions))
+            .bind(json_text(&routes))
+            .bind(r.expires_at.map(to_millis))
+            .bind(r.enabled)
+            .bind(to_millis(r.created_at))
+            .bind(&r.created_by)
+            .bind(to_millis(r.updated_at))
+            .bind(r.revoked_at.map(to_millis))
+            .bind(&r.revoked_reason)
+            .bind(r.rotated_at.map(to_millis))
+            .bind(r.version)
+            .bind(expected_version)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if result.rows_affected() != 1 {
+            return Err(StoreError::Conflict);
+        }
+        if let Some(s) = new_secret {
+            sqlx::query(
+                "INSERT INTO secrets (hash, hash_version, key_id, start, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(s.hash.to_hex())
+            .bind(s.hash.version())
+            .bind(&r.key_id)
+            .bind(&s.start)
+            .bind(to_millis(s.created_at))
+            .bind(s.expires_at.map(to_millis))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        for (hash, ends) in secret_ends {
+            sqlx::query("UPDATE secrets SET expires_at = ?1 WHERE hash = ?2 AND key_id = ?3")
+                .bind(to_millis(ends))
+                .bind(hash.to_hex())
+                .bind(&r.key_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        let seq = append_in(&mut tx, audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(seq)
+    }
+
+    async fn append_audit(&self, draft: AuditDraft) -> Result<i64, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        let seq = append_in(&mut tx, draft).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(seq)
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Page<AuditEvent>, StoreError> {
+        let limit = i64::from(filter.limit.max(1));
+        let rows = sqlx::query(
+            "SELECT * FROM audit_log WHERE seq > ?1 AND (?2 IS NULL OR target = ?2) AND (?3 IS NULL OR action = ?3)
+             ORDER BY seq LIMIT ?4",
+        )
+        .bind(filter.after.unwrap_or(0))
+        .bind(&filter.target)
+        .bind(&filter.action)
+        .bind(limit + 1)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(backend)?;
+        let more = rows.len() as i64 > limit;
+        let items = rows
+            .iter()
+            .take(limit as usize)
+            .map(event_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if more { items.last().map(|e| e.seq) } else { None };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn touch_last_used(&self, uses: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        for (key_id, at) in uses {
+            sqlx::query(
+                "UPDATE keys SET last_used_at = ?1 WHERE key_id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1)",
+            )
+            .bind(to_millis(*at))
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn count_root_keys(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE kind = 'root'")
+            .fetch_one(&self.readers)
+            .await
+            .map_err(backend)?;
+        Ok(count.max(0) as u64)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.readers).await.map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn behaviour_suite_passes_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        crate::testsuite::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let write = crate::testsuite::new_key_write("key_AAAAAAAAAAAAAAAAAAAA", "kw_live_reopen");
+        store.write_key(write).await.unwrap();
+        store.close().await;
+        drop(store);
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let found = store.find_by_hash(&KeyHash::sha256_of("kw_live_reopen"), crate::testsuite::T0).await.unwrap();
+        assert_eq!(found.unwrap().record.key_id, "key_AAAAAAAAAAAAAAAAAAAA");
+    }
+
+    #[tokio::test]
+    async fn corrupt_database_is_a_clear_open_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), b"this is not a database, just some bytes that fill a header ........................................").unwrap();
+        let err = SqliteStore::open(dir.path()).await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Open { .. }), "{text}");
+        assert!(text.contains("keyward.db"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn data_dir_that_is_a_file_is_a_clear_open_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = SqliteStore::open(&file).await.unwrap_err();
+        assert!(err.to_string().contains("cannot create the data directory"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn audit_log_rejects_updates_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store.write_key(crate::testsuite::new_key_write("key_AAAAAAAAAAAAAAAAAAAB", "kw_live_x")).await.unwrap();
+        let update = sqlx::query("UPDATE audit_log SET actor = 'mallory'").execute(&store.writer).await;
+        assert!(update.unwrap_err().to_string().contains("append-only"));
+        let delete = sqlx::query("DELETE FROM audit_log").execute(&store.writer).await;
+        assert!(delete.unwrap_err().to_string().contains("append-only"));
+    }
+}

@@ -1,0 +1,267 @@
+//! The store behaviour suite: every [`KeyStore`] implementation must pass it.
+
+use keyward_core::audit::{AuditAction, AuditDraft, ChainVerifier};
+use keyward_core::key::KeyHash;
+use keyward_core::permission::Permission;
+use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, SecretInfo};
+use serde_json::json;
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+use crate::{AuditFilter, KeyFilter, KeyStore, KeyWrite, StoreError};
+
+pub(crate) const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+
+pub(crate) fn record(key_id: &str, owner: &str) -> KeyRecord {
+    KeyRecord {
+        key_id: key_id.into(),
+        kind: KeyKind::Api,
+        owner: owner.into(),
+        name: Some("name".into()),
+        tenant: Some("acme".into()),
+        environment: "live".into(),
+        purpose: None,
+        tags: vec!["ci".into()],
+        meta: json!({"plan": "pro", "n": 1.5}).as_object().cloned().unwrap_or_default(),
+        permissions: vec![Permission::new("orders.*").unwrap()],
+        routes: vec![],
+        expires_at: None,
+        enabled: true,
+        created_at: T0,
+        created_by: Some("key_root".into()),
+        updated_at: T0,
+        last_used_at: None,
+        revoked_at: None,
+        revoked_reason: None,
+        rotated_at: None,
+        version: 1,
+        secrets: vec![],
+    }
+}
+
+fn secret(plaintext: &str, created_at: OffsetDateTime) -> SecretInfo {
+    SecretInfo {
+        hash: KeyHash::sha256_of(plaintext),
+        start: plaintext.chars().take(12).collect(),
+        created_at,
+        expires_at: None,
+    }
+}
+
+fn draft(action: AuditAction, target: &str) -> AuditDraft {
+    AuditDraft {
+        time: T0,
+        actor: Some("key_root".into()),
+        action,
+        target: Some(target.into()),
+        summary: json!({"x": 1}),
+    }
+}
+
+pub(crate) fn new_key_write(key_id: &str, plaintext: &str) -> KeyWrite {
+    KeyWrite {
+        record: record(key_id, "team"),
+        expected_version: None,
+        new_secret: Some(secret(plaintext, T0)),
+        secret_ends: vec![],
+        audit: draft(AuditAction::KeyCreate, key_id),
+    }
+}
+
+fn id(n: usize) -> String {
+    format!("key_{n:0>20}")
+}
+
+/// Runs every behaviour check against `store`, which must be empty.
+pub(crate) async fn run_all(store: &dyn KeyStore) {
+    create_and_find(store).await;
+    optimistic_concurrency(store).await;
+    rotation_secrets(store).await;
+    listing_and_pagination(store).await;
+    last_used(store).await;
+    audit_chain(store).await;
+}
+
+async fn create_and_find(store: &dyn KeyStore) {
+    store.ping().await.unwrap();
+    store.write_key(new_key_write(&id(1), "kw_live_one")).await.unwrap();
+    let found = store.find_by_hash(&KeyHash::sha256_of("kw_live_one"), T0).await.unwrap().unwrap();
+    assert_eq!(found.record.key_id, id(1));
+    assert_eq!(found.record.meta, *json!({"plan": "pro", "n": 1.5}).as_object().unwrap());
+    assert_eq!(found.record.secrets.len(), 1);
+    assert_eq!(found.secret.start, "kw_live_one");
+    assert_eq!(found.record, store.get_key(&id(1), T0).await.unwrap().unwrap());
+    assert!(store.find_by_hash(&KeyHash::sha256_of("kw_live_nope"), T0).await.unwrap().is_none());
+    assert!(store.get_key(&id(999), T0).await.unwrap().is_none());
+    // The same key_id or the same secret twice is refused, and nothing of it is kept.
+    assert!(matches!(store.write_key(new_key_write(&id(1), "kw_live_other")).await, Err(StoreError::Duplicate)));
+    assert!(matches!(store.write_key(new_key_write(&id(2), "kw_live_one")).await, Err(StoreError::Duplicate)));
+    assert!(store.get_key(&id(2), T0).await.unwrap().is_none());
+    assert!(store.find_by_hash(&KeyHash::sha256_of("kw_live_other"), T0).await.unwrap().is_none());
+}
+
+async fn optimistic_concurrency(store: &dyn KeyStore) {
+    let mut current = store.get_key(&id(1), T0).await.unwrap().unwrap();
+    current.name = Some("renamed".into());
+    current.version = 2;
+    let write = |r: KeyRecord, expected| KeyWrite {
+        record: r,
+        expected_version: Some(expected),
+        new_secret: None,
+        secret_ends: vec![],
+        audit: draft(AuditAction::KeyUpdate, &id(1)),
+    };
+    store.write_key(write(current.clone(), 1)).await.unwrap();
+    // A second writer that read version 1 loses.
+    assert!(matches!(store.write_key(write(current.clone(), 1)).await, Err(StoreError::Conflict)));
+    let stored = store.get_key(&id(1), T0).await.unwrap().unwrap();
+    assert_eq!(stored.name.as_deref(), Some("renamed"));
+    assert_eq!(stored.version, 2);
+}
+
+async fn rotation_secrets(store: &dyn KeyStore) {
+    let mut current = store.get_key(&id(1), T0).await.unwrap().unwrap();
+    let old_hash = KeyHash::sha256_of("kw_live_one");
+    current.version = 3;
+    current.rotated_at = Some(T0);
+    store
+        .write_key(KeyWrite {
+            record: current,
+            expected_version: Some(2),
+            new_secret: Some(secret("kw_live_two", T0 + Duration::seconds(1))),
+            secret_ends: vec![(old_hash, T0 + Duration::hours(1))],
+            audit: draft(AuditAction::KeyRotate, &id(1)),
+        })
+        .await
+        .unwrap();
+    let record = store.get_key(&id(1), T0).await.unwrap().unwrap();
+    let starts: Vec<_> = record.secrets.iter().map(|s| s.start.as_str()).collect();
+    assert_eq!(starts, ["kw_live_two", "kw_live_one"], "current secret first");
+    let old = store.find_by_hash(&old_hash, T0).await.unwrap().unwrap();
+    assert_eq!(old.secret.expires_at, Some(T0 + Duration::hours(1)));
+    // After the grace period the old secret is still found (it answers EXPIRED) but is no
+    // longer among the key's live secrets.
+    let later = T0 + Duration::hours(2);
+    let old = store.find_by_hash(&old_hash, later).await.unwrap().unwrap();
+    assert_eq!(old.record.secrets.len(), 1);
+}
+
+async fn listing_and_pagination(store: &dyn KeyStore) {
+    for n in 10..25 {
+        let mut write = new_key_write(&id(n), &format!("kw_live_list{n}"));
+        write.record.owner = if n % 2 == 0 { "even".into() } else { "odd".into() };
+        if n == 12 {
+            write.record.revoked_at = Some(T0);
+        }
+        if n == 14 {
+            write.record.expires_at = Some(T0 + Duration::minutes(1));
+        }
+        store.write_key(write).await.unwrap();
+    }
+    let mut filter = KeyFilter {
+        kind: KeyKind::Api,
+        owner: Some("even".into()),
+        tenant: None,
+        status: None,
+        now: T0 + Duration::minutes(5),
+        limit: 3,
+        after: None,
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = store.list_keys(&filter).await.unwrap();
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.iter().map(|r| r.key_id.clone()));
+        match page.next_cursor {
+            Some(c) => filter.after = Some(c),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (10..25).filter(|n| n % 2 == 0).map(id).collect();
+    assert_eq!(seen, expected);
+
+    filter.after = None;
+    filter.limit = 100;
+    for (status, expected) in [
+        (KeyStatus::Revoked, vec![id(12)]),
+        (KeyStatus::Expired, vec![id(14)]),
+    ] {
+        filter.status = Some(status);
+        let got: Vec<_> = store.list_keys(&filter).await.unwrap().items.into_iter().map(|r| r.key_id).collect();
+        assert_eq!(got, expected, "{status:?}");
+    }
+    filter.status = Some(KeyStatus::Active);
+    assert_eq!(store.list_keys(&filter).await.unwrap().items.len(), 6);
+    filter.owner = None;
+    filter.tenant = Some("nobody".into());
+    filter.status = None;
+    assert!(store.list_keys(&filter).await.unwrap().items.is_empty());
+    filter.kind = KeyKind::Root;
+    filter.tenant = None;
+    assert!(store.list_keys(&filter).await.unwrap().items.is_empty());
+    assert_eq!(store.count_root_keys().await.unwrap(), 0);
+}
+
+async fn last_used(store: &dyn KeyStore) {
+    let t1 = T0 + Duration::seconds(30);
+    store.touch_last_used(&[(id(10), t1)]).await.unwrap();
+    // An older timestamp arriving late does not move it back.
+    store.touch_last_used(&[(id(10), T0)]).await.unwrap();
+    assert_eq!(store.get_key(&id(10), T0).await.unwrap().unwrap().last_used_at, Some(t1));
+    // A metadata write does not overwrite it.
+    let mut r = store.get_key(&id(10), T0).await.unwrap().unwrap();
+    r.last_used_at = None;
+    r.version = 2;
+    store
+        .write_key(KeyWrite {
+            record: r,
+            expected_version: Some(1),
+            new_secret: None,
+            secret_ends: vec![],
+            audit: draft(AuditAction::KeyUpdate, &id(10)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.get_key(&id(10), T0).await.unwrap().unwrap().last_used_at, Some(t1));
+}
+
+async fn audit_chain(store: &dyn KeyStore) {
+    store
+        .append_audit(AuditDraft {
+            time: T0,
+            actor: None,
+            action: AuditAction::AuthFailed,
+            target: None,
+            summary: json!({"reason": "NOT_FOUND"}),
+        })
+        .await
+        .unwrap();
+    let mut verifier = ChainVerifier::default();
+    let mut filter = AuditFilter { limit: 4, ..Default::default() };
+    let mut total = 0;
+    loop {
+        let page = store.list_audit(&filter).await.unwrap();
+        for event in &page.items {
+            verifier.check(event).unwrap();
+            total += 1;
+        }
+        match page.next_cursor {
+            Some(c) => filter.after = Some(c),
+            None => break,
+        }
+    }
+    // 1 create + 1 update + 1 rotate + 15 creates + 1 update + 1 auth failure; failed writes left no event.
+    assert_eq!(total, 20);
+    let only = store
+        .list_audit(&AuditFilter { target: Some(id(1)), limit: 100, ..Default::default() })
+        .await
+        .unwrap();
+    let actions: Vec<_> = only.items.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["key.create", "key.update", "key.rotate"]);
+    let failures = store
+        .list_audit(&AuditFilter { action: Some("auth.failed".into()), limit: 100, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(failures.items.len(), 1);
+    assert_eq!(failures.items[0].summary, json!({"reason": "NOT_FOUND"}));
+}
