@@ -287,3 +287,33 @@ mod tests {
         assert_eq!(AuditAction::parse("key.delete"), None);
     }
 }
+
+/// The fields that differ between two summaries, as `{"before": {..}, "after": {..}}`.
+pub fn summary_diff(before: &Value, after: &Value) -> Value {
+    let (mut old, mut new) = (serde_json::Map::new(), serde_json::Map::new());
+    if let (Some(b), Some(a)) = (before.as_object(), after.as_object()) {
+        for (field, value) in a {
+            let previous = b.get(field).unwrap_or(&Value::Null);
+            if previous != value {
+                old.insert(field.clone(), previous.clone());
+                new.insert(field.clone(), value.clone());
+            }
+        }
+    }
+    json!({"before": old, "after": new})
+}
+
+#[cfg(test)]
+mod diff_tests {
+    use super::*;
+
+    #[test]
+    fn diff_lists_only_changed_fields() {
+        let before = json!({"name": "a", "enabled": true, "tags": ["x"]});
+        let after = json!({"name": "b", "enabled": true, "tags": ["x", "y"]});
+        assert_eq!(
+            summary_diff(&before, &after),
+            json!({"before": {"name": "a", "tags": ["x"]}, "after": {"name": "b", "tags": ["x", "y"]}})
+        );
+    }
+}

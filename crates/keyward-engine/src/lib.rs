@@ -1,1 +1,844 @@
-//! placeholder
+//! keyward's service layer: the verify pipeline and the key lifecycle, on top of a
+//! [`KeyStore`] and a [`Clock`].
+//!
+//! [`Keyward`] is what the HTTP API (and later the gateway and the gRPC authorizer) call. It
+//! owns the verify cache, the off-hot-path `last_used_at` buffer, and the rules that tie a
+//! write to its audit event and its cache invalidation. It knows nothing of HTTP.
+//!
+//! The verify pipeline, in order: parse and checksum (MALFORMED, no lookup) → hash → cache
+//! (secret, then record; NOT_FOUND cache) → store on a miss → [`decide`] → record use. Later
+//! stages (rate limits, quotas, bindings) slot in after the decision.
+
+mod cache;
+pub mod clock;
+mod usage;
+
+use std::sync::{Arc, Mutex};
+
+use keyward_core::audit::{AuditAction, AuditDraft, AuditEvent, BrokenLink, ChainVerifier, summary_diff};
+use keyward_core::clock::Clock;
+use keyward_core::key::{EntropyError, KeyHash, ParsedKey, PlaintextKey, PREFIX_ROOT, Prefix, generate_key, generate_key_id, is_key_id};
+use keyward_core::permission::{Permission, PermissionQuery};
+use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, SecretInfo};
+use keyward_core::rotation::{MAX_GRACE, RotationPlan, plan_rotation};
+use keyward_core::validate::{self, FieldError};
+use keyward_core::verify::{VerifyCode, VerifyRequest, decide};
+use keyward_store::{AuditFilter, KeyFilter, KeyStore, KeyWrite, Page, StoreError};
+use serde_json::{Map, Value, json};
+use time::{Duration, OffsetDateTime};
+
+pub use cache::{CacheConfig, CacheSizes};
+use cache::{CachedSecret, SecretLookup, VerifyCache};
+use usage::LastUsedBuffer;
+
+/// Largest page a list call returns.
+pub const MAX_PAGE: u32 = 1000;
+/// Page size when none is given.
+pub const DEFAULT_PAGE: u32 = 100;
+/// Permissions a root key may hold.
+pub const ROOT_PERMISSIONS: [&str; 7] = [
+    "keys.create",
+    "keys.read",
+    "keys.update",
+    "keys.revoke",
+    "keys.verify",
+    "audit.read",
+    "root.manage",
+];
+/// Most failed admin authentications written to the audit log per minute; beyond that they
+/// are counted and the count is written with the next event, so a flood of bad credentials
+/// cannot fill the disk.
+pub const AUTH_FAILURE_EVENTS_PER_MINUTE: u32 = 60;
+/// How many times a write is retried when it races another write to the same key.
+const WRITE_ATTEMPTS: usize = 3;
+
+/// Errors of engine operations.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No key with this key_id (of the kind asked for).
+    #[error("no key with key_id {key_id}")]
+    NotFound {
+        /// The key_id asked for.
+        key_id: String,
+    },
+    /// An input field is invalid.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// The key is revoked and cannot be changed.
+    #[error("key {key_id} is revoked")]
+    Revoked {
+        /// The revoked key.
+        key_id: String,
+    },
+    /// The key kept changing under concurrent writes.
+    #[error("the key was changed concurrently; retry")]
+    Conflict,
+    /// The OS random generator failed.
+    #[error(transparent)]
+    Entropy(#[from] EntropyError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => Self::Conflict,
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// An authenticated root key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The root key's key_id.
+    pub key_id: String,
+}
+
+/// Why an admin call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No credential, or one that is not a valid root key (401).
+    #[error("a valid root key is required")]
+    Unauthenticated,
+    /// A valid root key without the permission needed (403).
+    #[error("the root key lacks the permission {permission}")]
+    Forbidden {
+        /// The permission the call needs.
+        permission: &'static str,
+    },
+    /// The check itself failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// The result of a verification.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// The outcome.
+    pub code: VerifyCode,
+    /// The key, when one was found.
+    pub key: Option<Arc<KeyRecord>>,
+    /// When the presented (rotated-out) secret stops verifying.
+    pub deprecated_until: Option<OffsetDateTime>,
+}
+
+impl Verification {
+    fn without_key(code: VerifyCode) -> Self {
+        Self {
+            code,
+            key: None,
+            deprecated_until: None,
+        }
+    }
+}
+
+/// Input for a new key, as received (validated by the engine).
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    /// Who is accountable (required).
+    pub owner: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Environment; `live` when absent.
+    pub environment: Option<String>,
+    /// Purpose.
+    pub purpose: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Meta object.
+    pub meta: Option<Map<String, Value>>,
+    /// Granted permissions.
+    pub permissions: Vec<String>,
+    /// Route allowlist.
+    pub routes: Vec<String>,
+    /// Absolute expiry.
+    pub expires_at: Option<OffsetDateTime>,
+    /// Lifetime from now, in seconds (exclusive with `expires_at`).
+    pub ttl_seconds: Option<i64>,
+    /// Whether the key starts enabled (default true).
+    pub enabled: Option<bool>,
+    /// Key prefix; chosen from the environment when absent.
+    pub prefix: Option<String>,
+}
+
+/// A partial update; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPatch {
+    /// New name (`Some(None)` clears it).
+    pub name: Option<Option<String>>,
+    /// New permissions.
+    pub permissions: Option<Vec<String>>,
+    /// New routes.
+    pub routes: Option<Vec<String>>,
+    /// New meta object.
+    pub meta: Option<Map<String, Value>>,
+    /// New tags.
+    pub tags: Option<Vec<String>>,
+    /// New expiry (`Some(None)` removes it).
+    pub expires_at: Option<Option<OffsetDateTime>>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+}
+
+/// A created key: the plaintext (to hand over once) and its record.
+#[derive(Debug)]
+pub struct Created {
+    /// The secret, shown once.
+    pub key: PlaintextKey,
+    /// The stored record.
+    pub record: KeyRecord,
+}
+
+/// A rotated key: the new plaintext, the record, and what happened to the older secrets.
+#[derive(Debug)]
+pub struct Rotated {
+    /// The new secret, shown once.
+    pub key: PlaintextKey,
+    /// The stored record after the rotation.
+    pub record: KeyRecord,
+    /// The previous secret's grace period and any secret ended early.
+    pub plan: RotationPlan,
+}
+
+/// Filters for listing keys.
+#[derive(Debug, Clone, Default)]
+pub struct ListKeys {
+    /// Owner filter.
+    pub owner: Option<String>,
+    /// Tenant filter.
+    pub tenant: Option<String>,
+    /// Status filter.
+    pub status: Option<KeyStatus>,
+    /// Page size (1 to [`MAX_PAGE`]).
+    pub limit: Option<u32>,
+    /// Cursor from a previous page.
+    pub after: Option<i64>,
+}
+
+/// The result of walking the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    /// Events checked before the first break (all of them if intact).
+    pub checked: u64,
+    /// The first broken link, if any.
+    pub first_broken: Option<BrokenLink>,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineConfig {
+    /// Verify cache sizing.
+    pub cache: CacheConfig,
+}
+
+struct AuthFailureBudget {
+    window_start: OffsetDateTime,
+    written: u32,
+    suppressed: u64,
+}
+
+/// The keyward service.
+pub struct Keyward {
+    store: Arc<dyn KeyStore>,
+    clock: Arc<dyn Clock>,
+    cache: VerifyCache,
+    last_used: LastUsedBuffer,
+    auth_failures: Mutex<AuthFailureBudget>,
+}
+
+fn page_limit(limit: Option<u32>) -> Result<u32, FieldError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(FieldError::new("limit", format!("must be between 1 and {MAX_PAGE}"))),
+    }
+}
+
+fn prefix_of(start: &str) -> Option<Prefix> {
+    let (prefix, _) = start.rsplit_once('_')?;
+    Prefix::new(prefix).ok()
+}
+
+fn root_permissions(values: &[String]) -> Result<Vec<Permission>, FieldError> {
+    let permissions = validate::permissions(values)?;
+    for (i, p) in permissions.iter().enumerate() {
+        let known = ROOT_PERMISSIONS.iter().any(|r| p.grants(r));
+        if !known {
+            return Err(FieldError::new(
+                format!("permissions[{i}]"),
+                format!("{p} grants none of the root permissions ({})", ROOT_PERMISSIONS.join(", ")),
+            ));
+        }
+    }
+    if permissions.is_empty() {
+        return Err(FieldError::new("permissions", "a root key needs at least one permission"));
+    }
+    Ok(permissions)
+}
+
+impl Keyward {
+    /// Builds the service over a store and a clock.
+    pub fn new(store: Arc<dyn KeyStore>, clock: Arc<dyn Clock>, config: EngineConfig) -> Self {
+        let now = clock.now();
+        Self {
+            store,
+            clock,
+            cache: VerifyCache::new(config.cache),
+            last_used: LastUsedBuffer::default(),
+            auth_failures: Mutex::new(AuthFailureBudget {
+                window_start: now,
+                written: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// The current time according to the injected clock.
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// Verifies an API key for a request. Well-formed inputs always give a [`Verification`];
+    /// an error means the store failed on a cache miss.
+    pub async fn verify(&self, presented: &str, request: &VerifyRequest<'_>) -> Result<Verification, EngineError> {
+        self.verify_kind(presented, request, KeyKind::Api).await
+    }
+
+    async fn verify_kind(
+        &self,
+        presented: &str,
+        request: &VerifyRequest<'_>,
+        kind: KeyKind,
+    ) -> Result<Verification, EngineError> {
+        let Ok(parsed) = ParsedKey::parse(presented) else {
+            return Ok(Verification::without_key(VerifyCode::Malformed));
+        };
+        let hash = parsed.hash();
+        let now = self.clock.now();
+        let Some((record, secret)) = self.lookup(&hash, now).await? else {
+            return Ok(Verification::without_key(VerifyCode::NotFound));
+        };
+        // Root keys and API keys live in separate worlds; the constant-time comparison is a
+        // second line of defence behind the hash lookup.
+        if record.kind != kind || !secret.hash.ct_eq(&hash) {
+            return Ok(Verification::without_key(VerifyCode::NotFound));
+        }
+        let decision = decide(&record, &secret, request, now);
+        if decision.code == VerifyCode::Valid {
+            self.last_used.record(&record.key_id, now);
+        }
+        Ok(Verification {
+            code: decision.code,
+            key: Some(record),
+            deprecated_until: decision.deprecated_until,
+        })
+    }
+
+    async fn lookup(&self, hash: &KeyHash, now: OffsetDateTime) -> Result<Option<(Arc<KeyRecord>, SecretInfo)>, EngineError> {
+        let generation = self.cache.generation();
+        let cached = match self.cache.secret(hash) {
+            SecretLookup::NotFound => return Ok(None),
+            SecretLookup::Known(cached) => cached,
+            SecretLookup::Unknown => {
+                let Some(found) = self.store.find_by_hash(hash, now).await? else {
+                    self.cache.fill_not_found(*hash, generation);
+                    return Ok(None);
+                };
+                let record = Arc::new(found.record);
+                self.cache.fill_record(Arc::clone(&record), generation);
+                self.cache.fill_secret(
+                    *hash,
+                    CachedSecret {
+                        key_id: record.key_id.clone(),
+                        secret: found.secret.clone(),
+                    },
+                    generation,
+                );
+                return Ok(Some((record, found.secret)));
+            }
+        };
+        let record = match self.cache.record(&cached.key_id) {
+            Some(record) => record,
+            None => match self.store.get_key(&cached.key_id, now).await? {
+                Some(record) => {
+                    let record = Arc::new(record);
+                    self.cache.fill_record(Arc::clone(&record), generation);
+                    record
+                }
+                None => return Ok(None),
+            },
+        };
+        Ok(Some((record, cached.secret.clone())))
+    }
+
+    /// Authenticates a root key for an admin call needing `permission`.
+    ///
+    /// Failures are written to the audit log (bounded per minute) with the reason and the
+    /// caller's address, never with the presented credential.
+    pub async fn authenticate(
+        &self,
+        presented: Option<&str>,
+        permission: &'static str,
+        remote: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        let (reason, actor) = match presented {
+            None => ("MISSING", None),
+            Some(key) => {
+                let query = PermissionQuery::Require(permission.to_owned());
+                let request = VerifyRequest {
+                    query: Some(&query),
+                    ..VerifyRequest::default()
+                };
+                let v = self.verify_kind(key, &request, KeyKind::Root).await?;
+                match (v.code, v.key) {
+                    (VerifyCode::Valid, Some(k)) => return Ok(Principal { key_id: k.key_id.clone() }),
+                    (code, key) => (code.as_str(), key.map(|k| k.key_id.clone())),
+                }
+            }
+        };
+        let forbidden = reason == VerifyCode::InsufficientPermissions.as_str();
+        self.audit_auth_failure(reason, actor, permission, remote).await?;
+        Err(if forbidden {
+            AuthError::Forbidden { permission }
+        } else {
+            AuthError::Unauthenticated
+        })
+    }
+
+    async fn audit_auth_failure(
+        &self,
+        reason: &str,
+        actor: Option<String>,
+        permission: &str,
+        remote: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let suppressed = {
+            let mut budget = self.auth_failures.lock().unwrap_or_else(|e| e.into_inner());
+            if now - budget.window_start >= Duration::minutes(1) {
+                budget.window_start = now;
+                budget.written = 0;
+            }
+            if budget.written >= AUTH_FAILURE_EVENTS_PER_MINUTE {
+                budget.suppressed += 1;
+                tracing::warn!(reason, permission, "failed admin authentication (audit event suppressed by the rate cap)");
+                return Ok(());
+            }
+            budget.written += 1;
+            std::mem::take(&mut budget.suppressed)
+        };
+        tracing::warn!(reason, permission, actor = actor.as_deref(), "failed admin authentication");
+        self.store
+            .append_audit(AuditDraft {
+                time: now,
+                actor,
+                action: AuditAction::AuthFailed,
+                target: None,
+                summary: json!({
+                    "reason": reason,
+                    "permission": permission,
+                    "remote_addr": remote,
+                    "suppressed_before": suppressed,
+                }),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Creates the first root key if the store has never had one; returns it to print once.
+    pub async fn bootstrap(&self) -> Result<Option<Created>, EngineError> {
+        if self.store.count_root_keys().await? > 0 {
+            return Ok(None);
+        }
+        let spec = NewKey {
+            owner: "keyward-bootstrap".into(),
+            name: Some("bootstrap root key".into()),
+            permissions: vec!["*".into()],
+            ..NewKey::default()
+        };
+        self.create(None, KeyKind::Root, spec).await.map(Some)
+    }
+
+    /// Creates an API key.
+    pub async fn create_key(&self, actor: &Principal, spec: NewKey) -> Result<Created, EngineError> {
+        self.create(Some(actor), KeyKind::Api, spec).await
+    }
+
+    /// Creates a root key.
+    pub async fn create_root_key(&self, actor: &Principal, spec: NewKey) -> Result<Created, EngineError> {
+        self.create(Some(actor), KeyKind::Root, spec).await
+    }
+
+    async fn create(&self, actor: Option<&Principal>, kind: KeyKind, spec: NewKey) -> Result<Created, EngineError> {
+        let now = self.clock.now();
+        let environment = validate::ident("environment", spec.environment.as_deref().unwrap_or("live"))?;
+        let (permissions, prefix) = match kind {
+            KeyKind::Api => (
+                validate::permissions(&spec.permissions)?,
+                validate::prefix(spec.prefix.as_deref(), &environment)?,
+            ),
+            KeyKind::Root => {
+                if spec.prefix.is_some() {
+                    return Err(FieldError::new("prefix", format!("root keys always use the prefix {PREFIX_ROOT}")).into());
+                }
+                (root_permissions(&spec.permissions)?, validate::prefix(Some(PREFIX_ROOT), &environment)?)
+            }
+        };
+        let expires_at = match (spec.expires_at, spec.ttl_seconds) {
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new("ttl_seconds", "give expires_at or ttl_seconds, not both").into());
+            }
+            (Some(at), None) => Some(validate::expires_at("expires_at", at, now)?),
+            (None, Some(ttl)) => Some(validate::ttl(ttl, now)?),
+            (None, None) => None,
+        };
+        let mut rng = rand::rngs::SysRng;
+        let key = generate_key(&prefix, &mut rng)?;
+        let parsed = key.parsed().map_err(|_| EngineError::Entropy(EntropyError))?;
+        let secret = SecretInfo {
+            hash: parsed.hash(),
+            start: parsed.start().to_owned(),
+            created_at: now,
+            expires_at: None,
+        };
+        let record = KeyRecord {
+            key_id: generate_key_id(&mut rng)?,
+            kind,
+            owner: validate::text("owner", &spec.owner)?,
+            name: validate::optional_text("name", spec.name.as_deref())?,
+            tenant: spec.tenant.as_deref().map(|t| validate::ident("tenant", t)).transpose()?,
+            environment,
+            purpose: validate::optional_text("purpose", spec.purpose.as_deref())?,
+            tags: validate::tags(&spec.tags)?,
+            meta: validate::meta(spec.meta.unwrap_or_default())?,
+            permissions,
+            routes: validate::routes(&spec.routes)?,
+            expires_at,
+            enabled: spec.enabled.unwrap_or(true),
+            created_at: now,
+            created_by: actor.map(|a| a.key_id.clone()),
+            updated_at: now,
+            last_used_at: None,
+            revoked_at: None,
+            revoked_reason: None,
+            rotated_at: None,
+            version: 1,
+            secrets: vec![secret.clone()],
+        };
+        let action = match kind {
+            KeyKind::Api => AuditAction::KeyCreate,
+            KeyKind::Root => AuditAction::RootCreate,
+        };
+        self.store
+            .write_key(KeyWrite {
+                record: record.clone(),
+                expected_version: None,
+                new_secret: Some(secret.clone()),
+                secret_ends: Vec::new(),
+                audit: AuditDraft {
+                    time: now,
+                    actor: actor.map(|a| a.key_id.clone()),
+                    action,
+                    target: Some(record.key_id.clone()),
+                    summary: record.audit_summary(),
+                },
+            })
+            .await?;
+        self.cache.invalidate(&record.key_id, [&secret.hash]);
+        tracing::info!(key_id = %record.key_id, kind = kind.as_str(), "key created");
+        Ok(Created { key, record })
+    }
+
+    /// Reads a key of `kind`.
+    pub async fn get_key(&self, kind: KeyKind, key_id: &str) -> Result<KeyRecord, EngineError> {
+        let not_found = || EngineError::NotFound { key_id: key_id.to_owned() };
+        if !is_key_id(key_id) {
+            return Err(not_found());
+        }
+        match self.store.get_key(key_id, self.clock.now()).await? {
+            Some(record) if record.kind == kind => Ok(record),
+            _ => Err(not_found()),
+        }
+    }
+
+    /// Lists keys of `kind`.
+    pub async fn list_keys(&self, kind: KeyKind, query: ListKeys) -> Result<Page<KeyRecord>, EngineError> {
+        let filter = KeyFilter {
+            kind,
+            owner: query.owner,
+            tenant: query.tenant,
+            status: query.status,
+            now: self.clock.now(),
+            limit: page_limit(query.limit)?,
+            after: query.after,
+        };
+        Ok(self.store.list_keys(&filter).await?)
+    }
+
+    /// Reads, changes and writes a key with optimistic concurrency, retrying on a race; the
+    /// change returns the new record, the secret changes and the audit event.
+    async fn modify<F>(&self, kind: KeyKind, key_id: &str, change: F) -> Result<KeyRecord, EngineError>
+    where
+        F: Fn(&KeyRecord, OffsetDateTime) -> Result<KeyWrite, EngineError>,
+    {
+        for _ in 0..WRITE_ATTEMPTS {
+            let current = self.get_key(kind, key_id).await?;
+            let now = self.clock.now();
+            let mut write = change(&current, now)?;
+            write.expected_version = Some(current.version);
+            write.record.version = current.version + 1;
+            write.record.updated_at = now;
+            let touched: Vec<KeyHash> = write
+                .secret_ends
+                .iter()
+                .map(|(h, _)| *h)
+                .chain(current.secrets.iter().map(|s| s.hash))
+                .chain(write.new_secret.iter().map(|s| s.hash))
+                .collect();
+            match self.store.write_key(write).await {
+                Ok(_) => {
+                    self.cache.invalidate(key_id, &touched);
+                    return self.get_key(kind, key_id).await;
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(EngineError::Conflict)
+    }
+
+    /// Updates an API key's metadata.
+    pub async fn update_key(&self, actor: &Principal, key_id: &str, patch: KeyPatch) -> Result<KeyRecord, EngineError> {
+        let nothing = patch.name.is_none()
+            && patch.permissions.is_none()
+            && patch.routes.is_none()
+            && patch.meta.is_none()
+            && patch.tags.is_none()
+            && patch.expires_at.is_none()
+            && patch.enabled.is_none();
+        if nothing {
+            return Err(FieldError::new("body", "names no field to update").into());
+        }
+        self.modify(KeyKind::Api, key_id, |current, now| {
+            if current.revoked_at.is_some() {
+                return Err(EngineError::Revoked { key_id: key_id.to_owned() });
+            }
+            let mut next = current.clone();
+            if let Some(name) = &patch.name {
+                next.name = validate::optional_text("name", name.as_deref())?;
+            }
+            if let Some(p) = &patch.permissions {
+                next.permissions = validate::permissions(p)?;
+            }
+            if let Some(r) = &patch.routes {
+                next.routes = validate::routes(r)?;
+            }
+            if let Some(m) = &patch.meta {
+                next.meta = validate::meta(m.clone())?;
+            }
+            if let Some(t) = &patch.tags {
+                next.tags = validate::tags(t)?;
+            }
+            if let Some(e) = patch.expires_at {
+                next.expires_at = e.map(|at| validate::expires_at("expires_at", at, now)).transpose()?;
+            }
+            if let Some(enabled) = patch.enabled {
+                next.enabled = enabled;
+            }
+            Ok(KeyWrite {
+                audit: AuditDraft {
+                    time: now,
+                    actor: Some(actor.key_id.clone()),
+                    action: AuditAction::KeyUpdate,
+                    target: Some(key_id.to_owned()),
+                    summary: summary_diff(&current.audit_summary(), &next.audit_summary()),
+                },
+                record: next,
+                expected_version: None,
+                new_secret: None,
+                secret_ends: Vec::new(),
+            })
+        })
+        .await
+    }
+
+    /// Gives an API key a new secret; the old one verifies for `grace` more.
+    pub async fn rotate_key(&self, actor: &Principal, key_id: &str, grace: Duration) -> Result<Rotated, EngineError> {
+        if grace.is_negative() || grace > MAX_GRACE {
+            return Err(FieldError::new(
+                "grace_period_seconds",
+                format!("must be between 0 and {} (30 days)", MAX_GRACE.whole_seconds()),
+            )
+            .into());
+        }
+        let new_key: Mutex<Option<(PlaintextKey, RotationPlan)>> = Mutex::new(None);
+        let record = self
+            .modify(KeyKind::Api, key_id, |current, now| {
+                if current.revoked_at.is_some() {
+                    return Err(EngineError::Revoked { key_id: key_id.to_owned() });
+                }
+                let prefix = current
+                    .secrets
+                    .first()
+                    .and_then(|s| prefix_of(&s.start))
+                    .map_or_else(|| validate::prefix(None, &current.environment), Ok)?;
+                let key = generate_key(&prefix, &mut rand::rngs::SysRng)?;
+                let parsed = key.parsed().map_err(|_| EngineError::Entropy(EntropyError))?;
+                let secret = SecretInfo {
+                    hash: parsed.hash(),
+                    start: parsed.start().to_owned(),
+                    created_at: now,
+                    expires_at: None,
+                };
+                let plan = plan_rotation(&current.secrets, grace, now);
+                let mut next = current.clone();
+                next.rotated_at = Some(now);
+                let summary = json!({
+                    "new_secret": secret.start,
+                    "grace_period_seconds": grace.whole_seconds(),
+                    "previous_secret": plan.previous.as_ref().map(|p| json!({"start": p.start, "expires_at": p.expires_at.unix_timestamp()})),
+                    "ended_secrets": plan.ended.iter().map(|e| e.start.as_str()).collect::<Vec<_>>(),
+                });
+                let write = KeyWrite {
+                    record: next,
+                    expected_version: None,
+                    new_secret: Some(secret),
+                    secret_ends: plan.changes().map(|c| (c.hash, c.expires_at)).collect(),
+                    audit: AuditDraft {
+                        time: now,
+                        actor: Some(actor.key_id.clone()),
+                        action: AuditAction::KeyRotate,
+                        target: Some(key_id.to_owned()),
+                        summary,
+                    },
+                };
+                *new_key.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, plan));
+                Ok(write)
+            })
+            .await?;
+        let (key, plan) = new_key
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .ok_or(EngineError::Conflict)?;
+        tracing::info!(key_id, "key rotated");
+        Ok(Rotated { key, record, plan })
+    }
+
+    /// Revokes a key of `kind`: every secret fails with REVOKED from now on.
+    pub async fn revoke_key(&self, actor: &Principal, kind: KeyKind, key_id: &str, reason: &str) -> Result<KeyRecord, EngineError> {
+        let reason = validate::reason(reason)?;
+        let record = self
+            .modify(kind, key_id, |current, now| {
+                if current.revoked_at.is_some() {
+                    return Err(EngineError::Revoked { key_id: key_id.to_owned() });
+                }
+                let mut next = current.clone();
+                next.revoked_at = Some(now);
+                next.revoked_reason = Some(reason.clone());
+                Ok(KeyWrite {
+                    audit: AuditDraft {
+                        time: now,
+                        actor: Some(actor.key_id.clone()),
+                        action: match kind {
+                            KeyKind::Api => AuditAction::KeyRevoke,
+                            KeyKind::Root => AuditAction::RootRevoke,
+                        },
+                        target: Some(key_id.to_owned()),
+                        summary: json!({
+                            "reason": reason,
+                            "secrets": current.secrets.iter().map(|s| s.start.as_str()).collect::<Vec<_>>(),
+                        }),
+                    },
+                    record: next,
+                    expected_version: None,
+                    new_secret: None,
+                    secret_ends: Vec::new(),
+                })
+            })
+            .await?;
+        tracing::info!(key_id, kind = kind.as_str(), "key revoked");
+        Ok(record)
+    }
+
+    /// Lists audit events.
+    pub async fn list_audit(
+        &self,
+        target: Option<String>,
+        action: Option<String>,
+        limit: Option<u32>,
+        after: Option<i64>,
+    ) -> Result<Page<AuditEvent>, EngineError> {
+        if let Some(a) = &action {
+            if AuditAction::parse(a).is_none() {
+                let known: Vec<_> = AuditAction::ALL.iter().map(|a| a.as_str()).collect();
+                return Err(FieldError::new("action", format!("must be one of {}", known.join(", "))).into());
+            }
+        }
+        let filter = AuditFilter {
+            target,
+            action,
+            limit: page_limit(limit)?,
+            after,
+        };
+        Ok(self.store.list_audit(&filter).await?)
+    }
+
+    /// Walks the whole audit chain and reports the first broken link.
+    pub async fn verify_audit_chain(&self) -> Result<ChainReport, EngineError> {
+        let mut verifier = ChainVerifier::default();
+        let mut filter = AuditFilter {
+            limit: MAX_PAGE,
+            ..AuditFilter::default()
+        };
+        loop {
+            let page = self.store.list_audit(&filter).await?;
+            for event in &page.items {
+                if let Err(broken) = verifier.check(event) {
+                    return Ok(ChainReport {
+                        checked: verifier.checked(),
+                        first_broken: Some(broken),
+                    });
+                }
+            }
+            match page.next_cursor {
+                Some(cursor) => filter.after = Some(cursor),
+                None => {
+                    return Ok(ChainReport {
+                        checked: verifier.checked(),
+                        first_broken: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Writes buffered `last_used_at` times to the store; the server calls it periodically
+    /// and at shutdown. Returns how many keys were written.
+    pub async fn flush_last_used(&self) -> Result<usize, EngineError> {
+        let batch = self.last_used.drain();
+        if let Err(e) = self.store.touch_last_used(&batch).await {
+            // Put them back so the next flush retries; later uses win on merge.
+            self.last_used.restore(batch);
+            return Err(e.into());
+        }
+        Ok(batch.len())
+    }
+
+    /// Checks that the store answers (for `/readyz`).
+    pub async fn ready(&self) -> Result<(), EngineError> {
+        Ok(self.store.ping().await?)
+    }
+
+    /// Current cache entry counts.
+    pub fn cache_sizes(&self) -> CacheSizes {
+        self.cache.sizes()
+    }
+}
+
+#[cfg(test)]
+mod tests;
