@@ -35,6 +35,7 @@ pub mod clock;
 pub mod key;
 pub mod permission;
 pub mod record;
+pub mod redact;
 pub mod rotation;
 pub mod route;
 pub mod validate;

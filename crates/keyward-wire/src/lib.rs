@@ -1,1 +1,417 @@
-//! placeholder
+//! keyward's JSON wire types: what the HTTP API accepts and returns, shared by the server and
+//! the CLI client. Field names are snake_case; times are RFC 3339 strings in UTC; request
+//! types reject unknown fields so a typo is a 400, not a silently ignored setting.
+//!
+//! Nothing here is a domain type: the server converts between these and `keyward-core`, so
+//! internal enums never reach the wire by accident.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+/// An instant, serialized as an RFC 3339 string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[schema(value_type = String, format = DateTime, example = "2026-12-31T23:59:59Z")]
+pub struct Timestamp(#[serde(with = "time::serde::rfc3339")] pub OffsetDateTime);
+
+impl From<OffsetDateTime> for Timestamp {
+    fn from(t: OffsetDateTime) -> Self {
+        Self(t)
+    }
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn double_option<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
+}
+
+/// `POST /v1/keys`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// Who is accountable for the key (a team, a service, a person).
+    pub owner: String,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Tenant (customer) the key belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Environment, e.g. `live` (default) or `test`; test-like environments get the `kw_test` prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// Why the key exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// Free-form labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// A JSON object returned by verify (at most 4096 bytes serialized).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub meta: Option<Map<String, Value>>,
+    /// Granted permissions, e.g. `orders.read`, `orders.*`, `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<String>,
+    /// Endpoint allowlist, e.g. `GET /v1/orders/*`; empty means any endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+    /// When the key stops verifying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// Lifetime in seconds from now (instead of `expires_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<i64>,
+    /// Whether the key starts enabled (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Key prefix, `[a-z][a-z0-9_]{0,19}`; `kw_live` or `kw_test` by environment when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// `POST /v1/root-keys`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRootKeyRequest {
+    /// Who is accountable for the root key (default `keyward-admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Root permissions: `keys.create`, `keys.read`, `keys.update`, `keys.revoke`,
+    /// `keys.verify`, `audit.read`, `root.manage`, wildcards of them, or `*` (the default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<String>,
+    /// When the root key stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// Lifetime in seconds from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<i64>,
+}
+
+/// `PATCH /v1/keys/{key_id}`: absent fields stay as they are; `null` clears `name` or
+/// `expires_at`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyRequest {
+    /// New display name.
+    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub name: Option<Option<String>>,
+    /// New permissions (replaces the list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<String>>,
+    /// New route allowlist (replaces the list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<String>>,
+    /// New meta object (replaces it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub meta: Option<Map<String, Value>>,
+    /// New tags (replaces the list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// New expiry; `null` removes it.
+    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Timestamp>, nullable)]
+    pub expires_at: Option<Option<Timestamp>>,
+    /// Enable or disable the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// `POST /v1/keys/{key_id}/rotate`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeyRequest {
+    /// How long the previous secret keeps verifying (0 to 2592000; default 0: it stops at once).
+    #[serde(default)]
+    pub grace_period_seconds: i64,
+}
+
+/// `POST /v1/keys/{key_id}/revoke` and `POST /v1/root-keys/{key_id}/revoke`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeKeyRequest {
+    /// Why the key is revoked (recorded in the key and the audit log).
+    pub reason: String,
+}
+
+/// `POST /v1/keys/verify`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyKeyRequest {
+    /// The key presented by the client.
+    pub key: String,
+    /// Permission query, e.g. `orders.read AND (orders.write OR admin.*)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<String>,
+    /// HTTP method of the protected request (checked against the key's routes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Path of the protected request (checked against the key's routes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// One secret of a key, as displayed (never the secret itself or its hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SecretView {
+    /// Prefix and the first four random characters.
+    pub start: String,
+    /// `current` or `deprecated` (rotated out, verifying until `expires_at`).
+    pub state: String,
+    /// When it was issued.
+    pub created_at: Timestamp,
+    /// When a deprecated secret stops verifying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A key record as returned by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KeyView {
+    /// Public identifier.
+    pub key_id: String,
+    /// Who is accountable.
+    pub owner: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Environment.
+    pub environment: String,
+    /// Purpose.
+    pub purpose: Option<String>,
+    /// Labels.
+    pub tags: Vec<String>,
+    /// Caller-defined object.
+    #[schema(value_type = Object)]
+    pub meta: Map<String, Value>,
+    /// Granted permissions.
+    pub permissions: Vec<String>,
+    /// Endpoint allowlist.
+    pub routes: Vec<String>,
+    /// Expiry.
+    pub expires_at: Option<Timestamp>,
+    /// Whether the key is enabled.
+    pub enabled: bool,
+    /// `active`, `revoked` or `expired`.
+    pub status: String,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// key_id of the root key that created it.
+    pub created_by: Option<String>,
+    /// Last change.
+    pub updated_at: Timestamp,
+    /// Last successful verification (written in the background, may lag by seconds).
+    pub last_used_at: Option<Timestamp>,
+    /// Revocation time.
+    pub revoked_at: Option<Timestamp>,
+    /// Revocation reason.
+    pub revoked_reason: Option<String>,
+    /// Last rotation.
+    pub rotated_at: Option<Timestamp>,
+    /// Live secrets: the current one and, during a grace period, the deprecated one.
+    pub secrets: Vec<SecretView>,
+}
+
+/// `201` from `POST /v1/keys` and `POST /v1/root-keys`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedKey {
+    /// The secret. It is shown here once and never again.
+    pub key: String,
+    /// The stored record.
+    pub record: KeyView,
+}
+
+/// A secret whose end time a rotation set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EndedSecret {
+    /// Display form of the secret.
+    pub start: String,
+    /// When it stops (or stopped) verifying.
+    pub expires_at: Timestamp,
+}
+
+/// `201` from `POST /v1/keys/{key_id}/rotate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RotatedKey {
+    /// The new secret, shown once.
+    pub key: String,
+    /// The record after the rotation.
+    pub record: KeyView,
+    /// The previous secret and the end of its grace period.
+    pub previous_secret: Option<EndedSecret>,
+    /// Secrets that were still in an earlier grace period and were ended now, because at
+    /// most two secrets of a key are live at once.
+    pub ended_secrets: Vec<EndedSecret>,
+}
+
+/// `GET /v1/keys` and `GET /v1/root-keys`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KeyList {
+    /// One page of keys, oldest first.
+    pub keys: Vec<KeyView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Rotation hint in a verify response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RotationHint {
+    /// Always true: the presented secret was rotated out.
+    pub deprecated: bool,
+    /// When the presented secret stops verifying.
+    pub expires_at: Timestamp,
+}
+
+/// `200` from `POST /v1/keys/verify`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VerifyKeyResponse {
+    /// True only for `VALID`.
+    pub valid: bool,
+    /// `VALID`, `MALFORMED`, `NOT_FOUND`, `REVOKED`, `EXPIRED`, `DISABLED`,
+    /// `INSUFFICIENT_PERMISSIONS` or `ROUTE_NOT_ALLOWED`.
+    pub code: String,
+    /// The key's identifier, when found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Owner, when found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Name, when found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Tenant, when found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Environment, when found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// Granted permissions, when found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<String>>,
+    /// Meta object, when found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub meta: Option<Map<String, Value>>,
+    /// Expiry, when found and set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// Present when the presented secret was rotated out and is in its grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationHint>,
+}
+
+/// One audit event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEventView {
+    /// Position in the log, from 1.
+    pub seq: i64,
+    /// When it happened (millisecond precision).
+    pub time: Timestamp,
+    /// key_id of the root key that acted.
+    pub actor: Option<String>,
+    /// `key.create`, `key.update`, `key.rotate`, `key.revoke`, `root.create`, `root.revoke`
+    /// or `auth.failed`.
+    pub action: String,
+    /// key_id acted on.
+    pub target: Option<String>,
+    /// Before/after summary (never a secret).
+    #[schema(value_type = Object)]
+    pub summary: Value,
+    /// Hash of the previous event.
+    pub prev_hash: String,
+    /// SHA-256 of this event's fields and `prev_hash`.
+    pub hash: String,
+}
+
+/// `GET /v1/audit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditList {
+    /// One page of events in sequence order.
+    pub events: Vec<AuditEventView>,
+    /// Pass as `cursor` for the next page.
+    pub next_cursor: Option<String>,
+}
+
+/// Where the chain breaks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BrokenLinkView {
+    /// Sequence number of the first bad event.
+    pub seq: i64,
+    /// What is wrong there.
+    pub reason: String,
+}
+
+/// `POST /v1/audit/verify`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerifyReport {
+    /// True if every link holds.
+    pub intact: bool,
+    /// Events checked before the first break (all of them if intact).
+    pub checked: u64,
+    /// The first broken link.
+    pub first_broken: Option<BrokenLinkView>,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    pub status: String,
+    /// Per-dependency status (for `/readyz`), e.g. `{"store": "ok"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub checks: Option<Map<String, Value>>,
+}
+
+/// An RFC 9457 problem document (`application/problem+json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// `urn:keyward:problem:<code>`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Short summary of the problem type.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// What went wrong in this occurrence.
+    pub detail: String,
+    /// Stable machine-readable code (see the README's error table).
+    pub code: String,
+    /// The request field at fault, for validation errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_distinguishes_absent_from_null() {
+        let absent: UpdateKeyRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(absent.name, None);
+        let null: UpdateKeyRequest = serde_json::from_str(r#"{"name": null, "expires_at": null}"#).unwrap();
+        assert_eq!(null.name, Some(None));
+        assert_eq!(null.expires_at, Some(None));
+        let set: UpdateKeyRequest = serde_json::from_str(r#"{"expires_at": "2030-01-01T00:00:00Z"}"#).unwrap();
+        assert_eq!(set.expires_at.unwrap().unwrap().0.year(), 2030);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = serde_json::from_str::<CreateKeyRequest>(r#"{"owner": "a", "ownr": "b"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `ownr`"), "{err}");
+    }
+}

@@ -1,0 +1,190 @@
+//! The one API error type, its stable code table, and RFC 9457 problem bodies.
+//!
+//! Every error response is `application/problem+json` with a stable snake_case `code`. Internal
+//! failures return a generic detail; what actually went wrong goes to the log. Details that
+//! quote user input pass through key redaction first, so a key pasted into the wrong field is
+//! never echoed back.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keyward_core::permission::QueryError;
+use keyward_core::redact::redact;
+use keyward_core::validate::FieldError;
+use keyward_engine::{AuthError, EngineError};
+use keyward_store::StoreError;
+use keyward_wire::Problem;
+
+/// Stable error codes: (code, HTTP status, title). The README's error table mirrors this.
+pub const ERROR_CODES: &[(&str, u16, &str)] = &[
+    ("invalid_request", 400, "The request could not be read"),
+    ("invalid_field", 400, "A field is invalid"),
+    ("invalid_permission_query", 400, "The permission query does not parse"),
+    ("unauthenticated", 401, "A valid root key is required"),
+    ("forbidden", 403, "The root key lacks a permission"),
+    ("not_found", 404, "No such endpoint"),
+    ("key_not_found", 404, "No such key"),
+    ("method_not_allowed", 405, "Method not allowed"),
+    ("key_revoked", 409, "The key is revoked"),
+    ("conflict", 409, "The key was changed concurrently"),
+    ("payload_too_large", 413, "The request body is too large"),
+    ("unsupported_media_type", 415, "The request body must be application/json"),
+    ("internal", 500, "Internal error"),
+    ("store_unavailable", 503, "The key store is unavailable"),
+];
+
+/// An error answered to an API caller.
+#[derive(Debug)]
+pub struct ApiError {
+    code: &'static str,
+    detail: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    /// An error with one of the codes of [`ERROR_CODES`].
+    pub fn new(code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: redact(&detail.into()).into_owned(),
+            field: None,
+        }
+    }
+
+    /// Names the request field at fault.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// A 400 for a field.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = message.into();
+        Self::new("invalid_field", format!("{field}: {message}")).with_field(field)
+    }
+
+    /// A 500 whose cause is logged, not returned.
+    pub fn internal(cause: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %redact(&error_chain(cause)), "internal error");
+        Self::new("internal", "an internal error occurred; it has been logged")
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    fn status_and_title(&self) -> (StatusCode, &'static str) {
+        ERROR_CODES
+            .iter()
+            .find(|(code, _, _)| *code == self.code)
+            .and_then(|(_, status, title)| StatusCode::from_u16(*status).ok().map(|s| (s, *title)))
+            .unwrap_or((StatusCode::INTERNAL_SERVER_ERROR, "Internal error"))
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, title) = self.status_and_title();
+        let problem = Problem {
+            type_: format!("urn:keyward:problem:{}", self.code),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: self.detail,
+            code: self.code.to_owned(),
+            field: self.field,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"keyward\""));
+        }
+        response
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        Self::field(e.field, e.message)
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        Self::new("invalid_permission_query", e.to_string()).with_field("permissions")
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict | StoreError::Duplicate => Self::new("conflict", e.to_string()),
+            StoreError::Backend(_) => {
+                tracing::error!(error = %redact(&error_chain(&e)), "store unavailable");
+                Self::new("store_unavailable", "the key store did not answer; retry later")
+            }
+            StoreError::Open { .. } | StoreError::Corrupt(_) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotFound { key_id } => Self::new("key_not_found", format!("no key with key_id {key_id}")),
+            EngineError::Invalid(field) => field.into(),
+            EngineError::Revoked { key_id } => Self::new("key_revoked", format!("key {key_id} is revoked and cannot be changed")),
+            EngineError::Conflict => Self::new("conflict", "the key was changed concurrently; retry"),
+            EngineError::Store(s) => s.into(),
+            EngineError::Entropy(_) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthenticated => Self::new(
+                "unauthenticated",
+                "send a valid root key as 'Authorization: Bearer <root key>'",
+            ),
+            AuthError::Forbidden { permission } => {
+                Self::new("forbidden", format!("the root key lacks the permission {permission}"))
+            }
+            AuthError::Engine(e) => e.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_unique_and_maps_to_its_status() {
+        for (i, (code, status, _)) in ERROR_CODES.iter().enumerate() {
+            assert!(ERROR_CODES[i + 1..].iter().all(|(c, _, _)| c != code), "{code} twice");
+            let response = ApiError::new(code, "x").into_response();
+            assert_eq!(response.status().as_u16(), *status, "{code}");
+        }
+    }
+
+    #[test]
+    fn details_are_redacted() {
+        let e = ApiError::new("invalid_request", "bad: kw_live_AbCdEfGhIjKlMnOpQrStUvWxYz01234567abcd");
+        assert_eq!(e.detail, "bad: [REDACTED]");
+    }
+}

@@ -1,0 +1,134 @@
+//! Extractors that turn every kind of bad input into a problem+json 4xx: JSON bodies (syntax,
+//! unknown fields, wrong content type, size), query strings, and the root-key check, whose
+//! required permission is part of the handler's type so a route cannot forget it.
+
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use keyward_engine::Principal;
+use serde::de::DeserializeOwned;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A JSON body whose rejections are problem+json errors.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(&rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: &JsonRejection) -> ApiError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            "payload_too_large",
+            format!("request bodies are limited to {} bytes", crate::MAX_BODY_BYTES),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ApiError::new("unsupported_media_type", "send the body with 'Content-Type: application/json'")
+        }
+        _ => match rejection {
+            JsonRejection::JsonDataError(e) => ApiError::new("invalid_request", format!("invalid JSON body: {}", inner(e))),
+            JsonRejection::JsonSyntaxError(e) => ApiError::new("invalid_request", format!("malformed JSON body: {}", inner(e))),
+            other => ApiError::new("invalid_request", other.body_text()),
+        },
+    }
+}
+
+fn inner(e: &dyn std::error::Error) -> String {
+    // axum wraps serde's message ("Failed to deserialize ..."); the innermost source is the
+    // precise one (field name, line and column).
+    let mut last = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        last = s.to_string();
+        source = s.source();
+    }
+    last
+}
+
+/// A query string whose rejections are problem+json errors.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Self(v))
+            .map_err(|e: QueryRejection| ApiError::new("invalid_request", format!("invalid query string: {}", inner(&e))))
+    }
+}
+
+/// A permission a handler requires of the root key.
+pub trait RequiredPermission: Send + Sync + 'static {
+    /// The permission name.
+    const NAME: &'static str;
+}
+
+macro_rules! permissions {
+    ($($ty:ident => $name:literal),* $(,)?) => {
+        $(
+            #[doc = concat!("The `", $name, "` permission.")]
+            pub struct $ty;
+            impl RequiredPermission for $ty {
+                const NAME: &'static str = $name;
+            }
+        )*
+    };
+}
+
+permissions! {
+    KeysCreate => "keys.create",
+    KeysRead => "keys.read",
+    KeysUpdate => "keys.update",
+    KeysRevoke => "keys.revoke",
+    KeysVerify => "keys.verify",
+    AuditRead => "audit.read",
+    RootManage => "root.manage",
+}
+
+/// A root key that holds permission `P`; extracting it is the authorization check.
+pub struct Authorized<P> {
+    /// The authenticated root key.
+    pub principal: Principal,
+    _permission: PhantomData<P>,
+}
+
+/// The bearer token of a request, if it has one.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl<P: RequiredPermission> FromRequestParts<AppState> for Authorized<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let remote = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string());
+        let principal = state
+            .engine
+            .authenticate(bearer(parts), P::NAME, remote.as_deref())
+            .await?;
+        Ok(Self {
+            principal,
+            _permission: PhantomData,
+        })
+    }
+}

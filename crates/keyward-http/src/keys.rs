@@ -1,0 +1,237 @@
+//! `/v1/keys`: issue, read, list, update, rotate, revoke and verify API keys.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use keyward_core::permission::PermissionQuery;
+use keyward_core::record::{KeyKind, KeyStatus};
+use keyward_core::verify::{VerifyCode, VerifyRequest};
+use keyward_engine::{KeyPatch, ListKeys, NewKey};
+use keyward_wire::{
+    CreateKeyRequest, CreatedKey, KeyList, KeyView, Problem, RevokeKeyRequest, RotateKeyRequest, RotatedKey, RotationHint,
+    Timestamp, UpdateKeyRequest, VerifyKeyRequest, VerifyKeyResponse,
+};
+use serde::Deserialize;
+use time::Duration;
+use utoipa::IntoParams;
+
+use crate::AppState;
+use crate::convert::{decode_cursor, encode_cursor, ended_secret, key_view, parse_limit};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery, Authorized, KeysCreate, KeysRead, KeysRevoke, KeysUpdate, KeysVerify};
+
+/// Filters and paging for `GET /v1/keys`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListKeysParams {
+    /// Only keys of this owner.
+    owner: Option<String>,
+    /// Only keys of this tenant.
+    tenant: Option<String>,
+    /// `active`, `revoked` or `expired`.
+    status: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+pub(crate) fn list_query(params: ListKeysParams) -> Result<ListKeys, ApiError> {
+    let status = params
+        .status
+        .as_deref()
+        .map(|s| KeyStatus::parse(s).ok_or_else(|| ApiError::field("status", "must be active, revoked or expired")))
+        .transpose()?;
+    Ok(ListKeys {
+        owner: params.owner,
+        tenant: params.tenant,
+        status,
+        limit: parse_limit(params.limit.as_deref())?,
+        after: decode_cursor(params.cursor.as_deref())?,
+    })
+}
+
+/// Issues an API key. The secret is in this response only.
+#[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKeyRequest,
+    security(("root_key" = [])),
+    responses(
+        (status = 201, description = "Created; `key` is shown only here", body = CreatedKey),
+        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid root key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Root key lacks keys.create", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_key(
+    State(state): State<AppState>,
+    auth: Authorized<KeysCreate>,
+    ApiJson(body): ApiJson<CreateKeyRequest>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let spec = NewKey {
+        owner: body.owner,
+        name: body.name,
+        tenant: body.tenant,
+        environment: body.environment,
+        purpose: body.purpose,
+        tags: body.tags,
+        meta: body.meta,
+        permissions: body.permissions,
+        routes: body.routes,
+        expires_at: body.expires_at.map(|t| t.0),
+        ttl_seconds: body.ttl_seconds,
+        enabled: body.enabled,
+        prefix: body.prefix,
+    };
+    let created = state.engine.create_key(&auth.principal, spec).await?;
+    let record = key_view(&created.record, state.engine.now());
+    Ok((StatusCode::CREATED, Json(CreatedKey { key: created.key.expose().to_owned(), record })))
+}
+
+/// Reads a key's record (never its secret or hash).
+#[utoipa::path(get, path = "/v1/keys/{key_id}", tag = "keys", security(("root_key" = [])),
+    params(("key_id" = String, Path, description = "The key's public identifier")),
+    responses(
+        (status = 200, body = KeyView),
+        (status = 404, description = "No such key", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_key(
+    State(state): State<AppState>,
+    _auth: Authorized<KeysRead>,
+    Path(key_id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let record = state.engine.get_key(KeyKind::Api, &key_id).await?;
+    Ok(Json(key_view(&record, state.engine.now())))
+}
+
+/// Lists keys, oldest first, with stable cursor pagination.
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", security(("root_key" = [])), params(ListKeysParams),
+    responses(
+        (status = 200, body = KeyList),
+        (status = 400, description = "Bad filter or paging value", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_keys(
+    State(state): State<AppState>,
+    _auth: Authorized<KeysRead>,
+    ApiQuery(params): ApiQuery<ListKeysParams>,
+) -> Result<Json<KeyList>, ApiError> {
+    let page = state.engine.list_keys(KeyKind::Api, list_query(params)?).await?;
+    let now = state.engine.now();
+    Ok(Json(KeyList {
+        keys: page.items.iter().map(|r| key_view(r, now)).collect(),
+        next_cursor: encode_cursor(page.next_cursor),
+    }))
+}
+
+/// Updates name, permissions, routes, meta, tags, expiry or enabled.
+#[utoipa::path(patch, path = "/v1/keys/{key_id}", tag = "keys", request_body = UpdateKeyRequest,
+    security(("root_key" = [])),
+    params(("key_id" = String, Path, description = "The key's public identifier")),
+    responses(
+        (status = 200, body = KeyView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The key is revoked", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update_key(
+    State(state): State<AppState>,
+    auth: Authorized<KeysUpdate>,
+    Path(key_id): Path<String>,
+    ApiJson(body): ApiJson<UpdateKeyRequest>,
+) -> Result<Json<KeyView>, ApiError> {
+    let patch = KeyPatch {
+        name: body.name,
+        permissions: body.permissions,
+        routes: body.routes,
+        meta: body.meta,
+        tags: body.tags,
+        expires_at: body.expires_at.map(|e| e.map(|t| t.0)),
+        enabled: body.enabled,
+    };
+    let record = state.engine.update_key(&auth.principal, &key_id, patch).await?;
+    Ok(Json(key_view(&record, state.engine.now())))
+}
+
+/// Gives the key a new secret; the previous one keeps verifying for the grace period.
+#[utoipa::path(post, path = "/v1/keys/{key_id}/rotate", tag = "keys", request_body = RotateKeyRequest,
+    security(("root_key" = [])),
+    params(("key_id" = String, Path, description = "The key's public identifier")),
+    responses(
+        (status = 201, description = "Rotated; `key` is shown only here", body = RotatedKey),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    auth: Authorized<KeysUpdate>,
+    Path(key_id): Path<String>,
+    ApiJson(body): ApiJson<RotateKeyRequest>,
+) -> Result<(StatusCode, Json<RotatedKey>), ApiError> {
+    let grace = Duration::seconds(body.grace_period_seconds);
+    let rotated = state.engine.rotate_key(&auth.principal, &key_id, grace).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RotatedKey {
+            key: rotated.key.expose().to_owned(),
+            record: key_view(&rotated.record, state.engine.now()),
+            previous_secret: rotated.plan.previous.as_ref().map(ended_secret),
+            ended_secrets: rotated.plan.ended.iter().map(ended_secret).collect(),
+        }),
+    ))
+}
+
+/// Revokes every secret of the key, effective immediately.
+#[utoipa::path(post, path = "/v1/keys/{key_id}/revoke", tag = "keys", request_body = RevokeKeyRequest,
+    security(("root_key" = [])),
+    params(("key_id" = String, Path, description = "The key's public identifier")),
+    responses(
+        (status = 200, body = KeyView),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already revoked", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    auth: Authorized<KeysRevoke>,
+    Path(key_id): Path<String>,
+    ApiJson(body): ApiJson<RevokeKeyRequest>,
+) -> Result<Json<KeyView>, ApiError> {
+    let record = state.engine.revoke_key(&auth.principal, KeyKind::Api, &key_id, &body.reason).await?;
+    Ok(Json(key_view(&record, state.engine.now())))
+}
+
+/// Answers whether a key is valid for a request. Any well-formed request gets 200 with a code.
+#[utoipa::path(post, path = "/v1/keys/verify", tag = "verify", request_body = VerifyKeyRequest,
+    security(("root_key" = [])),
+    responses(
+        (status = 200, body = VerifyKeyResponse),
+        (status = 400, description = "Bad permission query or body", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn verify_key(
+    State(state): State<AppState>,
+    _auth: Authorized<KeysVerify>,
+    ApiJson(body): ApiJson<VerifyKeyRequest>,
+) -> Result<Json<VerifyKeyResponse>, ApiError> {
+    let query = body.permissions.as_deref().map(PermissionQuery::parse).transpose()?;
+    let request = VerifyRequest {
+        query: query.as_ref(),
+        method: body.method.as_deref(),
+        path: body.path.as_deref(),
+    };
+    let v = state.engine.verify(&body.key, &request).await?;
+    let key = v.key.as_deref();
+    Ok(Json(VerifyKeyResponse {
+        valid: v.code == VerifyCode::Valid,
+        code: v.code.as_str().to_owned(),
+        key_id: key.map(|k| k.key_id.clone()),
+        owner: key.map(|k| k.owner.clone()),
+        name: key.and_then(|k| k.name.clone()),
+        tenant: key.and_then(|k| k.tenant.clone()),
+        environment: key.map(|k| k.environment.clone()),
+        permissions: key.map(|k| k.permissions.iter().map(ToString::to_string).collect()),
+        meta: key.map(|k| k.meta.clone()),
+        expires_at: key.and_then(|k| k.expires_at).map(Timestamp),
+        rotation: v.deprecated_until.map(|t| RotationHint {
+            deprecated: true,
+            expires_at: Timestamp(t),
+        }),
+    }))
+}

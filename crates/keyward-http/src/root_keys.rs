@@ -1,0 +1,76 @@
+//! `/v1/root-keys`: the credentials of keyward's own admin API (permission `root.manage`).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use keyward_core::record::KeyKind;
+use keyward_engine::NewKey;
+use keyward_wire::{CreateRootKeyRequest, CreatedKey, KeyList, KeyView, Problem, RevokeKeyRequest};
+
+use crate::AppState;
+use crate::convert::{encode_cursor, key_view};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery, Authorized, RootManage};
+use crate::keys::{ListKeysParams, list_query};
+
+/// Creates a root key. The secret is in this response only.
+#[utoipa::path(post, path = "/v1/root-keys", tag = "root-keys", request_body = CreateRootKeyRequest,
+    security(("root_key" = [])),
+    responses(
+        (status = 201, description = "Created; `key` is shown only here", body = CreatedKey),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Root key lacks root.manage", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_root_key(
+    State(state): State<AppState>,
+    auth: Authorized<RootManage>,
+    ApiJson(body): ApiJson<CreateRootKeyRequest>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let permissions = if body.permissions.is_empty() { vec!["*".to_owned()] } else { body.permissions };
+    let spec = NewKey {
+        owner: body.owner.unwrap_or_else(|| "keyward-admin".to_owned()),
+        name: body.name,
+        permissions,
+        expires_at: body.expires_at.map(|t| t.0),
+        ttl_seconds: body.ttl_seconds,
+        ..NewKey::default()
+    };
+    let created = state.engine.create_root_key(&auth.principal, spec).await?;
+    let record = key_view(&created.record, state.engine.now());
+    Ok((StatusCode::CREATED, Json(CreatedKey { key: created.key.expose().to_owned(), record })))
+}
+
+/// Lists root keys.
+#[utoipa::path(get, path = "/v1/root-keys", tag = "root-keys", security(("root_key" = [])), params(ListKeysParams),
+    responses((status = 200, body = KeyList)))]
+pub async fn list_root_keys(
+    State(state): State<AppState>,
+    _auth: Authorized<RootManage>,
+    ApiQuery(params): ApiQuery<ListKeysParams>,
+) -> Result<Json<KeyList>, ApiError> {
+    let page = state.engine.list_keys(KeyKind::Root, list_query(params)?).await?;
+    let now = state.engine.now();
+    Ok(Json(KeyList {
+        keys: page.items.iter().map(|r| key_view(r, now)).collect(),
+        next_cursor: encode_cursor(page.next_cursor),
+    }))
+}
+
+/// Revokes a root key.
+#[utoipa::path(post, path = "/v1/root-keys/{key_id}/revoke", tag = "root-keys", request_body = RevokeKeyRequest,
+    security(("root_key" = [])),
+    params(("key_id" = String, Path, description = "The root key's identifier")),
+    responses(
+        (status = 200, body = KeyView),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn revoke_root_key(
+    State(state): State<AppState>,
+    auth: Authorized<RootManage>,
+    Path(key_id): Path<String>,
+    ApiJson(body): ApiJson<RevokeKeyRequest>,
+) -> Result<Json<KeyView>, ApiError> {
+    let record = state.engine.revoke_key(&auth.principal, KeyKind::Root, &key_id, &body.reason).await?;
+    Ok(Json(key_view(&record, state.engine.now())))
+}
