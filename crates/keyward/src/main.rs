@@ -1,1 +1,293 @@
-fn main() {}
+//! The `keyward` binary: `serve` runs the server; the other commands are clients of a running
+//! server. Errors print as one line (`error: ...`) with exit status 1; `verify` exits 3 when
+//! the key is not valid, and `audit verify` exits 3 when the chain is broken.
+
+mod cli;
+mod client;
+mod output;
+mod serve;
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use keyward_wire::{
+    AuditList, AuditVerifyReport, CreateKeyRequest, CreateRootKeyRequest, CreatedKey, KeyList, KeyView, RevokeKeyRequest,
+    RotateKeyRequest, RotatedKey, Timestamp, UpdateKeyRequest, VerifyKeyRequest, VerifyKeyResponse,
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::cli::{AuditCommand, Cli, ClientArgs, Command, KeysCommand, RootCommand};
+use crate::client::Client;
+use crate::output::Printer;
+
+/// Exit status when a verified key is not valid, or the audit chain is broken.
+const EXIT_NOT_VALID: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", keyward_core::redact::redact(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Keys(cmd) => keys(cmd).await,
+        Command::Verify(args) => {
+            let (client, out) = connect(&args.client)?;
+            let key = if args.key == "-" {
+                let mut text = String::new();
+                std::io::stdin().read_to_string(&mut text).context("reading the key from standard input")?;
+                text.trim().to_owned()
+            } else {
+                args.key
+            };
+            let permissions = match (args.query, args.permissions.is_empty()) {
+                (Some(q), _) => Some(q),
+                (None, false) => Some(args.permissions.join(" AND ")),
+                (None, true) => None,
+            };
+            let body = VerifyKeyRequest { key, permissions, method: args.method, path: args.path };
+            let response: VerifyKeyResponse = client.post("/v1/keys/verify", &body).await?;
+            out.verification(&response)?;
+            Ok(if response.valid { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_VALID) })
+        }
+        Command::Audit(AuditCommand::List(args)) => {
+            let (client, out) = connect(&args.client)?;
+            #[derive(Serialize)]
+            struct Q {
+                #[serde(skip_serializing_if = "Option::is_none")]
+                key_id: Option<String>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                action: Option<String>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                limit: Option<u32>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                cursor: Option<String>,
+            }
+            let q = Q { key_id: args.key_id, action: args.action, limit: args.limit, cursor: args.cursor };
+            let list: AuditList = client.get("/v1/audit", &q).await?;
+            out.audit_list(&list)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify(args)) => {
+            let (client, out) = connect(&args.client)?;
+            let report: AuditVerifyReport = client.post("/v1/audit/verify", &Value::Null).await?;
+            out.audit_report(&report)?;
+            Ok(if report.intact { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_VALID) })
+        }
+        Command::Root(cmd) => root(cmd).await,
+    }
+}
+
+fn connect(args: &ClientArgs) -> anyhow::Result<(Client, Printer)> {
+    Ok((Client::new(&args.url)?, Printer::new(args.output)))
+}
+
+#[derive(Serialize)]
+struct ListQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+}
+
+impl From<&cli::KeysListArgs> for ListQuery {
+    fn from(a: &cli::KeysListArgs) -> Self {
+        Self {
+            owner: a.owner.clone(),
+            tenant: a.tenant.clone(),
+            status: a.status.clone(),
+            limit: a.limit,
+            cursor: a.cursor.clone(),
+        }
+    }
+}
+
+/// Rejects key_ids that would change the request path.
+fn key_path(base: &str, key_id: &str, action: &str) -> anyhow::Result<String> {
+    if key_id.is_empty() || !key_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        bail!("{key_id:?} is not a key_id (key_ followed by letters and digits)");
+    }
+    Ok(format!("{base}/{key_id}{action}"))
+}
+
+async fn keys(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        KeysCommand::Create(a) => {
+            let (client, out) = connect(&a.client)?;
+            let body = CreateKeyRequest {
+                owner: a.owner,
+                name: a.name,
+                tenant: a.tenant,
+                environment: a.environment,
+                purpose: a.purpose,
+                tags: a.tags,
+                meta: a.meta.as_deref().map(parse_meta).transpose()?,
+                permissions: a.permissions,
+                routes: a.routes,
+                expires_at: a.expires_at.as_deref().map(parse_time).transpose()?,
+                ttl_seconds: a.ttl.as_deref().map(parse_duration).transpose()?,
+                enabled: a.disabled.then_some(false),
+                prefix: a.prefix,
+            };
+            let created: CreatedKey = client.post("/v1/keys", &body).await?;
+            out.created(&created)?;
+        }
+        KeysCommand::List(a) => {
+            let (client, out) = connect(&a.client)?;
+            let list: KeyList = client.get("/v1/keys", &ListQuery::from(&a)).await?;
+            out.key_list(&list)?;
+        }
+        KeysCommand::Show(a) => {
+            let (client, out) = connect(&a.client)?;
+            let key: KeyView = client.get(&key_path("/v1/keys", &a.key_id, "")?, &()).await?;
+            out.key(&key)?;
+        }
+        KeysCommand::Update(a) => {
+            let (client, out) = connect(&a.client)?;
+            let list = |values: Vec<String>, clear: bool| (clear || !values.is_empty()).then_some(values);
+            let body = UpdateKeyRequest {
+                name: if a.clear_name { Some(None) } else { a.name.map(Some) },
+                permissions: list(a.permissions, a.clear_permissions),
+                routes: list(a.routes, a.clear_routes),
+                tags: list(a.tags, a.clear_tags),
+                meta: a.meta.as_deref().map(parse_meta).transpose()?,
+                expires_at: if a.no_expiry { Some(None) } else { a.expires_at.as_deref().map(parse_time).transpose()?.map(Some) },
+                enabled: if a.enable { Some(true) } else if a.disable { Some(false) } else { None },
+            };
+            let key: KeyView = client.patch(&key_path("/v1/keys", &a.key_id, "")?, &body).await?;
+            out.key(&key)?;
+        }
+        KeysCommand::Rotate(a) => {
+            let (client, out) = connect(&a.client)?;
+            let grace = if a.grace == "0" { 0 } else { parse_duration(&a.grace)? };
+            let body = RotateKeyRequest { grace_period_seconds: grace };
+            let rotated: RotatedKey = client.post(&key_path("/v1/keys", &a.key_id, "/rotate")?, &body).await?;
+            out.rotated(&rotated)?;
+        }
+        KeysCommand::Revoke(a) => {
+            let (client, out) = connect(&a.client)?;
+            let body = RevokeKeyRequest { reason: a.reason };
+            let key: KeyView = client.post(&key_path("/v1/keys", &a.key_id, "/revoke")?, &body).await?;
+            out.key(&key)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn root(cmd: RootCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RootCommand::Create(a) => {
+            let (client, out) = connect(&a.client)?;
+            let body = CreateRootKeyRequest {
+                owner: a.owner,
+                name: a.name,
+                permissions: a.permissions,
+                expires_at: None,
+                ttl_seconds: a.ttl.as_deref().map(parse_duration).transpose()?,
+            };
+            let created: CreatedKey = client.post("/v1/root-keys", &body).await?;
+            out.created(&created)?;
+        }
+        RootCommand::List(a) => {
+            let (client, out) = connect(&a.client)?;
+            let list: KeyList = client.get("/v1/root-keys", &ListQuery::from(&a)).await?;
+            out.key_list(&list)?;
+        }
+        RootCommand::Revoke(a) => {
+            let (client, out) = connect(&a.client)?;
+            let body = RevokeKeyRequest { reason: a.reason };
+            let key: KeyView = client.post(&key_path("/v1/root-keys", &a.key_id, "/revoke")?, &body).await?;
+            out.key(&key)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_meta(text: &str) -> anyhow::Result<Map<String, Value>> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => bail!("--meta must be a JSON object, e.g. '{{\"plan\": \"pro\"}}'"),
+        Err(e) => bail!("--meta is not valid JSON: {e}"),
+    }
+}
+
+fn parse_time(text: &str) -> anyhow::Result<Timestamp> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map(Timestamp)
+        .with_context(|| format!("{text:?} is not an RFC 3339 time such as 2027-01-01T00:00:00Z"))
+}
+
+/// Parses `3600`, `90s`, `15m`, `12h`, `30d` or `2w` into seconds.
+fn parse_duration(text: &str) -> anyhow::Result<i64> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let multiplier = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => bail!("{text:?} is not a duration such as 90s, 15m, 12h, 30d or 2w"),
+    };
+    let n: i64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a duration such as 90s, 15m, 12h, 30d or 2w"))?;
+    n.checked_mul(multiplier).with_context(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("3600").unwrap(), 3600);
+        assert_eq!(parse_duration("15m").unwrap(), 900);
+        assert_eq!(parse_duration("30d").unwrap(), 2_592_000);
+        assert!(parse_duration("10y").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("99999999999999999999w").is_err());
+    }
+
+    #[test]
+    fn key_ids_cannot_escape_the_path() {
+        assert!(key_path("/v1/keys", "key_abc", "/revoke").is_ok());
+        assert!(key_path("/v1/keys", "../audit", "").is_err());
+        assert!(key_path("/v1/keys", "a?b", "").is_err());
+    }
+
+    #[test]
+    fn meta_must_be_an_object() {
+        assert!(parse_meta(r#"{"a": 1}"#).is_ok());
+        assert!(parse_meta("[1]").is_err());
+        assert!(parse_meta("{").is_err());
+    }
+}

@@ -1,0 +1,314 @@
+//! Command-line definitions. The `--help` text generated from here is committed as
+//! `docs/cli-help.txt` and checked by a test.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// keyward: a self-hosted API key service.
+#[derive(Debug, Parser)]
+#[command(name = "keyward", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the keyward server.
+    Serve(ServeArgs),
+    /// Manage API keys on a running server.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Verify an API key (exit 0 if VALID, 3 if not).
+    Verify(VerifyArgs),
+    /// Read and check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Manage root keys (credentials of the admin API).
+    #[command(subcommand)]
+    Root(RootCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "KEYWARD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "KEYWARD_DATA_DIR", default_value = "./keyward-data")]
+    pub data_dir: PathBuf,
+    /// Log line format (logs go to standard error).
+    #[arg(long, env = "KEYWARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Seconds between writes of buffered last_used_at times.
+    #[arg(long, env = "KEYWARD_LAST_USED_FLUSH_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub last_used_flush_seconds: u64,
+    /// Longest time a cached key is served without re-reading the store (seconds).
+    #[arg(long, env = "KEYWARD_CACHE_MAX_STALENESS_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub cache_max_staleness_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Where the client finds the server and how it prints.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Base URL of the keyward server (http only; terminate TLS in front of keyward).
+    #[arg(long, env = "KEYWARD_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    pub url: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    pub output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Issue a key; prints the secret once.
+    Create(KeysCreateArgs),
+    /// List keys.
+    List(KeysListArgs),
+    /// Show a key's record.
+    Show(KeyIdArgs),
+    /// Change a key's metadata.
+    Update(KeysUpdateArgs),
+    /// Give a key a new secret; prints it once.
+    Rotate(KeysRotateArgs),
+    /// Revoke every secret of a key, effective immediately.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysCreateArgs {
+    /// Who is accountable for the key.
+    #[arg(long)]
+    pub owner: String,
+    /// Display name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Tenant (customer).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Environment (default live; test, dev, staging and sandbox get the kw_test prefix).
+    #[arg(long)]
+    pub environment: Option<String>,
+    /// Why the key exists.
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// A tag (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// A granted permission (repeatable), e.g. orders.read, orders.*, *.
+    #[arg(long = "permission")]
+    pub permissions: Vec<String>,
+    /// An allowed route (repeatable), e.g. 'GET /v1/orders/*'.
+    #[arg(long = "route")]
+    pub routes: Vec<String>,
+    /// Meta as a JSON object.
+    #[arg(long)]
+    pub meta: Option<String>,
+    /// Expiry as RFC 3339, e.g. 2027-01-01T00:00:00Z.
+    #[arg(long, conflicts_with = "ttl")]
+    pub expires_at: Option<String>,
+    /// Lifetime, e.g. 3600, 90s, 15m, 12h, 30d, 2w.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Create the key disabled.
+    #[arg(long)]
+    pub disabled: bool,
+    /// Key prefix, [a-z][a-z0-9_]{0,19}.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysListArgs {
+    /// Only keys of this owner.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Only keys of this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// active, revoked or expired.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Page size (1 to 1000).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Cursor from a previous page.
+    #[arg(long)]
+    pub cursor: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyIdArgs {
+    /// The key's identifier (key_...).
+    pub key_id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysUpdateArgs {
+    /// The key's identifier (key_...).
+    pub key_id: String,
+    /// New display name.
+    #[arg(long, conflicts_with = "clear_name")]
+    pub name: Option<String>,
+    /// Remove the display name.
+    #[arg(long)]
+    pub clear_name: bool,
+    /// Replace the permissions with these (repeatable).
+    #[arg(long = "permission")]
+    pub permissions: Vec<String>,
+    /// Remove all permissions.
+    #[arg(long, conflicts_with = "permissions")]
+    pub clear_permissions: bool,
+    /// Replace the routes with these (repeatable).
+    #[arg(long = "route")]
+    pub routes: Vec<String>,
+    /// Remove the route allowlist (any endpoint).
+    #[arg(long, conflicts_with = "routes")]
+    pub clear_routes: bool,
+    /// Replace the tags with these (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Remove all tags.
+    #[arg(long, conflicts_with = "tags")]
+    pub clear_tags: bool,
+    /// Replace meta with this JSON object.
+    #[arg(long)]
+    pub meta: Option<String>,
+    /// New expiry as RFC 3339.
+    #[arg(long, conflicts_with = "no_expiry")]
+    pub expires_at: Option<String>,
+    /// Remove the expiry.
+    #[arg(long)]
+    pub no_expiry: bool,
+    /// Enable the key.
+    #[arg(long, conflicts_with = "disable")]
+    pub enable: bool,
+    /// Disable the key.
+    #[arg(long)]
+    pub disable: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysRotateArgs {
+    /// The key's identifier (key_...).
+    pub key_id: String,
+    /// How long the previous secret keeps working, e.g. 0, 10m, 24h (default 0: it stops now).
+    #[arg(long, default_value = "0")]
+    pub grace: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The key's identifier (key_...).
+    pub key_id: String,
+    /// Why the key is revoked.
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The key to verify, or '-' to read it from standard input (keeps it out of shell history).
+    pub key: String,
+    /// A permission the key must hold (repeatable; all are required).
+    #[arg(long = "permission")]
+    pub permissions: Vec<String>,
+    /// A permission query instead, e.g. 'orders.read AND (orders.write OR admin.*)'.
+    #[arg(long, conflicts_with = "permissions")]
+    pub query: Option<String>,
+    /// HTTP method of the protected request.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Path of the protected request.
+    #[arg(long)]
+    pub path: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit events.
+    List(AuditListArgs),
+    /// Walk the hash chain and report the first broken link (exit 3 if broken).
+    Verify(ClientOnly),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditListArgs {
+    /// Only events about this key_id.
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// Only this action, e.g. key.revoke.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Page size (1 to 1000).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Cursor from a previous page.
+    #[arg(long)]
+    pub cursor: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientOnly {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RootCommand {
+    /// Create a root key; prints it once.
+    Create(RootCreateArgs),
+    /// List root keys.
+    List(KeysListArgs),
+    /// Revoke a root key.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RootCreateArgs {
+    /// Who is accountable for the root key.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Display name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A root permission (repeatable; default *): keys.create, keys.read, keys.update,
+    /// keys.revoke, keys.verify, audit.read, root.manage.
+    #[arg(long = "permission")]
+    pub permissions: Vec<String>,
+    /// Lifetime, e.g. 30d.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}

@@ -1,0 +1,98 @@
+//! `keyward serve`: open the store, bootstrap the first root key, serve until a signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use keyward_engine::clock::SystemClock;
+use keyward_engine::{CacheConfig, EngineConfig, Keyward};
+use keyward_http::AppState;
+use keyward_store::SqliteStore;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{LogFormat, ServeArgs};
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutting down");
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let store = SqliteStore::open(&args.data_dir).await?;
+    let config = EngineConfig {
+        cache: CacheConfig {
+            max_staleness: Duration::from_secs(args.cache_max_staleness_seconds),
+            ..CacheConfig::default()
+        },
+    };
+    let engine = Arc::new(Keyward::new(Arc::new(store.clone()), Arc::new(SystemClock), config));
+    if let Some(root) = engine.bootstrap().await.context("creating the first root key")? {
+        // Printed to stdout, never logged: this is the only time the root key exists in clear.
+        println!("keyward: created the first root key ({}), with all permissions:", root.record.key_id);
+        println!();
+        println!("    {}", root.key.expose());
+        println!();
+        println!("This root key will not be shown again. Store it now, for example:");
+        println!("    export KEYWARD_ROOT_KEY=<the key above>");
+    }
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    println!("keyward: listening on http://{local} (data in {})", args.data_dir.display());
+    tracing::info!(%local, data_dir = %args.data_dir.display(), "keyward listening");
+
+    let flusher = {
+        let engine = Arc::clone(&engine);
+        let every = Duration::from_secs(args.last_used_flush_seconds);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = engine.flush_last_used().await {
+                    tracing::warn!(error = %e, "writing last_used_at failed; will retry");
+                }
+            }
+        })
+    };
+    let state = AppState { engine: Arc::clone(&engine) };
+    keyward_http::serve(listener, state, shutdown_signal()).await.context("serving HTTP")?;
+    flusher.abort();
+    if let Err(e) = engine.flush_last_used().await {
+        tracing::warn!(error = %e, "writing last_used_at at shutdown failed");
+    }
+    store.close().await;
+    Ok(())
+}
