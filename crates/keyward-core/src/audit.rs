@@ -114,15 +114,25 @@ pub fn event_hash(
     prev_hash: &str,
 ) -> String {
     // A JSON array is an unambiguous encoding of the fields: no field can bleed into the next.
-    let canonical = json!([seq, unix_millis(time), actor, action, target, summary, prev_hash]);
+    let canonical = json!([
+        seq,
+        unix_millis(time),
+        actor,
+        action,
+        target,
+        summary,
+        prev_hash
+    ]);
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
 impl AuditDraft {
     /// Links the draft after an event with `prev_hash` at position `seq`.
     pub fn into_event(self, seq: i64, prev_hash: &str) -> AuditEvent {
-        let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_millis(self.time)) * 1_000_000)
-            .unwrap_or(self.time);
+        let time = OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(unix_millis(self.time)) * 1_000_000,
+        )
+        .unwrap_or(self.time);
         let hash = event_hash(
             seq,
             time,
@@ -264,7 +274,15 @@ mod tests {
         let mut events = chain(5);
         events[2].actor = Some("key_mallory".into());
         let e = &events[2];
-        events[2].hash = event_hash(e.seq, e.time, e.actor.as_deref(), &e.action, e.target.as_deref(), &e.summary, &e.prev_hash);
+        events[2].hash = event_hash(
+            e.seq,
+            e.time,
+            e.actor.as_deref(),
+            &e.action,
+            e.target.as_deref(),
+            &e.summary,
+            &e.prev_hash,
+        );
         let broken = first_break(&events).unwrap();
         assert_eq!(broken.seq, 4);
         assert!(broken.reason.contains("prev_hash"));

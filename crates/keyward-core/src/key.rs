@@ -272,7 +272,8 @@ pub fn generate_key<R: TryCryptoRng + ?Sized>(
 ) -> Result<PlaintextKey, EntropyError> {
     let mut random = Zeroizing::new([0u8; RANDOM_LEN]);
     fill_base62(rng, random.as_mut_slice())?;
-    let checksum = base62::encode_padded(u64::from(crc32fast::hash(random.as_slice())), CHECKSUM_LEN);
+    let checksum =
+        base62::encode_padded(u64::from(crc32fast::hash(random.as_slice())), CHECKSUM_LEN);
     let mut key = Zeroizing::new(String::with_capacity(MAX_KEY_LEN));
     key.push_str(prefix.as_str());
     key.push('_');
@@ -294,9 +295,8 @@ pub fn generate_key_id<R: TryCryptoRng + ?Sized>(rng: &mut R) -> Result<String, 
 
 /// True if `s` has the shape of a key_id; used to reject junk path parameters early.
 pub fn is_key_id(s: &str) -> bool {
-    s.strip_prefix("key_").is_some_and(|rest| {
-        rest.len() == KEY_ID_RANDOM_LEN && rest.bytes().all(base62::is_base62)
-    })
+    s.strip_prefix("key_")
+        .is_some_and(|rest| rest.len() == KEY_ID_RANDOM_LEN && rest.bytes().all(base62::is_base62))
 }
 
 #[cfg(test)]
@@ -404,15 +404,24 @@ pub(crate) mod tests {
         let cases: Vec<(String, MalformedKey)> = vec![
             (String::new(), MalformedKey::NoSeparator),
             ("nounderscore".into(), MalformedKey::NoSeparator),
-            (good.replacen("kw_live", "Kw_live", 1), MalformedKey::BadPrefix),
-            (good.replacen("kw_live", "9w_live", 1), MalformedKey::BadPrefix),
+            (
+                good.replacen("kw_live", "Kw_live", 1),
+                MalformedKey::BadPrefix,
+            ),
+            (
+                good.replacen("kw_live", "9w_live", 1),
+                MalformedKey::BadPrefix,
+            ),
             (format!("_{}", &good[8..]), MalformedKey::BadPrefix),
             (good[..good.len() - 1].to_owned(), MalformedKey::BadBody),
             (format!("{good}a"), MalformedKey::BadBody),
             (good.replacen("aaaa", "aa-a", 1), MalformedKey::BadBody),
             (good.replacen("aaaa", "aaab", 1), MalformedKey::BadChecksum),
             // Too long overall: rejected before anything else is looked at.
-            (format!("{}_{}", "a".repeat(21), &good[8..]), MalformedKey::BadBody),
+            (
+                format!("{}_{}", "a".repeat(21), &good[8..]),
+                MalformedKey::BadBody,
+            ),
             ("x".repeat(10_000), MalformedKey::BadBody),
             ("kw_live_ééééééééééééééééééé".into(), MalformedKey::BadBody),
         ];
@@ -432,7 +441,11 @@ pub(crate) mod tests {
 
     #[test]
     fn debug_output_never_contains_the_secret() {
-        let key = generate_key(&Prefix::new("kw_live").unwrap(), &mut ScriptedRng::new(vec![])).unwrap();
+        let key = generate_key(
+            &Prefix::new("kw_live").unwrap(),
+            &mut ScriptedRng::new(vec![]),
+        )
+        .unwrap();
         let debug = format!("{key:?} {:?}", key.parsed().unwrap());
         assert!(!debug.contains(key.expose()));
         assert!(debug.contains(key.parsed().unwrap().start()));
@@ -443,8 +456,14 @@ pub(crate) mod tests {
         let hash = KeyHash::sha256_of("kw_live_x");
         let back = KeyHash::from_stored(hash.version(), &hash.to_hex()).unwrap();
         assert!(hash.ct_eq(&back));
-        assert_eq!(KeyHash::from_stored(2, &hash.to_hex()), Err(HashDecodeError::UnknownVersion(2)));
-        assert_eq!(KeyHash::from_stored(1, "zz"), Err(HashDecodeError::BadDigest));
+        assert_eq!(
+            KeyHash::from_stored(2, &hash.to_hex()),
+            Err(HashDecodeError::UnknownVersion(2))
+        );
+        assert_eq!(
+            KeyHash::from_stored(1, "zz"),
+            Err(HashDecodeError::BadDigest)
+        );
         assert!(!hash.ct_eq(&KeyHash::sha256_of("kw_live_y")));
     }
 

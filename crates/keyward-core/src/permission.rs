@@ -333,7 +333,12 @@ impl PermissionQuery {
 
     /// A query requiring every permission in `required` (what repeated CLI flags mean).
     pub fn all_of<I: IntoIterator<Item = S>, S: Into<String>>(required: I) -> Self {
-        Self::All(required.into_iter().map(|p| Self::Require(p.into())).collect())
+        Self::All(
+            required
+                .into_iter()
+                .map(|p| Self::Require(p.into()))
+                .collect(),
+        )
     }
 
     /// Evaluates the query against a key's grants.
@@ -356,7 +361,11 @@ mod tests {
 
     fn check(query: &str, key_grants: &[&str], expected: bool) {
         let q = PermissionQuery::parse(query).unwrap_or_else(|e| panic!("{query}: {e}"));
-        assert_eq!(q.is_satisfied_by(&grants(key_grants)), expected, "{query} vs {key_grants:?}");
+        assert_eq!(
+            q.is_satisfied_by(&grants(key_grants)),
+            expected,
+            "{query} vs {key_grants:?}"
+        );
     }
 
     fn check_error(query: &str, position: usize, fragment: &str) {
@@ -381,7 +390,11 @@ mod tests {
     fn boolean_structure_and_precedence() {
         let key = ["orders.read", "admin.*"];
         check("orders.read AND (orders.write OR admin.users)", &key, true);
-        check("orders.read AND (orders.write OR billing.users)", &key, false);
+        check(
+            "orders.read AND (orders.write OR billing.users)",
+            &key,
+            false,
+        );
         // AND binds tighter than OR: a OR (b AND c).
         check("orders.write OR orders.read AND admin.x", &key, true);
         check("orders.write OR orders.read AND billing.x", &key, false);
@@ -408,17 +421,37 @@ mod tests {
         let deep = format!("{}a{}", "(".repeat(20), ")".repeat(20));
         check_error(&deep, MAX_QUERY_DEPTH, "nested deeper");
         let many = vec!["p"; 65].join(" OR ");
-        assert!(PermissionQuery::parse(&many).unwrap_err().message.contains("more than 64"));
+        assert!(
+            PermissionQuery::parse(&many)
+                .unwrap_err()
+                .message
+                .contains("more than 64")
+        );
         let wide = "x".repeat(129);
         check_error(&wide, 0, "longer than 128");
     }
 
     #[test]
     fn grant_validation() {
-        for ok in ["orders.read", "*", "orders.*", "a:b-c_d.e", "orders.items.*"] {
+        for ok in [
+            "orders.read",
+            "*",
+            "orders.*",
+            "a:b-c_d.e",
+            "orders.items.*",
+        ] {
             assert!(Permission::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "orders.", "*.read", "orders.*.read", "or ders", "orders.re*d", "ü"] {
+        for bad in [
+            "",
+            ".",
+            "orders.",
+            "*.read",
+            "orders.*.read",
+            "or ders",
+            "orders.re*d",
+            "ü",
+        ] {
             assert!(Permission::new(bad).is_err(), "{bad}");
         }
         assert!(Permission::new(&"a".repeat(129)).is_err());

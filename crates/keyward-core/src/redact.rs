@@ -69,7 +69,12 @@ mod tests {
 
     #[test]
     fn ordinary_text_is_untouched() {
-        for text in ["key_id key_AbCdEfGhIjKlMnOpQrSt not found", "orders.read AND admin.*", "ünïcödé_text", ""] {
+        for text in [
+            "key_id key_AbCdEfGhIjKlMnOpQrSt not found",
+            "orders.read AND admin.*",
+            "ünïcödé_text",
+            "",
+        ] {
             assert!(matches!(redact(text), Cow::Borrowed(_)), "{text}");
         }
     }

@@ -64,8 +64,13 @@ impl RoutePattern {
         } else {
             rest.split('/').map(str::to_owned).collect()
         };
-        if segments.iter().any(|s| s.is_empty() || s == "." || s == "..") {
-            return Err(invalid("the path must not contain empty, '.' or '..' segments"));
+        if segments
+            .iter()
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        {
+            return Err(invalid(
+                "the path must not contain empty, '.' or '..' segments",
+            ));
         }
         if segments.iter().any(|s| s.contains("**") && s != "**") {
             return Err(invalid("'**' must be a whole segment"));
@@ -84,10 +89,12 @@ impl RoutePattern {
 
     /// True if a request with `method` and `path` is allowed by this pattern.
     pub fn matches(&self, method: &str, path: &str) -> bool {
-        if let Some(m) = &self.method {
-            if !m.eq_ignore_ascii_case(method) {
-                return false;
-            }
+        if self
+            .method
+            .as_ref()
+            .is_some_and(|m| !m.eq_ignore_ascii_case(method))
+        {
+            return false;
         }
         match request_segments(path) {
             Some(segments) => match_segments(&self.segments, &segments),
@@ -114,7 +121,10 @@ fn request_segments(path: &str) -> Option<Vec<&str>> {
         return Some(Vec::new());
     }
     let segments: Vec<&str> = rest.split('/').collect();
-    if segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
+    if segments
+        .iter()
+        .any(|s| s.is_empty() || *s == "." || *s == "..")
+    {
         return None;
     }
     Some(segments)
@@ -173,7 +183,11 @@ mod tests {
 
     fn check(pattern: &str, method: &str, path: &str, expected: bool) {
         let p = RoutePattern::new(pattern).unwrap();
-        assert_eq!(p.matches(method, path), expected, "{pattern} vs {method} {path}");
+        assert_eq!(
+            p.matches(method, path),
+            expected,
+            "{pattern} vs {method} {path}"
+        );
     }
 
     #[test]
@@ -217,7 +231,15 @@ mod tests {
 
     #[test]
     fn invalid_patterns_are_rejected() {
-        for bad in ["/v1/orders", "get /v1", "GET v1", "GET /v1//x", "GET /a/../b", "GET /a/b**", "GET /a b"] {
+        for bad in [
+            "/v1/orders",
+            "get /v1",
+            "GET v1",
+            "GET /v1//x",
+            "GET /a/../b",
+            "GET /a/b**",
+            "GET /a b",
+        ] {
             assert!(RoutePattern::new(bad).is_err(), "{bad}");
         }
         assert!(RoutePattern::new(&format!("GET /{}", "a".repeat(300))).is_err());

@@ -56,10 +56,16 @@ pub fn text(field: &str, value: &str) -> Result<String, FieldError> {
         return Err(FieldError::new(field, "must not be empty"));
     }
     if trimmed.chars().count() > MAX_TEXT_CHARS {
-        return Err(FieldError::new(field, format!("must be at most {MAX_TEXT_CHARS} characters")));
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_TEXT_CHARS} characters"),
+        ));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(trimmed.to_owned())
 }
@@ -72,10 +78,19 @@ pub fn optional_text(field: &str, value: Option<&str>) -> Result<Option<String>,
 /// An identifier such as a tenant or environment: `[A-Za-z0-9_.:-]`, 1 to 64 bytes.
 pub fn ident(field: &str, value: &str) -> Result<String, FieldError> {
     if value.is_empty() || value.len() > MAX_IDENT_LEN {
-        return Err(FieldError::new(field, format!("must be 1 to {MAX_IDENT_LEN} characters")));
+        return Err(FieldError::new(
+            field,
+            format!("must be 1 to {MAX_IDENT_LEN} characters"),
+        ));
     }
-    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-')) {
-        return Err(FieldError::new(field, "may contain only A-Z a-z 0-9 _ . : -"));
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+    {
+        return Err(FieldError::new(
+            field,
+            "may contain only A-Z a-z 0-9 _ . : -",
+        ));
     }
     Ok(value.to_owned())
 }
@@ -87,9 +102,9 @@ pub fn tags(values: &[String]) -> Result<Vec<String>, FieldError> {
     }
     let mut out: Vec<String> = Vec::with_capacity(values.len());
     for (i, tag) in values.iter().enumerate() {
-        let ok_chars = tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'=' | b'/' | b'-'));
+        let ok_chars = tag.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'=' | b'/' | b'-')
+        });
         if tag.is_empty() || tag.len() > MAX_TAG_LEN || !ok_chars {
             return Err(FieldError::new(
                 format!("tags[{i}]"),
@@ -118,11 +133,15 @@ pub fn meta(value: Map<String, Value>) -> Result<Map<String, Value>, FieldError>
 /// Permission grants: at most 128, each valid, duplicates removed.
 pub fn permissions(values: &[String]) -> Result<Vec<Permission>, FieldError> {
     if values.len() > MAX_PERMISSIONS {
-        return Err(FieldError::new("permissions", format!("at most {MAX_PERMISSIONS} permissions")));
+        return Err(FieldError::new(
+            "permissions",
+            format!("at most {MAX_PERMISSIONS} permissions"),
+        ));
     }
     let mut out: Vec<Permission> = Vec::with_capacity(values.len());
     for (i, value) in values.iter().enumerate() {
-        let p = Permission::new(value).map_err(|e| FieldError::new(format!("permissions[{i}]"), e.to_string()))?;
+        let p = Permission::new(value)
+            .map_err(|e| FieldError::new(format!("permissions[{i}]"), e.to_string()))?;
         if !out.contains(&p) {
             out.push(p);
         }
@@ -133,12 +152,17 @@ pub fn permissions(values: &[String]) -> Result<Vec<Permission>, FieldError> {
 /// Route patterns: at most 64, each valid.
 pub fn routes(values: &[String]) -> Result<Vec<RoutePattern>, FieldError> {
     if values.len() > MAX_ROUTES {
-        return Err(FieldError::new("routes", format!("at most {MAX_ROUTES} routes")));
+        return Err(FieldError::new(
+            "routes",
+            format!("at most {MAX_ROUTES} routes"),
+        ));
     }
     values
         .iter()
         .enumerate()
-        .map(|(i, v)| RoutePattern::new(v).map_err(|e| FieldError::new(format!("routes[{i}]"), e.to_string())))
+        .map(|(i, v)| {
+            RoutePattern::new(v).map_err(|e| FieldError::new(format!("routes[{i}]"), e.to_string()))
+        })
         .collect()
 }
 
@@ -158,12 +182,19 @@ pub fn reason(value: &str) -> Result<String, FieldError> {
 }
 
 /// An absolute expiry: in the future and at most [`MAX_TTL`] away.
-pub fn expires_at(field: &str, at: OffsetDateTime, now: OffsetDateTime) -> Result<OffsetDateTime, FieldError> {
+pub fn expires_at(
+    field: &str,
+    at: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<OffsetDateTime, FieldError> {
     if at <= now {
         return Err(FieldError::new(field, "must be in the future"));
     }
     if at - now > MAX_TTL {
-        return Err(FieldError::new(field, "must be at most 3660 days (10 years) away"));
+        return Err(FieldError::new(
+            field,
+            "must be at most 3660 days (10 years) away",
+        ));
     }
     Ok(at)
 }
@@ -173,7 +204,10 @@ pub fn ttl(seconds: i64, now: OffsetDateTime) -> Result<OffsetDateTime, FieldErr
     if seconds <= 0 || seconds > MAX_TTL.whole_seconds() {
         return Err(FieldError::new(
             "ttl_seconds",
-            format!("must be between 1 and {} (10 years)", MAX_TTL.whole_seconds()),
+            format!(
+                "must be between 1 and {} (10 years)",
+                MAX_TTL.whole_seconds()
+            ),
         ));
     }
     Ok(now + Duration::seconds(seconds))
@@ -184,7 +218,11 @@ pub fn ttl(seconds: i64, now: OffsetDateTime) -> Result<OffsetDateTime, FieldErr
 pub fn prefix(explicit: Option<&str>, environment: &str) -> Result<Prefix, FieldError> {
     let chosen = match explicit {
         Some(p) => p,
-        None if matches!(environment, "test" | "testing" | "dev" | "development" | "sandbox" | "staging") => {
+        None if matches!(
+            environment,
+            "test" | "testing" | "dev" | "development" | "sandbox" | "staging"
+        ) =>
+        {
             PREFIX_TEST
         }
         None => PREFIX_LIVE,
@@ -202,9 +240,20 @@ mod tests {
     fn errors_name_the_field() {
         assert_eq!(text("owner", "  ").unwrap_err().field, "owner");
         assert_eq!(text("owner", " team ").unwrap(), "team");
-        assert_eq!(permissions(&["ok".into(), "bad perm".into()]).unwrap_err().field, "permissions[1]");
-        assert_eq!(routes(&["GET /x".into(), "nope".into()]).unwrap_err().field, "routes[1]");
-        assert_eq!(tags(&["a".into(), "b c".into()]).unwrap_err().field, "tags[1]");
+        assert_eq!(
+            permissions(&["ok".into(), "bad perm".into()])
+                .unwrap_err()
+                .field,
+            "permissions[1]"
+        );
+        assert_eq!(
+            routes(&["GET /x".into(), "nope".into()]).unwrap_err().field,
+            "routes[1]"
+        );
+        assert_eq!(
+            tags(&["a".into(), "b c".into()]).unwrap_err().field,
+            "tags[1]"
+        );
         assert_eq!(ident("tenant", "a b").unwrap_err().field, "tenant");
     }
 
@@ -212,7 +261,10 @@ mod tests {
     fn meta_is_bounded() {
         let small = json!({"plan": "pro"}).as_object().unwrap().clone();
         assert!(meta(small).is_ok());
-        let big = json!({"blob": "x".repeat(5000)}).as_object().unwrap().clone();
+        let big = json!({"blob": "x".repeat(5000)})
+            .as_object()
+            .unwrap()
+            .clone();
         assert!(meta(big).unwrap_err().message.contains("at most 4096"));
     }
 
@@ -230,13 +282,19 @@ mod tests {
     fn prefix_follows_the_environment() {
         assert_eq!(prefix(None, "live").unwrap().as_str(), "kw_live");
         assert_eq!(prefix(None, "test").unwrap().as_str(), "kw_test");
-        assert_eq!(prefix(Some("acme_prod"), "test").unwrap().as_str(), "acme_prod");
+        assert_eq!(
+            prefix(Some("acme_prod"), "test").unwrap().as_str(),
+            "acme_prod"
+        );
         assert_eq!(prefix(Some("Bad"), "live").unwrap_err().field, "prefix");
     }
 
     #[test]
     fn duplicates_are_dropped() {
         assert_eq!(permissions(&["a".into(), "a".into()]).unwrap().len(), 1);
-        assert_eq!(tags(&["x".into(), "x".into()]).unwrap(), vec!["x".to_owned()]);
+        assert_eq!(
+            tags(&["x".into(), "x".into()]).unwrap(),
+            vec!["x".to_owned()]
+        );
     }
 }

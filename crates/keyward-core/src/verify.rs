@@ -158,21 +158,32 @@ pub(crate) mod tests {
         }
     }
 
-    fn code(key: &KeyRecord, secret: &SecretInfo, req: VerifyRequest<'_>, now: OffsetDateTime) -> VerifyCode {
+    fn code(
+        key: &KeyRecord,
+        secret: &SecretInfo,
+        req: VerifyRequest<'_>,
+        now: OffsetDateTime,
+    ) -> VerifyCode {
         decide(key, secret, &req, now).code
     }
 
     #[test]
     fn valid_key_passes() {
         let q = PermissionQuery::parse("orders.read").unwrap();
-        let req = VerifyRequest { query: Some(&q), ..Default::default() };
+        let req = VerifyRequest {
+            query: Some(&q),
+            ..Default::default()
+        };
         assert_eq!(code(&record(), &secret(None), req, T0), VerifyCode::Valid);
     }
 
     #[test]
     fn checks_are_ordered() {
         let q = PermissionQuery::parse("orders.write").unwrap();
-        let req = VerifyRequest { query: Some(&q), ..Default::default() };
+        let req = VerifyRequest {
+            query: Some(&q),
+            ..Default::default()
+        };
         let mut key = record();
         key.enabled = false;
         key.expires_at = Some(T0);
@@ -183,12 +194,25 @@ pub(crate) mod tests {
         key.expires_at = Some(T0 + Duration::seconds(1));
         assert_eq!(code(&key, &secret(None), req, T0), VerifyCode::Disabled);
         key.enabled = true;
-        assert_eq!(code(&key, &secret(None), req, T0), VerifyCode::InsufficientPermissions);
+        assert_eq!(
+            code(&key, &secret(None), req, T0),
+            VerifyCode::InsufficientPermissions
+        );
         key.routes = vec![RoutePattern::new("GET /v1/orders/*").unwrap()];
         let ok_q = PermissionQuery::parse("orders.read").unwrap();
-        let req = VerifyRequest { query: Some(&ok_q), method: Some("POST"), path: Some("/v1/orders/1") };
-        assert_eq!(code(&key, &secret(None), req, T0), VerifyCode::RouteNotAllowed);
-        let req = VerifyRequest { method: Some("GET"), ..req };
+        let req = VerifyRequest {
+            query: Some(&ok_q),
+            method: Some("POST"),
+            path: Some("/v1/orders/1"),
+        };
+        assert_eq!(
+            code(&key, &secret(None), req, T0),
+            VerifyCode::RouteNotAllowed
+        );
+        let req = VerifyRequest {
+            method: Some("GET"),
+            ..req
+        };
         assert_eq!(code(&key, &secret(None), req, T0), VerifyCode::Valid);
     }
 
@@ -197,8 +221,14 @@ pub(crate) mod tests {
         let mut key = record();
         key.expires_at = Some(T0 + Duration::seconds(10));
         let req = VerifyRequest::default();
-        assert_eq!(code(&key, &secret(None), req, T0 + Duration::seconds(9)), VerifyCode::Valid);
-        assert_eq!(code(&key, &secret(None), req, T0 + Duration::seconds(10)), VerifyCode::Expired);
+        assert_eq!(
+            code(&key, &secret(None), req, T0 + Duration::seconds(9)),
+            VerifyCode::Valid
+        );
+        assert_eq!(
+            code(&key, &secret(None), req, T0 + Duration::seconds(10)),
+            VerifyCode::Expired
+        );
     }
 
     #[test]
@@ -206,9 +236,21 @@ pub(crate) mod tests {
         let until = T0 + Duration::hours(1);
         let old = secret(Some(until));
         let d = decide(&record(), &old, &VerifyRequest::default(), T0);
-        assert_eq!(d, Decision { code: VerifyCode::Valid, deprecated_until: Some(until) });
+        assert_eq!(
+            d,
+            Decision {
+                code: VerifyCode::Valid,
+                deprecated_until: Some(until)
+            }
+        );
         let d = decide(&record(), &old, &VerifyRequest::default(), until);
-        assert_eq!(d, Decision { code: VerifyCode::Expired, deprecated_until: None });
+        assert_eq!(
+            d,
+            Decision {
+                code: VerifyCode::Expired,
+                deprecated_until: None
+            }
+        );
     }
 
     #[test]
@@ -216,7 +258,16 @@ pub(crate) mod tests {
         let names: Vec<_> = VerifyCode::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(
             names,
-            ["VALID", "MALFORMED", "NOT_FOUND", "REVOKED", "EXPIRED", "DISABLED", "INSUFFICIENT_PERMISSIONS", "ROUTE_NOT_ALLOWED"]
+            [
+                "VALID",
+                "MALFORMED",
+                "NOT_FOUND",
+                "REVOKED",
+                "EXPIRED",
+                "DISABLED",
+                "INSUFFICIENT_PERMISSIONS",
+                "ROUTE_NOT_ALLOWED"
+            ]
         );
     }
 }

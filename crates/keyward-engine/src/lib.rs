@@ -15,9 +15,14 @@ mod usage;
 
 use std::sync::{Arc, Mutex};
 
-use keyward_core::audit::{AuditAction, AuditDraft, AuditEvent, BrokenLink, ChainVerifier, summary_diff};
+use keyward_core::audit::{
+    AuditAction, AuditDraft, AuditEvent, BrokenLink, ChainVerifier, summary_diff,
+};
 use keyward_core::clock::Clock;
-use keyward_core::key::{EntropyError, KeyHash, ParsedKey, PlaintextKey, PREFIX_ROOT, Prefix, generate_key, generate_key_id, is_key_id};
+use keyward_core::key::{
+    EntropyError, KeyHash, PREFIX_ROOT, ParsedKey, PlaintextKey, Prefix, generate_key,
+    generate_key_id, is_key_id,
+};
 use keyward_core::permission::{Permission, PermissionQuery};
 use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, SecretInfo};
 use keyward_core::rotation::{MAX_GRACE, RotationPlan, plan_rotation};
@@ -255,7 +260,10 @@ fn page_limit(limit: Option<u32>) -> Result<u32, FieldError> {
     match limit {
         None => Ok(DEFAULT_PAGE),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        Some(_) => Err(FieldError::new("limit", format!("must be between 1 and {MAX_PAGE}"))),
+        Some(_) => Err(FieldError::new(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}"),
+        )),
     }
 }
 
@@ -271,12 +279,18 @@ fn root_permissions(values: &[String]) -> Result<Vec<Permission>, FieldError> {
         if !known {
             return Err(FieldError::new(
                 format!("permissions[{i}]"),
-                format!("{p} grants none of the root permissions ({})", ROOT_PERMISSIONS.join(", ")),
+                format!(
+                    "{p} grants none of the root permissions ({})",
+                    ROOT_PERMISSIONS.join(", ")
+                ),
             ));
         }
     }
     if permissions.is_empty() {
-        return Err(FieldError::new("permissions", "a root key needs at least one permission"));
+        return Err(FieldError::new(
+            "permissions",
+            "a root key needs at least one permission",
+        ));
     }
     Ok(permissions)
 }
@@ -305,7 +319,11 @@ impl Keyward {
 
     /// Verifies an API key for a request. Well-formed inputs always give a [`Verification`];
     /// an error means the store failed on a cache miss.
-    pub async fn verify(&self, presented: &str, request: &VerifyRequest<'_>) -> Result<Verification, EngineError> {
+    pub async fn verify(
+        &self,
+        presented: &str,
+        request: &VerifyRequest<'_>,
+    ) -> Result<Verification, EngineError> {
         self.verify_kind(presented, request, KeyKind::Api).await
     }
 
@@ -339,7 +357,11 @@ impl Keyward {
         })
     }
 
-    async fn lookup(&self, hash: &KeyHash, now: OffsetDateTime) -> Result<Option<(Arc<KeyRecord>, SecretInfo)>, EngineError> {
+    async fn lookup(
+        &self,
+        hash: &KeyHash,
+        now: OffsetDateTime,
+    ) -> Result<Option<(Arc<KeyRecord>, SecretInfo)>, EngineError> {
         let generation = self.cache.generation();
         let cached = match self.cache.secret(hash) {
             SecretLookup::NotFound => return Ok(None),
@@ -396,13 +418,18 @@ impl Keyward {
                 };
                 let v = self.verify_kind(key, &request, KeyKind::Root).await?;
                 match (v.code, v.key) {
-                    (VerifyCode::Valid, Some(k)) => return Ok(Principal { key_id: k.key_id.clone() }),
+                    (VerifyCode::Valid, Some(k)) => {
+                        return Ok(Principal {
+                            key_id: k.key_id.clone(),
+                        });
+                    }
                     (code, key) => (code.as_str(), key.map(|k| k.key_id.clone())),
                 }
             }
         };
         let forbidden = reason == VerifyCode::InsufficientPermissions.as_str();
-        self.audit_auth_failure(reason, actor, permission, remote).await?;
+        self.audit_auth_failure(reason, actor, permission, remote)
+            .await?;
         Err(if forbidden {
             AuthError::Forbidden { permission }
         } else {
@@ -426,13 +453,22 @@ impl Keyward {
             }
             if budget.written >= AUTH_FAILURE_EVENTS_PER_MINUTE {
                 budget.suppressed += 1;
-                tracing::warn!(reason, permission, "failed admin authentication (audit event suppressed by the rate cap)");
+                tracing::warn!(
+                    reason,
+                    permission,
+                    "failed admin authentication (audit event suppressed by the rate cap)"
+                );
                 return Ok(());
             }
             budget.written += 1;
             std::mem::take(&mut budget.suppressed)
         };
-        tracing::warn!(reason, permission, actor = actor.as_deref(), "failed admin authentication");
+        tracing::warn!(
+            reason,
+            permission,
+            actor = actor.as_deref(),
+            "failed admin authentication"
+        );
         self.store
             .append_audit(AuditDraft {
                 time: now,
@@ -465,18 +501,32 @@ impl Keyward {
     }
 
     /// Creates an API key.
-    pub async fn create_key(&self, actor: &Principal, spec: NewKey) -> Result<Created, EngineError> {
+    pub async fn create_key(
+        &self,
+        actor: &Principal,
+        spec: NewKey,
+    ) -> Result<Created, EngineError> {
         self.create(Some(actor), KeyKind::Api, spec).await
     }
 
     /// Creates a root key.
-    pub async fn create_root_key(&self, actor: &Principal, spec: NewKey) -> Result<Created, EngineError> {
+    pub async fn create_root_key(
+        &self,
+        actor: &Principal,
+        spec: NewKey,
+    ) -> Result<Created, EngineError> {
         self.create(Some(actor), KeyKind::Root, spec).await
     }
 
-    async fn create(&self, actor: Option<&Principal>, kind: KeyKind, spec: NewKey) -> Result<Created, EngineError> {
+    async fn create(
+        &self,
+        actor: Option<&Principal>,
+        kind: KeyKind,
+        spec: NewKey,
+    ) -> Result<Created, EngineError> {
         let now = self.clock.now();
-        let environment = validate::ident("environment", spec.environment.as_deref().unwrap_or("live"))?;
+        let environment =
+            validate::ident("environment", spec.environment.as_deref().unwrap_or("live"))?;
         let (permissions, prefix) = match kind {
             KeyKind::Api => (
                 validate::permissions(&spec.permissions)?,
@@ -484,14 +534,25 @@ impl Keyward {
             ),
             KeyKind::Root => {
                 if spec.prefix.is_some() {
-                    return Err(FieldError::new("prefix", format!("root keys always use the prefix {PREFIX_ROOT}")).into());
+                    return Err(FieldError::new(
+                        "prefix",
+                        format!("root keys always use the prefix {PREFIX_ROOT}"),
+                    )
+                    .into());
                 }
-                (root_permissions(&spec.permissions)?, validate::prefix(Some(PREFIX_ROOT), &environment)?)
+                (
+                    root_permissions(&spec.permissions)?,
+                    validate::prefix(Some(PREFIX_ROOT), &environment)?,
+                )
             }
         };
         let expires_at = match (spec.expires_at, spec.ttl_seconds) {
             (Some(_), Some(_)) => {
-                return Err(FieldError::new("ttl_seconds", "give expires_at or ttl_seconds, not both").into());
+                return Err(FieldError::new(
+                    "ttl_seconds",
+                    "give expires_at or ttl_seconds, not both",
+                )
+                .into());
             }
             (Some(at), None) => Some(validate::expires_at("expires_at", at, now)?),
             (None, Some(ttl)) => Some(validate::ttl(ttl, now)?),
@@ -499,7 +560,9 @@ impl Keyward {
         };
         let mut rng = rand::rngs::SysRng;
         let key = generate_key(&prefix, &mut rng)?;
-        let parsed = key.parsed().map_err(|_| EngineError::Entropy(EntropyError))?;
+        let parsed = key
+            .parsed()
+            .map_err(|_| EngineError::Entropy(EntropyError))?;
         let secret = SecretInfo {
             hash: parsed.hash(),
             start: parsed.start().to_owned(),
@@ -511,7 +574,11 @@ impl Keyward {
             kind,
             owner: validate::text("owner", &spec.owner)?,
             name: validate::optional_text("name", spec.name.as_deref())?,
-            tenant: spec.tenant.as_deref().map(|t| validate::ident("tenant", t)).transpose()?,
+            tenant: spec
+                .tenant
+                .as_deref()
+                .map(|t| validate::ident("tenant", t))
+                .transpose()?,
             environment,
             purpose: validate::optional_text("purpose", spec.purpose.as_deref())?,
             tags: validate::tags(&spec.tags)?,
@@ -556,7 +623,9 @@ impl Keyward {
 
     /// Reads a key of `kind`.
     pub async fn get_key(&self, kind: KeyKind, key_id: &str) -> Result<KeyRecord, EngineError> {
-        let not_found = || EngineError::NotFound { key_id: key_id.to_owned() };
+        let not_found = || EngineError::NotFound {
+            key_id: key_id.to_owned(),
+        };
         if !is_key_id(key_id) {
             return Err(not_found());
         }
@@ -567,7 +636,11 @@ impl Keyward {
     }
 
     /// Lists keys of `kind`.
-    pub async fn list_keys(&self, kind: KeyKind, query: ListKeys) -> Result<Page<KeyRecord>, EngineError> {
+    pub async fn list_keys(
+        &self,
+        kind: KeyKind,
+        query: ListKeys,
+    ) -> Result<Page<KeyRecord>, EngineError> {
         let filter = KeyFilter {
             kind,
             owner: query.owner,
@@ -582,7 +655,12 @@ impl Keyward {
 
     /// Reads, changes and writes a key with optimistic concurrency, retrying on a race; the
     /// change returns the new record, the secret changes and the audit event.
-    async fn modify<F>(&self, kind: KeyKind, key_id: &str, change: F) -> Result<KeyRecord, EngineError>
+    async fn modify<F>(
+        &self,
+        kind: KeyKind,
+        key_id: &str,
+        change: F,
+    ) -> Result<KeyRecord, EngineError>
     where
         F: Fn(&KeyRecord, OffsetDateTime) -> Result<KeyWrite, EngineError>,
     {
@@ -613,7 +691,12 @@ impl Keyward {
     }
 
     /// Updates an API key's metadata.
-    pub async fn update_key(&self, actor: &Principal, key_id: &str, patch: KeyPatch) -> Result<KeyRecord, EngineError> {
+    pub async fn update_key(
+        &self,
+        actor: &Principal,
+        key_id: &str,
+        patch: KeyPatch,
+    ) -> Result<KeyRecord, EngineError> {
         let nothing = patch.name.is_none()
             && patch.permissions.is_none()
             && patch.routes.is_none()
@@ -626,7 +709,9 @@ impl Keyward {
         }
         self.modify(KeyKind::Api, key_id, |current, now| {
             if current.revoked_at.is_some() {
-                return Err(EngineError::Revoked { key_id: key_id.to_owned() });
+                return Err(EngineError::Revoked {
+                    key_id: key_id.to_owned(),
+                });
             }
             let mut next = current.clone();
             if let Some(name) = &patch.name {
@@ -645,7 +730,9 @@ impl Keyward {
                 next.tags = validate::tags(t)?;
             }
             if let Some(e) = patch.expires_at {
-                next.expires_at = e.map(|at| validate::expires_at("expires_at", at, now)).transpose()?;
+                next.expires_at = e
+                    .map(|at| validate::expires_at("expires_at", at, now))
+                    .transpose()?;
             }
             if let Some(enabled) = patch.enabled {
                 next.enabled = enabled;
@@ -668,11 +755,19 @@ impl Keyward {
     }
 
     /// Gives an API key a new secret; the old one verifies for `grace` more.
-    pub async fn rotate_key(&self, actor: &Principal, key_id: &str, grace: Duration) -> Result<Rotated, EngineError> {
+    pub async fn rotate_key(
+        &self,
+        actor: &Principal,
+        key_id: &str,
+        grace: Duration,
+    ) -> Result<Rotated, EngineError> {
         if grace.is_negative() || grace > MAX_GRACE {
             return Err(FieldError::new(
                 "grace_period_seconds",
-                format!("must be between 0 and {} (30 days)", MAX_GRACE.whole_seconds()),
+                format!(
+                    "must be between 0 and {} (30 days)",
+                    MAX_GRACE.whole_seconds()
+                ),
             )
             .into());
         }
@@ -730,7 +825,13 @@ impl Keyward {
     }
 
     /// Revokes a key of `kind`: every secret fails with REVOKED from now on.
-    pub async fn revoke_key(&self, actor: &Principal, kind: KeyKind, key_id: &str, reason: &str) -> Result<KeyRecord, EngineError> {
+    pub async fn revoke_key(
+        &self,
+        actor: &Principal,
+        kind: KeyKind,
+        key_id: &str,
+        reason: &str,
+    ) -> Result<KeyRecord, EngineError> {
         let reason = validate::reason(reason)?;
         let record = self
             .modify(kind, key_id, |current, now| {
@@ -773,11 +874,14 @@ impl Keyward {
         limit: Option<u32>,
         after: Option<i64>,
     ) -> Result<Page<AuditEvent>, EngineError> {
-        if let Some(a) = &action {
-            if AuditAction::parse(a).is_none() {
-                let known: Vec<_> = AuditAction::ALL.iter().map(|a| a.as_str()).collect();
-                return Err(FieldError::new("action", format!("must be one of {}", known.join(", "))).into());
-            }
+        if action
+            .as_deref()
+            .is_some_and(|a| AuditAction::parse(a).is_none())
+        {
+            let known: Vec<_> = AuditAction::ALL.iter().map(|a| a.as_str()).collect();
+            return Err(
+                FieldError::new("action", format!("must be one of {}", known.join(", "))).into(),
+            );
         }
         let filter = AuditFilter {
             target,

@@ -21,11 +21,19 @@ struct CountingStore {
 
 #[async_trait]
 impl KeyStore for CountingStore {
-    async fn find_by_hash(&self, hash: &KeyHash, now: OffsetDateTime) -> Result<Option<FoundKey>, StoreError> {
+    async fn find_by_hash(
+        &self,
+        hash: &KeyHash,
+        now: OffsetDateTime,
+    ) -> Result<Option<FoundKey>, StoreError> {
         self.finds.fetch_add(1, Ordering::SeqCst);
         self.inner.find_by_hash(hash, now).await
     }
-    async fn get_key(&self, key_id: &str, now: OffsetDateTime) -> Result<Option<KeyRecord>, StoreError> {
+    async fn get_key(
+        &self,
+        key_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
         self.inner.get_key(key_id, now).await
     }
@@ -77,7 +85,11 @@ impl Fixture {
         self.engine.create_key(&self.root, spec).await.unwrap()
     }
     async fn code(&self, key: &str) -> VerifyCode {
-        self.engine.verify(key, &VerifyRequest::default()).await.unwrap().code
+        self.engine
+            .verify(key, &VerifyRequest::default())
+            .await
+            .unwrap()
+            .code
     }
 }
 
@@ -90,10 +102,19 @@ async fn fixture_with(config: EngineConfig) -> Fixture {
     });
     let clock = Arc::new(ManualClock::new(T0));
     let engine = Keyward::new(store.clone(), clock.clone(), config);
-    let boot = engine.bootstrap().await.unwrap().expect("an empty store bootstraps a root key");
-    assert!(engine.bootstrap().await.unwrap().is_none(), "bootstrap happens once");
+    let boot = engine
+        .bootstrap()
+        .await
+        .unwrap()
+        .expect("an empty store bootstraps a root key");
+    assert!(
+        engine.bootstrap().await.unwrap().is_none(),
+        "bootstrap happens once"
+    );
     Fixture {
-        root: Principal { key_id: boot.record.key_id.clone() },
+        root: Principal {
+            key_id: boot.record.key_id.clone(),
+        },
         root_key: boot.key,
         engine,
         store,
@@ -114,7 +135,13 @@ async fn malformed_keys_never_reach_the_store() {
     let last = bad_checksum.pop().unwrap();
     bad_checksum.push(if last == 'a' { 'b' } else { 'a' });
     let before = f.store_reads();
-    for input in ["", "garbage", "kw_live_short", bad_checksum.as_str(), &"x".repeat(100_000)] {
+    for input in [
+        "",
+        "garbage",
+        "kw_live_short",
+        bad_checksum.as_str(),
+        &"x".repeat(100_000),
+    ] {
         assert_eq!(f.code(input).await, VerifyCode::Malformed, "{input:.40}");
     }
     assert_eq!(f.store_reads(), before);
@@ -142,7 +169,11 @@ async fn not_found_is_cached_and_bounded() {
     assert_eq!(f.code(unknown.expose()).await, VerifyCode::NotFound);
     let finds = f.finds();
     assert_eq!(f.code(unknown.expose()).await, VerifyCode::NotFound);
-    assert_eq!(f.finds(), finds, "a repeated unknown key is answered from the negative cache");
+    assert_eq!(
+        f.finds(),
+        finds,
+        "a repeated unknown key is answered from the negative cache"
+    );
     for _ in 0..500 {
         let k = generate_key(&prefix, &mut rand::rngs::SysRng).unwrap();
         assert_eq!(f.code(k.expose()).await, VerifyCode::NotFound);
@@ -158,25 +189,61 @@ async fn writes_invalidate_the_cache_at_once() {
     let key = created.key.expose();
     let id = created.record.key_id.clone();
     let read = PermissionQuery::parse("orders.read").unwrap();
-    let req = VerifyRequest { query: Some(&read), ..VerifyRequest::default() };
-    assert_eq!(f.engine.verify(key, &req).await.unwrap().code, VerifyCode::Valid);
+    let req = VerifyRequest {
+        query: Some(&read),
+        ..VerifyRequest::default()
+    };
+    assert_eq!(
+        f.engine.verify(key, &req).await.unwrap().code,
+        VerifyCode::Valid
+    );
 
-    let patch = KeyPatch { enabled: Some(false), ..KeyPatch::default() };
+    let patch = KeyPatch {
+        enabled: Some(false),
+        ..KeyPatch::default()
+    };
     f.engine.update_key(&f.root, &id, patch).await.unwrap();
-    assert_eq!(f.engine.verify(key, &req).await.unwrap().code, VerifyCode::Disabled);
+    assert_eq!(
+        f.engine.verify(key, &req).await.unwrap().code,
+        VerifyCode::Disabled
+    );
 
-    let patch = KeyPatch { enabled: Some(true), permissions: Some(vec!["orders.write".into()]), ..KeyPatch::default() };
+    let patch = KeyPatch {
+        enabled: Some(true),
+        permissions: Some(vec!["orders.write".into()]),
+        ..KeyPatch::default()
+    };
     f.engine.update_key(&f.root, &id, patch).await.unwrap();
-    assert_eq!(f.engine.verify(key, &req).await.unwrap().code, VerifyCode::InsufficientPermissions);
+    assert_eq!(
+        f.engine.verify(key, &req).await.unwrap().code,
+        VerifyCode::InsufficientPermissions
+    );
 
-    f.engine.revoke_key(&f.root, KeyKind::Api, &id, "leaked").await.unwrap();
-    assert_eq!(f.engine.verify(key, &req).await.unwrap().code, VerifyCode::Revoked);
+    f.engine
+        .revoke_key(&f.root, KeyKind::Api, &id, "leaked")
+        .await
+        .unwrap();
+    assert_eq!(
+        f.engine.verify(key, &req).await.unwrap().code,
+        VerifyCode::Revoked
+    );
     assert!(matches!(
-        f.engine.revoke_key(&f.root, KeyKind::Api, &id, "again").await,
+        f.engine
+            .revoke_key(&f.root, KeyKind::Api, &id, "again")
+            .await,
         Err(EngineError::Revoked { .. })
     ));
     assert!(matches!(
-        f.engine.update_key(&f.root, &id, KeyPatch { enabled: Some(true), ..KeyPatch::default() }).await,
+        f.engine
+            .update_key(
+                &f.root,
+                &id,
+                KeyPatch {
+                    enabled: Some(true),
+                    ..KeyPatch::default()
+                }
+            )
+            .await,
         Err(EngineError::Revoked { .. })
     ));
 }
@@ -188,19 +255,38 @@ async fn rotation_grace_period_and_second_rotation() {
     let id = first.record.key_id.clone();
     assert_eq!(f.code(first.key.expose()).await, VerifyCode::Valid);
 
-    let second = f.engine.rotate_key(&f.root, &id, Duration::hours(1)).await.unwrap();
+    let second = f
+        .engine
+        .rotate_key(&f.root, &id, Duration::hours(1))
+        .await
+        .unwrap();
     assert_eq!(second.record.key_id, id, "key_id stays the same");
-    assert_eq!(second.plan.previous.as_ref().unwrap().expires_at, T0 + Duration::hours(1));
-    let old = f.engine.verify(first.key.expose(), &VerifyRequest::default()).await.unwrap();
+    assert_eq!(
+        second.plan.previous.as_ref().unwrap().expires_at,
+        T0 + Duration::hours(1)
+    );
+    let old = f
+        .engine
+        .verify(first.key.expose(), &VerifyRequest::default())
+        .await
+        .unwrap();
     assert_eq!(old.code, VerifyCode::Valid);
     assert_eq!(old.deprecated_until, Some(T0 + Duration::hours(1)));
-    let new = f.engine.verify(second.key.expose(), &VerifyRequest::default()).await.unwrap();
+    let new = f
+        .engine
+        .verify(second.key.expose(), &VerifyRequest::default())
+        .await
+        .unwrap();
     assert_eq!((new.code, new.deprecated_until), (VerifyCode::Valid, None));
     assert_eq!(second.record.secrets.len(), 2);
 
     // Rotating again during the grace period ends the oldest secret at once.
     f.clock.advance(Duration::minutes(10));
-    let third = f.engine.rotate_key(&f.root, &id, Duration::hours(1)).await.unwrap();
+    let third = f
+        .engine
+        .rotate_key(&f.root, &id, Duration::hours(1))
+        .await
+        .unwrap();
     assert_eq!(third.plan.ended.len(), 1);
     assert_eq!(third.plan.ended[0].start, first.record.secrets[0].start);
     assert_eq!(f.code(first.key.expose()).await, VerifyCode::Expired);
@@ -214,7 +300,10 @@ async fn rotation_grace_period_and_second_rotation() {
     assert_eq!(f.code(third.key.expose()).await, VerifyCode::Valid);
 
     // Revocation reaches every secret.
-    f.engine.revoke_key(&f.root, KeyKind::Api, &id, "done").await.unwrap();
+    f.engine
+        .revoke_key(&f.root, KeyKind::Api, &id, "done")
+        .await
+        .unwrap();
     for k in [&first.key, &second.key, &third.key] {
         assert_eq!(f.code(k.expose()).await, VerifyCode::Revoked);
     }
@@ -225,7 +314,11 @@ async fn zero_grace_ends_the_old_secret_immediately() {
     let f = fixture().await;
     let first = f.create(&[]).await;
     assert_eq!(f.code(first.key.expose()).await, VerifyCode::Valid);
-    let second = f.engine.rotate_key(&f.root, &first.record.key_id, Duration::ZERO).await.unwrap();
+    let second = f
+        .engine
+        .rotate_key(&f.root, &first.record.key_id, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(f.code(first.key.expose()).await, VerifyCode::Expired);
     assert_eq!(f.code(second.key.expose()).await, VerifyCode::Valid);
     assert!(second.key.expose().starts_with("kw_live_"));
@@ -238,7 +331,12 @@ async fn zero_grace_ends_the_old_secret_immediately() {
 #[tokio::test]
 async fn ttl_expiry_follows_the_clock() {
     let f = fixture().await;
-    let spec = NewKey { owner: "ci".into(), ttl_seconds: Some(60), environment: Some("test".into()), ..NewKey::default() };
+    let spec = NewKey {
+        owner: "ci".into(),
+        ttl_seconds: Some(60),
+        environment: Some("test".into()),
+        ..NewKey::default()
+    };
     let created = f.engine.create_key(&f.root, spec).await.unwrap();
     assert!(created.key.expose().starts_with("kw_test_"));
     assert_eq!(f.code(created.key.expose()).await, VerifyCode::Valid);
@@ -252,13 +350,62 @@ async fn ttl_expiry_follows_the_clock() {
 async fn invalid_input_names_the_field() {
     let f = fixture().await;
     let cases: Vec<(NewKey, &str)> = vec![
-        (NewKey { owner: " ".into(), ..NewKey::default() }, "owner"),
-        (NewKey { owner: "o".into(), permissions: vec!["bad perm".into()], ..NewKey::default() }, "permissions[0]"),
-        (NewKey { owner: "o".into(), routes: vec!["nope".into()], ..NewKey::default() }, "routes[0]"),
-        (NewKey { owner: "o".into(), ttl_seconds: Some(1), expires_at: Some(T0), ..NewKey::default() }, "ttl_seconds"),
-        (NewKey { owner: "o".into(), expires_at: Some(T0), ..NewKey::default() }, "expires_at"),
-        (NewKey { owner: "o".into(), prefix: Some("BAD".into()), ..NewKey::default() }, "prefix"),
-        (NewKey { owner: "o".into(), tenant: Some("a b".into()), ..NewKey::default() }, "tenant"),
+        (
+            NewKey {
+                owner: " ".into(),
+                ..NewKey::default()
+            },
+            "owner",
+        ),
+        (
+            NewKey {
+                owner: "o".into(),
+                permissions: vec!["bad perm".into()],
+                ..NewKey::default()
+            },
+            "permissions[0]",
+        ),
+        (
+            NewKey {
+                owner: "o".into(),
+                routes: vec!["nope".into()],
+                ..NewKey::default()
+            },
+            "routes[0]",
+        ),
+        (
+            NewKey {
+                owner: "o".into(),
+                ttl_seconds: Some(1),
+                expires_at: Some(T0),
+                ..NewKey::default()
+            },
+            "ttl_seconds",
+        ),
+        (
+            NewKey {
+                owner: "o".into(),
+                expires_at: Some(T0),
+                ..NewKey::default()
+            },
+            "expires_at",
+        ),
+        (
+            NewKey {
+                owner: "o".into(),
+                prefix: Some("BAD".into()),
+                ..NewKey::default()
+            },
+            "prefix",
+        ),
+        (
+            NewKey {
+                owner: "o".into(),
+                tenant: Some("a b".into()),
+                ..NewKey::default()
+            },
+            "tenant",
+        ),
     ];
     for (spec, field) in cases {
         match f.engine.create_key(&f.root, spec).await {
@@ -266,8 +413,14 @@ async fn invalid_input_names_the_field() {
             other => panic!("{field}: {other:?}"),
         }
     }
-    let bad_root = NewKey { owner: "o".into(), permissions: vec!["orders.read".into()], ..NewKey::default() };
-    assert!(matches!(f.engine.create_root_key(&f.root, bad_root).await, Err(EngineError::Invalid(e)) if e.field == "permissions[0]"));
+    let bad_root = NewKey {
+        owner: "o".into(),
+        permissions: vec!["orders.read".into()],
+        ..NewKey::default()
+    };
+    assert!(
+        matches!(f.engine.create_root_key(&f.root, bad_root).await, Err(EngineError::Invalid(e)) if e.field == "permissions[0]")
+    );
 }
 
 #[tokio::test]
@@ -277,33 +430,84 @@ async fn root_keys_and_api_keys_do_not_mix() {
     // The root key does not verify as an API key, and an API key cannot administer keyward.
     assert_eq!(f.code(f.root_key.expose()).await, VerifyCode::NotFound);
     assert!(matches!(
-        f.engine.authenticate(Some(api.key.expose()), "keys.read", Some("127.0.0.1")).await,
+        f.engine
+            .authenticate(Some(api.key.expose()), "keys.read", Some("127.0.0.1"))
+            .await,
         Err(AuthError::Unauthenticated)
     ));
-    let principal = f.engine.authenticate(Some(f.root_key.expose()), "keys.read", None).await.unwrap();
+    let principal = f
+        .engine
+        .authenticate(Some(f.root_key.expose()), "keys.read", None)
+        .await
+        .unwrap();
     assert_eq!(principal, f.root);
 
     let reader = f
         .engine
-        .create_root_key(&f.root, NewKey { owner: "ops".into(), permissions: vec!["keys.read".into()], ..NewKey::default() })
+        .create_root_key(
+            &f.root,
+            NewKey {
+                owner: "ops".into(),
+                permissions: vec!["keys.read".into()],
+                ..NewKey::default()
+            },
+        )
         .await
         .unwrap();
     assert!(reader.key.expose().starts_with("kwroot_"));
-    assert!(f.engine.authenticate(Some(reader.key.expose()), "keys.read", None).await.is_ok());
+    assert!(
+        f.engine
+            .authenticate(Some(reader.key.expose()), "keys.read", None)
+            .await
+            .is_ok()
+    );
     assert!(matches!(
-        f.engine.authenticate(Some(reader.key.expose()), "keys.create", None).await,
-        Err(AuthError::Forbidden { permission: "keys.create" })
+        f.engine
+            .authenticate(Some(reader.key.expose()), "keys.create", None)
+            .await,
+        Err(AuthError::Forbidden {
+            permission: "keys.create"
+        })
     ));
-    f.engine.revoke_key(&f.root, KeyKind::Root, &reader.record.key_id, "rotated staff").await.unwrap();
+    f.engine
+        .revoke_key(
+            &f.root,
+            KeyKind::Root,
+            &reader.record.key_id,
+            "rotated staff",
+        )
+        .await
+        .unwrap();
     assert!(matches!(
-        f.engine.authenticate(Some(reader.key.expose()), "keys.read", None).await,
+        f.engine
+            .authenticate(Some(reader.key.expose()), "keys.read", None)
+            .await,
         Err(AuthError::Unauthenticated)
     ));
-    assert!(matches!(f.engine.authenticate(None, "keys.read", None).await, Err(AuthError::Unauthenticated)));
+    assert!(matches!(
+        f.engine.authenticate(None, "keys.read", None).await,
+        Err(AuthError::Unauthenticated)
+    ));
 
-    let failures = f.engine.list_audit(None, Some("auth.failed".into()), None, None).await.unwrap();
-    let reasons: Vec<_> = failures.items.iter().map(|e| e.summary["reason"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(reasons, ["NOT_FOUND", "INSUFFICIENT_PERMISSIONS", "REVOKED", "MISSING"]);
+    let failures = f
+        .engine
+        .list_audit(None, Some("auth.failed".into()), None, None)
+        .await
+        .unwrap();
+    let reasons: Vec<_> = failures
+        .items
+        .iter()
+        .map(|e| e.summary["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "NOT_FOUND",
+            "INSUFFICIENT_PERMISSIONS",
+            "REVOKED",
+            "MISSING"
+        ]
+    );
     assert_eq!(failures.items[0].summary["remote_addr"], "127.0.0.1");
     for event in &failures.items {
         assert!(!event.summary.to_string().contains(api.key.expose()));
@@ -318,11 +522,20 @@ async fn failed_authentications_are_audited_at_a_bounded_rate() {
         let _ = f.engine.authenticate(Some("junk"), "keys.read", None).await;
     }
     let count = |page: Page<AuditEvent>| page.items.len();
-    let audited = count(f.engine.list_audit(None, Some("auth.failed".into()), Some(1000), None).await.unwrap());
+    let audited = count(
+        f.engine
+            .list_audit(None, Some("auth.failed".into()), Some(1000), None)
+            .await
+            .unwrap(),
+    );
     assert_eq!(audited, AUTH_FAILURE_EVENTS_PER_MINUTE as usize);
     f.clock.advance(Duration::minutes(1));
     let _ = f.engine.authenticate(Some("junk"), "keys.read", None).await;
-    let page = f.engine.list_audit(None, Some("auth.failed".into()), Some(1000), None).await.unwrap();
+    let page = f
+        .engine
+        .list_audit(None, Some("auth.failed".into()), Some(1000), None)
+        .await
+        .unwrap();
     let last = page.items.last().unwrap();
     assert_eq!(last.summary["suppressed_before"], 10);
 }
@@ -334,10 +547,21 @@ async fn last_used_is_written_by_the_flush_not_the_verify() {
     f.clock.advance(Duration::seconds(5));
     assert_eq!(f.code(created.key.expose()).await, VerifyCode::Valid);
     let id = &created.record.key_id;
-    assert_eq!(f.engine.get_key(KeyKind::Api, id).await.unwrap().last_used_at, None);
+    assert_eq!(
+        f.engine
+            .get_key(KeyKind::Api, id)
+            .await
+            .unwrap()
+            .last_used_at,
+        None
+    );
     assert_eq!(f.engine.flush_last_used().await.unwrap(), 1);
     assert_eq!(
-        f.engine.get_key(KeyKind::Api, id).await.unwrap().last_used_at,
+        f.engine
+            .get_key(KeyKind::Api, id)
+            .await
+            .unwrap()
+            .last_used_at,
         Some(T0 + Duration::seconds(5))
     );
     assert_eq!(f.engine.flush_last_used().await.unwrap(), 0);
@@ -348,26 +572,73 @@ async fn every_write_is_audited_in_an_intact_chain() {
     let f = fixture().await;
     let created = f.create(&[]).await;
     let id = created.record.key_id.clone();
-    f.engine.update_key(&f.root, &id, KeyPatch { name: Some(Some("n".into())), ..KeyPatch::default() }).await.unwrap();
-    f.engine.rotate_key(&f.root, &id, Duration::ZERO).await.unwrap();
-    f.engine.revoke_key(&f.root, KeyKind::Api, &id, "leaked").await.unwrap();
-    let page = f.engine.list_audit(Some(id.clone()), None, None, None).await.unwrap();
+    f.engine
+        .update_key(
+            &f.root,
+            &id,
+            KeyPatch {
+                name: Some(Some("n".into())),
+                ..KeyPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    f.engine
+        .rotate_key(&f.root, &id, Duration::ZERO)
+        .await
+        .unwrap();
+    f.engine
+        .revoke_key(&f.root, KeyKind::Api, &id, "leaked")
+        .await
+        .unwrap();
+    let page = f
+        .engine
+        .list_audit(Some(id.clone()), None, None, None)
+        .await
+        .unwrap();
     let actions: Vec<_> = page.items.iter().map(|e| e.action.as_str()).collect();
-    assert_eq!(actions, ["key.create", "key.update", "key.rotate", "key.revoke"]);
-    assert_eq!(page.items[1].summary, json!({"before": {"name": null}, "after": {"name": "n"}}));
+    assert_eq!(
+        actions,
+        ["key.create", "key.update", "key.rotate", "key.revoke"]
+    );
+    assert_eq!(
+        page.items[1].summary,
+        json!({"before": {"name": null}, "after": {"name": "n"}})
+    );
     assert_eq!(page.items[3].summary["reason"], "leaked");
-    assert!(page.items.iter().all(|e| e.actor.as_deref() == Some(f.root.key_id.as_str())));
+    assert!(
+        page.items
+            .iter()
+            .all(|e| e.actor.as_deref() == Some(f.root.key_id.as_str()))
+    );
     let report = f.engine.verify_audit_chain().await.unwrap();
-    assert_eq!(report, ChainReport { checked: 5, first_broken: None });
+    assert_eq!(
+        report,
+        ChainReport {
+            checked: 5,
+            first_broken: None
+        }
+    );
 }
 
 #[tokio::test]
 async fn list_limits_are_validated() {
     let f = fixture().await;
     for bad in [0, MAX_PAGE + 1] {
-        let q = ListKeys { limit: Some(bad), ..ListKeys::default() };
-        assert!(matches!(f.engine.list_keys(KeyKind::Api, q).await, Err(EngineError::Invalid(e)) if e.field == "limit"));
+        let q = ListKeys {
+            limit: Some(bad),
+            ..ListKeys::default()
+        };
+        assert!(
+            matches!(f.engine.list_keys(KeyKind::Api, q).await, Err(EngineError::Invalid(e)) if e.field == "limit")
+        );
     }
-    assert!(matches!(f.engine.get_key(KeyKind::Api, "not-a-key-id").await, Err(EngineError::NotFound { .. })));
-    assert!(matches!(f.engine.get_key(KeyKind::Api, &f.root.key_id).await, Err(EngineError::NotFound { .. })));
+    assert!(matches!(
+        f.engine.get_key(KeyKind::Api, "not-a-key-id").await,
+        Err(EngineError::NotFound { .. })
+    ));
+    assert!(matches!(
+        f.engine.get_key(KeyKind::Api, &f.root.key_id).await,
+        Err(EngineError::NotFound { .. })
+    ));
 }

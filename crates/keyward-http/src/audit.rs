@@ -63,6 +63,9 @@ pub async fn verify_audit(
     Ok(Json(AuditVerifyReport {
         intact: report.first_broken.is_none(),
         checked: report.checked,
-        first_broken: report.first_broken.map(|b| BrokenLinkView { seq: b.seq, reason: b.reason }),
+        first_broken: report.first_broken.map(|b| BrokenLinkView {
+            seq: b.seq,
+            reason: b.reason,
+        }),
     }))
 }

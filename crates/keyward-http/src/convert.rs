@@ -3,8 +3,8 @@
 use keyward_core::audit::AuditEvent;
 use keyward_core::permission::Permission;
 use keyward_core::record::KeyRecord;
-use keyward_core::route::RoutePattern;
 use keyward_core::rotation::SecretEnd;
+use keyward_core::route::RoutePattern;
 use keyward_wire::{AuditEventView, EndedSecret, KeyView, SecretView, Timestamp};
 use time::OffsetDateTime;
 
@@ -38,7 +38,12 @@ pub fn key_view(r: &KeyRecord, now: OffsetDateTime) -> KeyView {
             .filter(|s| s.is_live(now))
             .map(|s| SecretView {
                 start: s.start.clone(),
-                state: if s.expires_at.is_none() { "current" } else { "deprecated" }.to_owned(),
+                state: if s.expires_at.is_none() {
+                    "current"
+                } else {
+                    "deprecated"
+                }
+                .to_owned(),
                 created_at: Timestamp(s.created_at),
                 expires_at: s.expires_at.map(Timestamp),
             })
@@ -75,7 +80,10 @@ pub fn decode_cursor(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
     cursor
         .map(|c| match c.parse::<i64>() {
             Ok(p) if p >= 0 => Ok(p),
-            _ => Err(ApiError::field("cursor", "is not a cursor returned by this API")),
+            _ => Err(ApiError::field(
+                "cursor",
+                "is not a cursor returned by this API",
+            )),
         })
         .transpose()
 }
@@ -83,8 +91,15 @@ pub fn decode_cursor(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
 pub fn parse_limit(limit: Option<&str>) -> Result<Option<u32>, ApiError> {
     limit
         .map(|l| {
-            l.parse::<u32>()
-                .map_err(|_| ApiError::field("limit", format!("must be a whole number between 1 and {}", keyward_engine::MAX_PAGE)))
+            l.parse::<u32>().map_err(|_| {
+                ApiError::field(
+                    "limit",
+                    format!(
+                        "must be a whole number between 1 and {}",
+                        keyward_engine::MAX_PAGE
+                    ),
+                )
+            })
         })
         .transpose()
 }

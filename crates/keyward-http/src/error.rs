@@ -18,7 +18,11 @@ use keyward_wire::Problem;
 pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("invalid_request", 400, "The request could not be read"),
     ("invalid_field", 400, "A field is invalid"),
-    ("invalid_permission_query", 400, "The permission query does not parse"),
+    (
+        "invalid_permission_query",
+        400,
+        "The permission query does not parse",
+    ),
     ("unauthenticated", 401, "A valid root key is required"),
     ("forbidden", 403, "The root key lacks a permission"),
     ("not_found", 404, "No such endpoint"),
@@ -27,7 +31,11 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("key_revoked", 409, "The key is revoked"),
     ("conflict", 409, "The key was changed concurrently"),
     ("payload_too_large", 413, "The request body is too large"),
-    ("unsupported_media_type", 415, "The request body must be application/json"),
+    (
+        "unsupported_media_type",
+        415,
+        "The request body must be application/json",
+    ),
     ("internal", 500, "Internal error"),
     ("store_unavailable", 503, "The key store is unavailable"),
 ];
@@ -108,9 +116,15 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if status == StatusCode::UNAUTHORIZED {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"keyward\""));
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"keyward\""),
+            );
         }
         response
     }
@@ -134,7 +148,10 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict | StoreError::Duplicate => Self::new("conflict", e.to_string()),
             StoreError::Backend(_) => {
                 tracing::error!(error = %redact(&error_chain(&e)), "store unavailable");
-                Self::new("store_unavailable", "the key store did not answer; retry later")
+                Self::new(
+                    "store_unavailable",
+                    "the key store did not answer; retry later",
+                )
             }
             StoreError::Open { .. } | StoreError::Corrupt(_) => Self::internal(&e),
         }
@@ -144,10 +161,17 @@ impl From<StoreError> for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::NotFound { key_id } => Self::new("key_not_found", format!("no key with key_id {key_id}")),
+            EngineError::NotFound { key_id } => {
+                Self::new("key_not_found", format!("no key with key_id {key_id}"))
+            }
             EngineError::Invalid(field) => field.into(),
-            EngineError::Revoked { key_id } => Self::new("key_revoked", format!("key {key_id} is revoked and cannot be changed")),
-            EngineError::Conflict => Self::new("conflict", "the key was changed concurrently; retry"),
+            EngineError::Revoked { key_id } => Self::new(
+                "key_revoked",
+                format!("key {key_id} is revoked and cannot be changed"),
+            ),
+            EngineError::Conflict => {
+                Self::new("conflict", "the key was changed concurrently; retry")
+            }
             EngineError::Store(s) => s.into(),
             EngineError::Entropy(_) => Self::internal(&e),
         }
@@ -161,9 +185,10 @@ impl From<AuthError> for ApiError {
                 "unauthenticated",
                 "send a valid root key as 'Authorization: Bearer <root key>'",
             ),
-            AuthError::Forbidden { permission } => {
-                Self::new("forbidden", format!("the root key lacks the permission {permission}"))
-            }
+            AuthError::Forbidden { permission } => Self::new(
+                "forbidden",
+                format!("the root key lacks the permission {permission}"),
+            ),
             AuthError::Engine(e) => e.into(),
         }
     }
@@ -176,7 +201,10 @@ mod tests {
     #[test]
     fn every_code_is_unique_and_maps_to_its_status() {
         for (i, (code, status, _)) in ERROR_CODES.iter().enumerate() {
-            assert!(ERROR_CODES[i + 1..].iter().all(|(c, _, _)| c != code), "{code} twice");
+            assert!(
+                ERROR_CODES[i + 1..].iter().all(|(c, _, _)| c != code),
+                "{code} twice"
+            );
             let response = ApiError::new(code, "x").into_response();
             assert_eq!(response.status().as_u16(), *status, "{code}");
         }
@@ -184,7 +212,10 @@ mod tests {
 
     #[test]
     fn details_are_redacted() {
-        let e = ApiError::new("invalid_request", "bad: kw_live_AbCdEfGhIjKlMnOpQrStUvWxYz01234567abcd");
+        let e = ApiError::new(
+            "invalid_request",
+            "bad: kw_live_AbCdEfGhIjKlMnOpQrStUvWxYz01234567abcd",
+        );
         assert_eq!(e.detail, "bad: [REDACTED]");
     }
 }

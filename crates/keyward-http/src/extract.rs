@@ -33,14 +33,24 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
     match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             "payload_too_large",
-            format!("request bodies are limited to {} bytes", crate::MAX_BODY_BYTES),
+            format!(
+                "request bodies are limited to {} bytes",
+                crate::MAX_BODY_BYTES
+            ),
         ),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            ApiError::new("unsupported_media_type", "send the body with 'Content-Type: application/json'")
-        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            "unsupported_media_type",
+            "send the body with 'Content-Type: application/json'",
+        ),
         _ => match rejection {
-            JsonRejection::JsonDataError(e) => ApiError::new("invalid_request", format!("invalid JSON body: {}", inner(e))),
-            JsonRejection::JsonSyntaxError(e) => ApiError::new("invalid_request", format!("malformed JSON body: {}", inner(e))),
+            JsonRejection::JsonDataError(e) => ApiError::new(
+                "invalid_request",
+                format!("invalid JSON body: {}", inner(e)),
+            ),
+            JsonRejection::JsonSyntaxError(e) => ApiError::new(
+                "invalid_request",
+                format!("malformed JSON body: {}", inner(e)),
+            ),
             other => ApiError::new("invalid_request", other.body_text()),
         },
     }
@@ -68,7 +78,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(v)| Self(v))
-            .map_err(|e: QueryRejection| ApiError::new("invalid_request", format!("invalid query string: {}", inner(&e))))
+            .map_err(|e: QueryRejection| {
+                ApiError::new(
+                    "invalid_request",
+                    format!("invalid query string: {}", inner(&e)),
+                )
+            })
     }
 }
 
@@ -117,7 +132,10 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
 impl<P: RequiredPermission> FromRequestParts<AppState> for Authorized<P> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let remote = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()

@@ -8,8 +8,8 @@ use keyward_core::record::{KeyKind, KeyStatus};
 use keyward_core::verify::{VerifyCode, VerifyRequest};
 use keyward_engine::{KeyPatch, ListKeys, NewKey};
 use keyward_wire::{
-    CreateKeyRequest, CreatedKey, KeyList, KeyView, Problem, RevokeKeyRequest, RotateKeyRequest, RotatedKey, RotationHint,
-    Timestamp, UpdateKeyRequest, VerifyKeyRequest, VerifyKeyResponse,
+    CreateKeyRequest, CreatedKey, KeyList, KeyView, Problem, RevokeKeyRequest, RotateKeyRequest,
+    RotatedKey, RotationHint, Timestamp, UpdateKeyRequest, VerifyKeyRequest, VerifyKeyResponse,
 };
 use serde::Deserialize;
 use time::Duration;
@@ -18,7 +18,9 @@ use utoipa::IntoParams;
 use crate::AppState;
 use crate::convert::{decode_cursor, encode_cursor, ended_secret, key_view, parse_limit};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery, Authorized, KeysCreate, KeysRead, KeysRevoke, KeysUpdate, KeysVerify};
+use crate::extract::{
+    ApiJson, ApiQuery, Authorized, KeysCreate, KeysRead, KeysRevoke, KeysUpdate, KeysVerify,
+};
 
 /// Filters and paging for `GET /v1/keys`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -41,7 +43,10 @@ pub(crate) fn list_query(params: ListKeysParams) -> Result<ListKeys, ApiError> {
     let status = params
         .status
         .as_deref()
-        .map(|s| KeyStatus::parse(s).ok_or_else(|| ApiError::field("status", "must be active, revoked or expired")))
+        .map(|s| {
+            KeyStatus::parse(s)
+                .ok_or_else(|| ApiError::field("status", "must be active, revoked or expired"))
+        })
         .transpose()?;
     Ok(ListKeys {
         owner: params.owner,
@@ -83,7 +88,13 @@ pub async fn create_key(
     };
     let created = state.engine.create_key(&auth.principal, spec).await?;
     let record = key_view(&created.record, state.engine.now());
-    Ok((StatusCode::CREATED, Json(CreatedKey { key: created.key.expose().to_owned(), record })))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            key: created.key.expose().to_owned(),
+            record,
+        }),
+    ))
 }
 
 /// Reads a key's record (never its secret or hash).
@@ -113,7 +124,10 @@ pub async fn list_keys(
     _auth: Authorized<KeysRead>,
     ApiQuery(params): ApiQuery<ListKeysParams>,
 ) -> Result<Json<KeyList>, ApiError> {
-    let page = state.engine.list_keys(KeyKind::Api, list_query(params)?).await?;
+    let page = state
+        .engine
+        .list_keys(KeyKind::Api, list_query(params)?)
+        .await?;
     let now = state.engine.now();
     Ok(Json(KeyList {
         keys: page.items.iter().map(|r| key_view(r, now)).collect(),
@@ -146,7 +160,10 @@ pub async fn update_key(
         expires_at: body.expires_at.map(|e| e.map(|t| t.0)),
         enabled: body.enabled,
     };
-    let record = state.engine.update_key(&auth.principal, &key_id, patch).await?;
+    let record = state
+        .engine
+        .update_key(&auth.principal, &key_id, patch)
+        .await?;
     Ok(Json(key_view(&record, state.engine.now())))
 }
 
@@ -167,7 +184,10 @@ pub async fn rotate_key(
     ApiJson(body): ApiJson<RotateKeyRequest>,
 ) -> Result<(StatusCode, Json<RotatedKey>), ApiError> {
     let grace = Duration::seconds(body.grace_period_seconds);
-    let rotated = state.engine.rotate_key(&auth.principal, &key_id, grace).await?;
+    let rotated = state
+        .engine
+        .rotate_key(&auth.principal, &key_id, grace)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(RotatedKey {
@@ -194,7 +214,10 @@ pub async fn revoke_key(
     Path(key_id): Path<String>,
     ApiJson(body): ApiJson<RevokeKeyRequest>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let record = state.engine.revoke_key(&auth.principal, KeyKind::Api, &key_id, &body.reason).await?;
+    let record = state
+        .engine
+        .revoke_key(&auth.principal, KeyKind::Api, &key_id, &body.reason)
+        .await?;
     Ok(Json(key_view(&record, state.engine.now())))
 }
 
@@ -210,7 +233,11 @@ pub async fn verify_key(
     _auth: Authorized<KeysVerify>,
     ApiJson(body): ApiJson<VerifyKeyRequest>,
 ) -> Result<Json<VerifyKeyResponse>, ApiError> {
-    let query = body.permissions.as_deref().map(PermissionQuery::parse).transpose()?;
+    let query = body
+        .permissions
+        .as_deref()
+        .map(PermissionQuery::parse)
+        .transpose()?;
     let request = VerifyRequest {
         query: query.as_ref(),
         method: body.method.as_deref(),

@@ -18,11 +18,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use keyward_engine::Keyward;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -46,11 +46,20 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/keys", post(keys::create_key).get(keys::list_keys))
         .route("/v1/keys/verify", post(keys::verify_key))
-        .route("/v1/keys/{key_id}", get(keys::get_key).patch(keys::update_key))
+        .route(
+            "/v1/keys/{key_id}",
+            get(keys::get_key).patch(keys::update_key),
+        )
         .route("/v1/keys/{key_id}/rotate", post(keys::rotate_key))
         .route("/v1/keys/{key_id}/revoke", post(keys::revoke_key))
-        .route("/v1/root-keys", post(root_keys::create_root_key).get(root_keys::list_root_keys))
-        .route("/v1/root-keys/{key_id}/revoke", post(root_keys::revoke_root_key))
+        .route(
+            "/v1/root-keys",
+            post(root_keys::create_root_key).get(root_keys::list_root_keys),
+        )
+        .route(
+            "/v1/root-keys/{key_id}/revoke",
+            post(root_keys::revoke_root_key),
+        )
         .route("/v1/audit", get(audit::list_audit))
         .route("/v1/audit/verify", post(audit::verify_audit))
         .route("/healthz", get(system::healthz))
@@ -69,7 +78,10 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new("method_not_allowed", "this endpoint does not accept that method; see /openapi.json")
+    ApiError::new(
+        "method_not_allowed",
+        "this endpoint does not accept that method; see /openapi.json",
+    )
 }
 
 fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -105,7 +117,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 struct SecurityAddon;

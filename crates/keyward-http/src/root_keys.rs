@@ -26,7 +26,11 @@ pub async fn create_root_key(
     auth: Authorized<RootManage>,
     ApiJson(body): ApiJson<CreateRootKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let permissions = if body.permissions.is_empty() { vec!["*".to_owned()] } else { body.permissions };
+    let permissions = if body.permissions.is_empty() {
+        vec!["*".to_owned()]
+    } else {
+        body.permissions
+    };
     let spec = NewKey {
         owner: body.owner.unwrap_or_else(|| "keyward-admin".to_owned()),
         name: body.name,
@@ -37,7 +41,13 @@ pub async fn create_root_key(
     };
     let created = state.engine.create_root_key(&auth.principal, spec).await?;
     let record = key_view(&created.record, state.engine.now());
-    Ok((StatusCode::CREATED, Json(CreatedKey { key: created.key.expose().to_owned(), record })))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            key: created.key.expose().to_owned(),
+            record,
+        }),
+    ))
 }
 
 /// Lists root keys.
@@ -48,7 +58,10 @@ pub async fn list_root_keys(
     _auth: Authorized<RootManage>,
     ApiQuery(params): ApiQuery<ListKeysParams>,
 ) -> Result<Json<KeyList>, ApiError> {
-    let page = state.engine.list_keys(KeyKind::Root, list_query(params)?).await?;
+    let page = state
+        .engine
+        .list_keys(KeyKind::Root, list_query(params)?)
+        .await?;
     let now = state.engine.now();
     Ok(Json(KeyList {
         keys: page.items.iter().map(|r| key_view(r, now)).collect(),
@@ -71,6 +84,9 @@ pub async fn revoke_root_key(
     Path(key_id): Path<String>,
     ApiJson(body): ApiJson<RevokeKeyRequest>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let record = state.engine.revoke_key(&auth.principal, KeyKind::Root, &key_id, &body.reason).await?;
+    let record = state
+        .engine
+        .revoke_key(&auth.principal, KeyKind::Root, &key_id, &body.reason)
+        .await?;
     Ok(Json(key_view(&record, state.engine.now())))
 }

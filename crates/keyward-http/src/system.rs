@@ -12,7 +12,10 @@ use crate::AppState;
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok".into(), checks: None })
+    Json(Health {
+        status: "ok".into(),
+        checks: None,
+    })
 }
 
 /// Readiness: the store answers. 503 otherwise, so a load balancer stops sending traffic.
@@ -27,8 +30,15 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         }
     };
     let mut checks = Map::new();
-    checks.insert("store".into(), Value::from(if store_ok { "ok" } else { "unavailable" }));
-    let status = if store_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    checks.insert(
+        "store".into(),
+        Value::from(if store_ok { "ok" } else { "unavailable" }),
+    );
+    let status = if store_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = Health {
         status: if store_ok { "ok" } else { "unavailable" }.into(),
         checks: Some(checks),
@@ -38,5 +48,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// The OpenAPI 3.1 document of this API.
 pub async fn openapi_json() -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], crate::openapi_json()).into_response()
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        crate::openapi_json(),
+    )
+        .into_response()
 }

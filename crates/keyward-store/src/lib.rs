@@ -121,10 +121,18 @@ pub struct Page<T> {
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
     /// Finds the key owning the secret with `hash`; the record carries its secrets live at `now`.
-    async fn find_by_hash(&self, hash: &KeyHash, now: OffsetDateTime) -> Result<Option<FoundKey>, StoreError>;
+    async fn find_by_hash(
+        &self,
+        hash: &KeyHash,
+        now: OffsetDateTime,
+    ) -> Result<Option<FoundKey>, StoreError>;
 
     /// Reads a key by key_id.
-    async fn get_key(&self, key_id: &str, now: OffsetDateTime) -> Result<Option<KeyRecord>, StoreError>;
+    async fn get_key(
+        &self,
+        key_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Lists keys, oldest first.
     async fn list_keys(&self, filter: &KeyFilter) -> Result<Page<KeyRecord>, StoreError>;

@@ -15,7 +15,9 @@ use keyward_core::permission::Permission;
 use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, SecretInfo};
 use keyward_core::route::RoutePattern;
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
@@ -88,7 +90,12 @@ impl SqliteStore {
         sqlx::migrate!("./migrations/sqlite")
             .run(&writer)
             .await
-            .map_err(|e| open_error(format!("{} is not a usable keyward database: {e}", path.display())))?;
+            .map_err(|e| {
+                open_error(format!(
+                    "{} is not a usable keyward database: {e}",
+                    path.display()
+                ))
+            })?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
@@ -104,7 +111,11 @@ impl SqliteStore {
         self.writer.close().await;
     }
 
-    async fn secrets_for(&self, key_ids: &[&str], now: OffsetDateTime) -> Result<Vec<(String, SecretInfo)>, StoreError> {
+    async fn secrets_for(
+        &self,
+        key_ids: &[&str],
+        now: OffsetDateTime,
+    ) -> Result<Vec<(String, SecretInfo)>, StoreError> {
         let rows = sqlx::query(
             "SELECT key_id, hash, hash_version, start, created_at, expires_at FROM secrets
              WHERE key_id IN (SELECT value FROM json_each(?1)) AND (expires_at IS NULL OR expires_at > ?2)
@@ -116,11 +127,20 @@ impl SqliteStore {
         .await
         .map_err(backend)?;
         rows.iter()
-            .map(|row| Ok((row.try_get("key_id").map_err(backend)?, secret_from_row(row)?)))
+            .map(|row| {
+                Ok((
+                    row.try_get("key_id").map_err(backend)?,
+                    secret_from_row(row)?,
+                ))
+            })
             .collect()
     }
 
-    async fn with_secrets(&self, mut records: Vec<KeyRecord>, now: OffsetDateTime) -> Result<Vec<KeyRecord>, StoreError> {
+    async fn with_secrets(
+        &self,
+        mut records: Vec<KeyRecord>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
         let ids: Vec<&str> = records.iter().map(|r| r.key_id.as_str()).collect();
         let secrets = self.secrets_for(&ids, now).await?;
         for record in &mut records {
@@ -138,7 +158,8 @@ fn secret_from_row(row: &SqliteRow) -> Result<SecretInfo, StoreError> {
     let version: i64 = row.try_get("hash_version").map_err(backend)?;
     let hex: String = row.try_get("hash").map_err(backend)?;
     Ok(SecretInfo {
-        hash: KeyHash::from_stored(version, &hex).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        hash: KeyHash::from_stored(version, &hex)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         start: row.try_get("start").map_err(backend)?,
         created_at: from_millis(row.try_get("created_at").map_err(backend)?)?,
         expires_at: opt_from_millis(row.try_get("expires_at").map_err(backend)?)?,
@@ -147,7 +168,8 @@ fn secret_from_row(row: &SqliteRow) -> Result<SecretInfo, StoreError> {
 
 fn record_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     let get_text = |c: &str| -> Result<String, StoreError> { row.try_get(c).map_err(backend) };
-    let get_opt_text = |c: &str| -> Result<Option<String>, StoreError> { row.try_get(c).map_err(backend) };
+    let get_opt_text =
+        |c: &str| -> Result<Option<String>, StoreError> { row.try_get(c).map_err(backend) };
     let get_opt_ms = |c: &str| -> Result<Option<OffsetDateTime>, StoreError> {
         opt_from_millis(row.try_get(c).map_err(backend)?)
     };
@@ -156,7 +178,8 @@ fn record_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     let routes: Vec<String> = parse_json("routes", &get_text("routes")?)?;
     Ok(KeyRecord {
         key_id: get_text("key_id")?,
-        kind: KeyKind::from_stored(&kind).ok_or_else(|| StoreError::Corrupt(format!("unknown key kind {kind:?}")))?,
+        kind: KeyKind::from_stored(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown key kind {kind:?}")))?,
         owner: get_text("owner")?,
         name: get_opt_text("name")?,
         tenant: get_opt_text("tenant")?,
@@ -234,7 +257,11 @@ async fn append_in(conn: &mut SqliteConnection, draft: AuditDraft) -> Result<i64
 
 #[async_trait]
 impl KeyStore for SqliteStore {
-    async fn find_by_hash(&self, hash: &KeyHash, now: OffsetDateTime) -> Result<Option<FoundKey>, StoreError> {
+    async fn find_by_hash(
+        &self,
+        hash: &KeyHash,
+        now: OffsetDateTime,
+    ) -> Result<Option<FoundKey>, StoreError> {
         let row = sqlx::query("SELECT key_id, hash, hash_version, start, created_at, expires_at FROM secrets WHERE hash = ?1 AND hash_version = ?2")
             .bind(hash.to_hex())
             .bind(hash.version())
@@ -244,17 +271,27 @@ impl KeyStore for SqliteStore {
         let Some(row) = row else { return Ok(None) };
         let secret = secret_from_row(&row)?;
         let key_id: String = row.try_get("key_id").map_err(backend)?;
-        Ok(self.get_key(&key_id, now).await?.map(|record| FoundKey { record, secret }))
+        Ok(self
+            .get_key(&key_id, now)
+            .await?
+            .map(|record| FoundKey { record, secret }))
     }
 
-    async fn get_key(&self, key_id: &str, now: OffsetDateTime) -> Result<Option<KeyRecord>, StoreError> {
+    async fn get_key(
+        &self,
+        key_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query("SELECT * FROM keys WHERE key_id = ?1")
             .bind(key_id)
             .fetch_optional(&self.readers)
             .await
             .map_err(backend)?;
         match row {
-            Some(row) => Ok(self.with_secrets(vec![record_from_row(&row)?], now).await?.pop()),
+            Some(row) => Ok(self
+                .with_secrets(vec![record_from_row(&row)?], now)
+                .await?
+                .pop()),
             None => Ok(None),
         }
     }
@@ -286,7 +323,10 @@ impl KeyStore for SqliteStore {
             Some(last) if more => Some(last.try_get::<i64, _>("seq").map_err(backend)?),
             _ => None,
         };
-        let records = rows.iter().map(record_from_row).collect::<Result<Vec<_>, _>>()?;
+        let records = rows
+            .iter()
+            .map(record_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Page {
             items: self.with_secrets(records, filter.now).await?,
             next_cursor,
@@ -294,8 +334,18 @@ impl KeyStore for SqliteStore {
     }
 
     async fn write_key(&self, write: KeyWrite) -> Result<i64, StoreError> {
-        let KeyWrite { record: r, expected_version, new_secret, secret_ends, audit } = write;
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        let KeyWrite {
+            record: r,
+            expected_version,
+            new_secret,
+            secret_ends,
+            audit,
+        } = write;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
         let permissions: Vec<&str> = r.permissions.iter().map(Permission::as_str).collect();
         let routes: Vec<&str> = r.routes.iter().map(RoutePattern::as_str).collect();
         let sql = match expected_version {
@@ -368,7 +418,11 @@ impl KeyStore for SqliteStore {
     }
 
     async fn append_audit(&self, draft: AuditDraft) -> Result<i64, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
         let seq = append_in(&mut tx, draft).await?;
         tx.commit().await.map_err(backend)?;
         Ok(seq)
@@ -393,7 +447,11 @@ impl KeyStore for SqliteStore {
             .take(limit as usize)
             .map(event_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if more { items.last().map(|e| e.seq) } else { None };
+        let next_cursor = if more {
+            items.last().map(|e| e.seq)
+        } else {
+            None
+        };
         Ok(Page { items, next_cursor })
     }
 
@@ -401,7 +459,11 @@ impl KeyStore for SqliteStore {
         if uses.is_empty() {
             return Ok(());
         }
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
         for (key_id, at) in uses {
             sqlx::query(
                 "UPDATE keys SET last_used_at = ?1 WHERE key_id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1)",
@@ -424,7 +486,10 @@ impl KeyStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.readers).await.map_err(backend)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.readers)
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 }
@@ -449,7 +514,10 @@ mod tests {
         store.close().await;
         drop(store);
         let store = SqliteStore::open(dir.path()).await.unwrap();
-        let found = store.find_by_hash(&KeyHash::sha256_of("kw_live_reopen"), crate::testsuite::T0).await.unwrap();
+        let found = store
+            .find_by_hash(&KeyHash::sha256_of("kw_live_reopen"), crate::testsuite::T0)
+            .await
+            .unwrap();
         assert_eq!(found.unwrap().record.key_id, "key_AAAAAAAAAAAAAAAAAAAA");
     }
 
@@ -469,17 +537,30 @@ mod tests {
         let file = dir.path().join("file");
         std::fs::write(&file, b"x").unwrap();
         let err = SqliteStore::open(&file).await.unwrap_err();
-        assert!(err.to_string().contains("cannot create the data directory"), "{err}");
+        assert!(
+            err.to_string().contains("cannot create the data directory"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
     async fn audit_log_rejects_updates_and_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).await.unwrap();
-        store.write_key(crate::testsuite::new_key_write("key_AAAAAAAAAAAAAAAAAAAB", "kw_live_x")).await.unwrap();
-        let update = sqlx::query("UPDATE audit_log SET actor = 'mallory'").execute(&store.writer).await;
+        store
+            .write_key(crate::testsuite::new_key_write(
+                "key_AAAAAAAAAAAAAAAAAAAB",
+                "kw_live_x",
+            ))
+            .await
+            .unwrap();
+        let update = sqlx::query("UPDATE audit_log SET actor = 'mallory'")
+            .execute(&store.writer)
+            .await;
         assert!(update.unwrap_err().to_string().contains("append-only"));
-        let delete = sqlx::query("DELETE FROM audit_log").execute(&store.writer).await;
+        let delete = sqlx::query("DELETE FROM audit_log")
+            .execute(&store.writer)
+            .await;
         assert!(delete.unwrap_err().to_string().contains("append-only"));
     }
 }

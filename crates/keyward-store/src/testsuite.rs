@@ -22,7 +22,10 @@ pub(crate) fn record(key_id: &str, owner: &str) -> KeyRecord {
         environment: "live".into(),
         purpose: None,
         tags: vec!["ci".into()],
-        meta: json!({"plan": "pro", "n": 1.5}).as_object().cloned().unwrap_or_default(),
+        meta: json!({"plan": "pro", "n": 1.5})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
         permissions: vec![Permission::new("orders.*").unwrap()],
         routes: vec![],
         expires_at: None,
@@ -84,20 +87,53 @@ pub(crate) async fn run_all(store: &dyn KeyStore) {
 
 async fn create_and_find(store: &dyn KeyStore) {
     store.ping().await.unwrap();
-    store.write_key(new_key_write(&id(1), "kw_live_one")).await.unwrap();
-    let found = store.find_by_hash(&KeyHash::sha256_of("kw_live_one"), T0).await.unwrap().unwrap();
+    store
+        .write_key(new_key_write(&id(1), "kw_live_one"))
+        .await
+        .unwrap();
+    let found = store
+        .find_by_hash(&KeyHash::sha256_of("kw_live_one"), T0)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.record.key_id, id(1));
-    assert_eq!(found.record.meta, *json!({"plan": "pro", "n": 1.5}).as_object().unwrap());
+    assert_eq!(
+        found.record.meta,
+        *json!({"plan": "pro", "n": 1.5}).as_object().unwrap()
+    );
     assert_eq!(found.record.secrets.len(), 1);
     assert_eq!(found.secret.start, "kw_live_one");
-    assert_eq!(found.record, store.get_key(&id(1), T0).await.unwrap().unwrap());
-    assert!(store.find_by_hash(&KeyHash::sha256_of("kw_live_nope"), T0).await.unwrap().is_none());
+    assert_eq!(
+        found.record,
+        store.get_key(&id(1), T0).await.unwrap().unwrap()
+    );
+    assert!(
+        store
+            .find_by_hash(&KeyHash::sha256_of("kw_live_nope"), T0)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(store.get_key(&id(999), T0).await.unwrap().is_none());
     // The same key_id or the same secret twice is refused, and nothing of it is kept.
-    assert!(matches!(store.write_key(new_key_write(&id(1), "kw_live_other")).await, Err(StoreError::Duplicate)));
-    assert!(matches!(store.write_key(new_key_write(&id(2), "kw_live_one")).await, Err(StoreError::Duplicate)));
+    assert!(matches!(
+        store
+            .write_key(new_key_write(&id(1), "kw_live_other"))
+            .await,
+        Err(StoreError::Duplicate)
+    ));
+    assert!(matches!(
+        store.write_key(new_key_write(&id(2), "kw_live_one")).await,
+        Err(StoreError::Duplicate)
+    ));
     assert!(store.get_key(&id(2), T0).await.unwrap().is_none());
-    assert!(store.find_by_hash(&KeyHash::sha256_of("kw_live_other"), T0).await.unwrap().is_none());
+    assert!(
+        store
+            .find_by_hash(&KeyHash::sha256_of("kw_live_other"), T0)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn optimistic_concurrency(store: &dyn KeyStore) {
@@ -113,7 +149,10 @@ async fn optimistic_concurrency(store: &dyn KeyStore) {
     };
     store.write_key(write(current.clone(), 1)).await.unwrap();
     // A second writer that read version 1 loses.
-    assert!(matches!(store.write_key(write(current.clone(), 1)).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        store.write_key(write(current.clone(), 1)).await,
+        Err(StoreError::Conflict)
+    ));
     let stored = store.get_key(&id(1), T0).await.unwrap().unwrap();
     assert_eq!(stored.name.as_deref(), Some("renamed"));
     assert_eq!(stored.version, 2);
@@ -136,7 +175,11 @@ async fn rotation_secrets(store: &dyn KeyStore) {
         .unwrap();
     let record = store.get_key(&id(1), T0).await.unwrap().unwrap();
     let starts: Vec<_> = record.secrets.iter().map(|s| s.start.as_str()).collect();
-    assert_eq!(starts, ["kw_live_two", "kw_live_one"], "current secret first");
+    assert_eq!(
+        starts,
+        ["kw_live_two", "kw_live_one"],
+        "current secret first"
+    );
     let old = store.find_by_hash(&old_hash, T0).await.unwrap().unwrap();
     assert_eq!(old.secret.expires_at, Some(T0 + Duration::hours(1)));
     // After the grace period the old secret is still found (it answers EXPIRED) but is no
@@ -149,7 +192,11 @@ async fn rotation_secrets(store: &dyn KeyStore) {
 async fn listing_and_pagination(store: &dyn KeyStore) {
     for n in 10..25 {
         let mut write = new_key_write(&id(n), &format!("kw_live_list{n}"));
-        write.record.owner = if n % 2 == 0 { "even".into() } else { "odd".into() };
+        write.record.owner = if n % 2 == 0 {
+            "even".into()
+        } else {
+            "odd".into()
+        };
         if n == 12 {
             write.record.revoked_at = Some(T0);
         }
@@ -187,7 +234,14 @@ async fn listing_and_pagination(store: &dyn KeyStore) {
         (KeyStatus::Expired, vec![id(14)]),
     ] {
         filter.status = Some(status);
-        let got: Vec<_> = store.list_keys(&filter).await.unwrap().items.into_iter().map(|r| r.key_id).collect();
+        let got: Vec<_> = store
+            .list_keys(&filter)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|r| r.key_id)
+            .collect();
         assert_eq!(got, expected, "{status:?}");
     }
     filter.status = Some(KeyStatus::Active);
@@ -207,7 +261,15 @@ async fn last_used(store: &dyn KeyStore) {
     store.touch_last_used(&[(id(10), t1)]).await.unwrap();
     // An older timestamp arriving late does not move it back.
     store.touch_last_used(&[(id(10), T0)]).await.unwrap();
-    assert_eq!(store.get_key(&id(10), T0).await.unwrap().unwrap().last_used_at, Some(t1));
+    assert_eq!(
+        store
+            .get_key(&id(10), T0)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(t1)
+    );
     // A metadata write does not overwrite it.
     let mut r = store.get_key(&id(10), T0).await.unwrap().unwrap();
     r.last_used_at = None;
@@ -222,7 +284,15 @@ async fn last_used(store: &dyn KeyStore) {
         })
         .await
         .unwrap();
-    assert_eq!(store.get_key(&id(10), T0).await.unwrap().unwrap().last_used_at, Some(t1));
+    assert_eq!(
+        store
+            .get_key(&id(10), T0)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(t1)
+    );
 }
 
 async fn audit_chain(store: &dyn KeyStore) {
@@ -237,7 +307,10 @@ async fn audit_chain(store: &dyn KeyStore) {
         .await
         .unwrap();
     let mut verifier = ChainVerifier::default();
-    let mut filter = AuditFilter { limit: 4, ..Default::default() };
+    let mut filter = AuditFilter {
+        limit: 4,
+        ..Default::default()
+    };
     let mut total = 0;
     loop {
         let page = store.list_audit(&filter).await.unwrap();
@@ -253,13 +326,21 @@ async fn audit_chain(store: &dyn KeyStore) {
     // 1 create + 1 update + 1 rotate + 15 creates + 1 update + 1 auth failure; failed writes left no event.
     assert_eq!(total, 20);
     let only = store
-        .list_audit(&AuditFilter { target: Some(id(1)), limit: 100, ..Default::default() })
+        .list_audit(&AuditFilter {
+            target: Some(id(1)),
+            limit: 100,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let actions: Vec<_> = only.items.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["key.create", "key.update", "key.rotate"]);
     let failures = store
-        .list_audit(&AuditFilter { action: Some("auth.failed".into()), limit: 100, ..Default::default() })
+        .list_audit(&AuditFilter {
+            action: Some("auth.failed".into()),
+            limit: 100,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(failures.items.len(), 1);

@@ -103,7 +103,11 @@ pub struct CreateRootKeyRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeyRequest {
     /// New display name.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>, nullable)]
     pub name: Option<Option<String>>,
     /// New permissions (replaces the list).
@@ -120,7 +124,11 @@ pub struct UpdateKeyRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
     /// New expiry; `null` removes it.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<Timestamp>, nullable)]
     pub expires_at: Option<Option<Timestamp>>,
     /// Enable or disable the key.
@@ -402,16 +410,19 @@ mod tests {
     fn patch_distinguishes_absent_from_null() {
         let absent: UpdateKeyRequest = serde_json::from_str("{}").unwrap();
         assert_eq!(absent.name, None);
-        let null: UpdateKeyRequest = serde_json::from_str(r#"{"name": null, "expires_at": null}"#).unwrap();
+        let null: UpdateKeyRequest =
+            serde_json::from_str(r#"{"name": null, "expires_at": null}"#).unwrap();
         assert_eq!(null.name, Some(None));
         assert_eq!(null.expires_at, Some(None));
-        let set: UpdateKeyRequest = serde_json::from_str(r#"{"expires_at": "2030-01-01T00:00:00Z"}"#).unwrap();
+        let set: UpdateKeyRequest =
+            serde_json::from_str(r#"{"expires_at": "2030-01-01T00:00:00Z"}"#).unwrap();
         assert_eq!(set.expires_at.unwrap().unwrap().0.year(), 2030);
     }
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let err = serde_json::from_str::<CreateKeyRequest>(r#"{"owner": "a", "ownr": "b"}"#).unwrap_err();
+        let err =
+            serde_json::from_str::<CreateKeyRequest>(r#"{"owner": "a", "ownr": "b"}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `ownr`"), "{err}");
     }
 }

@@ -66,7 +66,12 @@ pub enum Output {
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// Base URL of the keyward server (http only; terminate TLS in front of keyward).
-    #[arg(long, env = "KEYWARD_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "KEYWARD_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub url: String,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]

@@ -36,12 +36,15 @@ pub struct ApiFailure {
 impl Client {
     pub fn new(url: &str) -> anyhow::Result<Self> {
         let base = url.trim_end_matches('/').to_owned();
-        let uri: Uri = base.parse().with_context(|| format!("--url {url:?} is not a URL"))?;
+        let uri: Uri = base
+            .parse()
+            .with_context(|| format!("--url {url:?} is not a URL"))?;
         if uri.scheme_str() != Some("http") {
             bail!("--url must be an http:// URL (terminate TLS in front of keyward); got {url:?}");
         }
-        let root_key = std::env::var(ROOT_KEY_ENV)
-            .map_err(|_| anyhow!("set {ROOT_KEY_ENV} to a root key (printed once by the first `keyward serve`)"))?;
+        let root_key = std::env::var(ROOT_KEY_ENV).map_err(|_| {
+            anyhow!("set {ROOT_KEY_ENV} to a root key (printed once by the first `keyward serve`)")
+        })?;
         Ok(Self {
             base,
             root_key: root_key.trim().to_owned(),
@@ -49,21 +52,44 @@ impl Client {
         })
     }
 
-    pub async fn get<T: DeserializeOwned, Q: Serialize>(&self, path: &str, query: &Q) -> anyhow::Result<T> {
+    pub async fn get<T: DeserializeOwned, Q: Serialize>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> anyhow::Result<T> {
         let query = serde_urlencoded::to_string(query).context("cannot encode the query")?;
-        let path = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
+        let path = if query.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{query}")
+        };
         self.send(Method::GET, &path, None).await
     }
 
-    pub async fn post<T: DeserializeOwned, B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<T> {
-        self.send(Method::POST, path, Some(serde_json::to_vec(body)?)).await
+    pub async fn post<T: DeserializeOwned, B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(Method::POST, path, Some(serde_json::to_vec(body)?))
+            .await
     }
 
-    pub async fn patch<T: DeserializeOwned, B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<T> {
-        self.send(Method::PATCH, path, Some(serde_json::to_vec(body)?)).await
+    pub async fn patch<T: DeserializeOwned, B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(Method::PATCH, path, Some(serde_json::to_vec(body)?))
+            .await
     }
 
-    async fn send<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<T> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<T> {
         let url = format!("{}{}", self.base, path);
         let mut request = Request::builder()
             .method(method)
@@ -76,11 +102,10 @@ impl Client {
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .context("cannot build the request")?;
-        let response = self
-            .inner
-            .request(request)
-            .await
-            .map_err(|e| anyhow!("cannot reach keyward at {}: {}", self.base, root_cause(&e)))?;
+        let response =
+            self.inner.request(request).await.map_err(|e| {
+                anyhow!("cannot reach keyward at {}: {}", self.base, root_cause(&e))
+            })?;
         let status = response.status();
         let bytes = response
             .into_body()
@@ -90,11 +115,17 @@ impl Client {
             .to_bytes();
         if !status.is_success() {
             return Err(match serde_json::from_slice::<Problem>(&bytes) {
-                Ok(p) => ApiFailure { status: status.as_u16(), code: p.code, detail: p.detail }.into(),
+                Ok(p) => ApiFailure {
+                    status: status.as_u16(),
+                    code: p.code,
+                    detail: p.detail,
+                }
+                .into(),
                 Err(_) => anyhow!("keyward answered HTTP {status} without a problem body"),
             });
         }
-        serde_json::from_slice(&bytes).with_context(|| format!("unexpected response body from {url}"))
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("unexpected response body from {url}"))
     }
 }
 

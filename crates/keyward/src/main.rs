@@ -13,8 +13,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Parser;
 use keyward_wire::{
-    AuditList, AuditVerifyReport, CreateKeyRequest, CreateRootKeyRequest, CreatedKey, KeyList, KeyView, RevokeKeyRequest,
-    RotateKeyRequest, RotatedKey, Timestamp, UpdateKeyRequest, VerifyKeyRequest, VerifyKeyResponse,
+    AuditList, AuditVerifyReport, CreateKeyRequest, CreateRootKeyRequest, CreatedKey, KeyList,
+    KeyView, RevokeKeyRequest, RotateKeyRequest, RotatedKey, Timestamp, UpdateKeyRequest,
+    VerifyKeyRequest, VerifyKeyResponse,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -30,7 +31,10 @@ const EXIT_NOT_VALID: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -54,7 +58,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (client, out) = connect(&args.client)?;
             let key = if args.key == "-" {
                 let mut text = String::new();
-                std::io::stdin().read_to_string(&mut text).context("reading the key from standard input")?;
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading the key from standard input")?;
                 text.trim().to_owned()
             } else {
                 args.key
@@ -64,10 +70,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, false) => Some(args.permissions.join(" AND ")),
                 (None, true) => None,
             };
-            let body = VerifyKeyRequest { key, permissions, method: args.method, path: args.path };
+            let body = VerifyKeyRequest {
+                key,
+                permissions,
+                method: args.method,
+                path: args.path,
+            };
             let response: VerifyKeyResponse = client.post("/v1/keys/verify", &body).await?;
             out.verification(&response)?;
-            Ok(if response.valid { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_VALID) })
+            Ok(if response.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_NOT_VALID)
+            })
         }
         Command::Audit(AuditCommand::List(args)) => {
             let (client, out) = connect(&args.client)?;
@@ -82,7 +97,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 #[serde(skip_serializing_if = "Option::is_none")]
                 cursor: Option<String>,
             }
-            let q = Q { key_id: args.key_id, action: args.action, limit: args.limit, cursor: args.cursor };
+            let q = Q {
+                key_id: args.key_id,
+                action: args.action,
+                limit: args.limit,
+                cursor: args.cursor,
+            };
             let list: AuditList = client.get("/v1/audit", &q).await?;
             out.audit_list(&list)?;
             Ok(ExitCode::SUCCESS)
@@ -91,7 +111,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (client, out) = connect(&args.client)?;
             let report: AuditVerifyReport = client.post("/v1/audit/verify", &Value::Null).await?;
             out.audit_report(&report)?;
-            Ok(if report.intact { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_VALID) })
+            Ok(if report.intact {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_NOT_VALID)
+            })
         }
         Command::Root(cmd) => root(cmd).await,
     }
@@ -129,7 +153,11 @@ impl From<&cli::KeysListArgs> for ListQuery {
 
 /// Rejects key_ids that would change the request path.
 fn key_path(base: &str, key_id: &str, action: &str) -> anyhow::Result<String> {
-    if key_id.is_empty() || !key_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    if key_id.is_empty()
+        || !key_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         bail!("{key_id:?} is not a key_id (key_ followed by letters and digits)");
     }
     Ok(format!("{base}/{key_id}{action}"))
@@ -164,35 +192,68 @@ async fn keys(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
         }
         KeysCommand::Show(a) => {
             let (client, out) = connect(&a.client)?;
-            let key: KeyView = client.get(&key_path("/v1/keys", &a.key_id, "")?, &()).await?;
+            let key: KeyView = client
+                .get(&key_path("/v1/keys", &a.key_id, "")?, &())
+                .await?;
             out.key(&key)?;
         }
         KeysCommand::Update(a) => {
             let (client, out) = connect(&a.client)?;
-            let list = |values: Vec<String>, clear: bool| (clear || !values.is_empty()).then_some(values);
+            let list =
+                |values: Vec<String>, clear: bool| (clear || !values.is_empty()).then_some(values);
             let body = UpdateKeyRequest {
-                name: if a.clear_name { Some(None) } else { a.name.map(Some) },
+                name: if a.clear_name {
+                    Some(None)
+                } else {
+                    a.name.map(Some)
+                },
                 permissions: list(a.permissions, a.clear_permissions),
                 routes: list(a.routes, a.clear_routes),
                 tags: list(a.tags, a.clear_tags),
                 meta: a.meta.as_deref().map(parse_meta).transpose()?,
-                expires_at: if a.no_expiry { Some(None) } else { a.expires_at.as_deref().map(parse_time).transpose()?.map(Some) },
-                enabled: if a.enable { Some(true) } else if a.disable { Some(false) } else { None },
+                expires_at: if a.no_expiry {
+                    Some(None)
+                } else {
+                    a.expires_at
+                        .as_deref()
+                        .map(parse_time)
+                        .transpose()?
+                        .map(Some)
+                },
+                enabled: if a.enable {
+                    Some(true)
+                } else if a.disable {
+                    Some(false)
+                } else {
+                    None
+                },
             };
-            let key: KeyView = client.patch(&key_path("/v1/keys", &a.key_id, "")?, &body).await?;
+            let key: KeyView = client
+                .patch(&key_path("/v1/keys", &a.key_id, "")?, &body)
+                .await?;
             out.key(&key)?;
         }
         KeysCommand::Rotate(a) => {
             let (client, out) = connect(&a.client)?;
-            let grace = if a.grace == "0" { 0 } else { parse_duration(&a.grace)? };
-            let body = RotateKeyRequest { grace_period_seconds: grace };
-            let rotated: RotatedKey = client.post(&key_path("/v1/keys", &a.key_id, "/rotate")?, &body).await?;
+            let grace = if a.grace == "0" {
+                0
+            } else {
+                parse_duration(&a.grace)?
+            };
+            let body = RotateKeyRequest {
+                grace_period_seconds: grace,
+            };
+            let rotated: RotatedKey = client
+                .post(&key_path("/v1/keys", &a.key_id, "/rotate")?, &body)
+                .await?;
             out.rotated(&rotated)?;
         }
         KeysCommand::Revoke(a) => {
             let (client, out) = connect(&a.client)?;
             let body = RevokeKeyRequest { reason: a.reason };
-            let key: KeyView = client.post(&key_path("/v1/keys", &a.key_id, "/revoke")?, &body).await?;
+            let key: KeyView = client
+                .post(&key_path("/v1/keys", &a.key_id, "/revoke")?, &body)
+                .await?;
             out.key(&key)?;
         }
     }
@@ -221,7 +282,9 @@ async fn root(cmd: RootCommand) -> anyhow::Result<ExitCode> {
         RootCommand::Revoke(a) => {
             let (client, out) = connect(&a.client)?;
             let body = RevokeKeyRequest { reason: a.reason };
-            let key: KeyView = client.post(&key_path("/v1/root-keys", &a.key_id, "/revoke")?, &body).await?;
+            let key: KeyView = client
+                .post(&key_path("/v1/root-keys", &a.key_id, "/revoke")?, &body)
+                .await?;
             out.key(&key)?;
         }
     }
@@ -260,7 +323,8 @@ fn parse_duration(text: &str) -> anyhow::Result<i64> {
     let n: i64 = number
         .parse()
         .with_context(|| format!("{text:?} is not a duration such as 90s, 15m, 12h, 30d or 2w"))?;
-    n.checked_mul(multiplier).with_context(|| format!("{text:?} is too long"))
+    n.checked_mul(multiplier)
+        .with_context(|| format!("{text:?} is too long"))
 }
 
 #[cfg(test)]

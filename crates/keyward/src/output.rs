@@ -2,7 +2,10 @@
 
 use std::io::Write;
 
-use keyward_wire::{AuditList, AuditVerifyReport, CreatedKey, KeyList, KeyView, RotatedKey, Timestamp, VerifyKeyResponse};
+use keyward_wire::{
+    AuditList, AuditVerifyReport, CreatedKey, KeyList, KeyView, RotatedKey, Timestamp,
+    VerifyKeyResponse,
+};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
@@ -13,7 +16,8 @@ pub struct Printer {
 }
 
 fn time(t: &Option<Timestamp>) -> String {
-    t.and_then(|t| t.0.format(&Rfc3339).ok()).unwrap_or_else(|| "-".to_owned())
+    t.and_then(|t| t.0.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "-".to_owned())
 }
 
 fn opt(s: &Option<String>) -> &str {
@@ -43,7 +47,10 @@ impl Printer {
         line("name", opt(&k.name));
         line("tenant", opt(&k.tenant));
         line("environment", &k.environment);
-        line("status", &format!("{}{}", k.status, if k.enabled { "" } else { " (disabled)" }));
+        line(
+            "status",
+            &format!("{}{}", k.status, if k.enabled { "" } else { " (disabled)" }),
+        );
         line("permissions", &k.permissions.join(", "));
         if !k.routes.is_empty() {
             line("routes", &k.routes.join(", "));
@@ -59,8 +66,14 @@ impl Printer {
             line("revoked_reason", opt(&k.revoked_reason));
         }
         for secret in &k.secrets {
-            let until = secret.expires_at.map(|t| format!(" until {}", time(&Some(t)))).unwrap_or_default();
-            line("secret", &format!("{}… {}{until}", secret.start, secret.state));
+            let until = secret
+                .expires_at
+                .map(|t| format!(" until {}", time(&Some(t))))
+                .unwrap_or_default();
+            line(
+                "secret",
+                &format!("{}… {}{until}", secret.start, secret.state),
+            );
         }
         s
     }
@@ -86,10 +99,18 @@ impl Printer {
             println!("{:<14}{}", "key", r.key);
             print!("{}", Self::record_lines(&r.record));
             if let Some(p) = &r.previous_secret {
-                println!("{:<14}{}… works until {}", "previous", p.start, time(&Some(p.expires_at)));
+                println!(
+                    "{:<14}{}… works until {}",
+                    "previous",
+                    p.start,
+                    time(&Some(p.expires_at))
+                );
             }
             for e in &r.ended_secrets {
-                println!("{:<14}{}… ended now (at most two secrets are live)", "ended", e.start);
+                println!(
+                    "{:<14}{}… ended now (at most two secrets are live)",
+                    "ended", e.start
+                );
             }
             eprintln!("This key will not be shown again: store it now.");
         }
@@ -99,7 +120,13 @@ impl Printer {
     pub fn key_list(&self, list: &KeyList) -> anyhow::Result<()> {
         if !self.json(list)? {
             for k in &list.keys {
-                println!("{}  {:<8} {:<20} {}", k.key_id, k.status, k.owner, k.permissions.join(","));
+                println!(
+                    "{}  {:<8} {:<20} {}",
+                    k.key_id,
+                    k.status,
+                    k.owner,
+                    k.permissions.join(",")
+                );
             }
             if let Some(c) = &list.next_cursor {
                 println!("next page: --cursor {c}");
@@ -116,7 +143,11 @@ impl Printer {
                 println!("{:<14}{}", "owner", opt(&v.owner));
             }
             if let Some(r) = &v.rotation {
-                println!("{:<14}deprecated: this secret stops working at {}", "rotation", time(&Some(r.expires_at)));
+                println!(
+                    "{:<14}deprecated: this secret stops working at {}",
+                    "rotation",
+                    time(&Some(r.expires_at))
+                );
             }
         }
         Ok(())
@@ -146,7 +177,10 @@ impl Printer {
         if !self.json(r)? {
             match &r.first_broken {
                 None => println!("OK: {} events, hash chain intact", r.checked),
-                Some(b) => println!("BROKEN at event {}: {} ({} events verified before it)", b.seq, b.reason, r.checked),
+                Some(b) => println!(
+                    "BROKEN at event {}: {} ({} events verified before it)",
+                    b.seq, b.reason, r.checked
+                ),
             }
         }
         Ok(())

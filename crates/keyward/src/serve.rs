@@ -57,10 +57,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ..CacheConfig::default()
         },
     };
-    let engine = Arc::new(Keyward::new(Arc::new(store.clone()), Arc::new(SystemClock), config));
-    if let Some(root) = engine.bootstrap().await.context("creating the first root key")? {
+    let engine = Arc::new(Keyward::new(
+        Arc::new(store.clone()),
+        Arc::new(SystemClock),
+        config,
+    ));
+    if let Some(root) = engine
+        .bootstrap()
+        .await
+        .context("creating the first root key")?
+    {
         // Printed to stdout, never logged: this is the only time the root key exists in clear.
-        println!("keyward: created the first root key ({}), with all permissions:", root.record.key_id);
+        println!(
+            "keyward: created the first root key ({}), with all permissions:",
+            root.record.key_id
+        );
         println!();
         println!("    {}", root.key.expose());
         println!();
@@ -71,7 +82,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
-    println!("keyward: listening on http://{local} (data in {})", args.data_dir.display());
+    println!(
+        "keyward: listening on http://{local} (data in {})",
+        args.data_dir.display()
+    );
     tracing::info!(%local, data_dir = %args.data_dir.display(), "keyward listening");
 
     let flusher = {
@@ -87,8 +101,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         })
     };
-    let state = AppState { engine: Arc::clone(&engine) };
-    keyward_http::serve(listener, state, shutdown_signal()).await.context("serving HTTP")?;
+    let state = AppState {
+        engine: Arc::clone(&engine),
+    };
+    keyward_http::serve(listener, state, shutdown_signal())
+        .await
+        .context("serving HTTP")?;
     flusher.abort();
     if let Err(e) = engine.flush_last_used().await {
         tracing::warn!(error = %e, "writing last_used_at at shutdown failed");

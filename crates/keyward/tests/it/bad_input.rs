@@ -1,0 +1,190 @@
+//! Bad input always gets a clear 4xx problem, never a panic or a dropped connection.
+
+use serde_json::json;
+
+use crate::testkit::Server;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_bodies_get_clear_4xx() {
+    let s = Server::start().await;
+    let root = Some(s.root_key.as_str());
+    let post = |ct: &'static str, body: Vec<u8>| {
+        let http = s.http.clone();
+        async move { http.raw("POST", "/v1/keys", root, Some((ct, body))).await }
+    };
+
+    let big = format!(r#"{{"owner": "{}"}}"#, "x".repeat(70 * 1024)).into_bytes();
+    assert!(
+        post("application/json", big)
+            .await
+            .problem(413, "payload_too_large")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("65536")
+    );
+    let truncated = post("application/json", br#"{"owner": "o", "permi"#.to_vec()).await;
+    assert!(
+        truncated.problem(400, "invalid_request")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("malformed JSON")
+    );
+    post(
+        "application/json",
+        vec![b'{', b'"', 0xff, 0xfe, b'"', b':', b'1', b'}'],
+    )
+    .await
+    .problem(400, "invalid_request");
+    post("text/plain", br#"{"owner": "o"}"#.to_vec())
+        .await
+        .problem(415, "unsupported_media_type");
+    post("", br#"{"owner": "o"}"#.to_vec())
+        .await
+        .problem(415, "unsupported_media_type");
+    let unknown = post(
+        "application/json",
+        br#"{"owner": "o", "scopes": ["a"]}"#.to_vec(),
+    )
+    .await;
+    assert!(
+        unknown.problem(400, "invalid_request")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `scopes`")
+    );
+    let missing = post("application/json", b"{}".to_vec()).await;
+    assert!(
+        missing.problem(400, "invalid_request")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("owner")
+    );
+    post("application/json", b"[]".to_vec())
+        .await
+        .problem(400, "invalid_request");
+    post("application/json", b"null".to_vec())
+        .await
+        .problem(400, "invalid_request");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_fields_are_named() {
+    let s = Server::start().await;
+    let cases = [
+        (json!({"owner": ""}), "owner"),
+        (
+            json!({"owner": "o", "permissions": ["orders.*.read"]}),
+            "permissions[0]",
+        ),
+        (
+            json!({"owner": "o", "routes": ["GET /ok", "no-method"]}),
+            "routes[1]",
+        ),
+        (
+            json!({"owner": "o", "meta": {"blob": "x".repeat(5000)}}),
+            "meta",
+        ),
+        (json!({"owner": "o", "tags": ["has space"]}), "tags[0]"),
+        (json!({"owner": "o", "ttl_seconds": 0}), "ttl_seconds"),
+        (
+            json!({"owner": "o", "ttl_seconds": 60, "expires_at": "2030-01-01T00:00:00Z"}),
+            "ttl_seconds",
+        ),
+        (json!({"owner": "o", "prefix": "Nope"}), "prefix"),
+        (
+            json!({"owner": "o", "environment": "prod uction"}),
+            "environment",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = s.admin("POST", "/v1/keys", Some(body)).await;
+        let problem = r.problem(400, "invalid_field");
+        assert_eq!(problem["field"], field, "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().starts_with(field),
+            "{problem}"
+        );
+    }
+    let r = s
+        .admin(
+            "POST",
+            "/v1/keys",
+            Some(json!({"owner": "o", "expires_at": "tomorrow"})),
+        )
+        .await;
+    assert!(
+        r.problem(400, "invalid_request")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("expires_at")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn absurd_paging_values_are_rejected() {
+    let s = Server::start().await;
+    for query in [
+        "limit=0",
+        "limit=-1",
+        "limit=abc",
+        "limit=1001",
+        "limit=99999999999999999999",
+        "cursor=-5",
+        "cursor=abc",
+        "cursor=99999999999999999999999",
+        "status=deleted",
+    ] {
+        let r = s.admin("GET", &format!("/v1/keys?{query}"), None).await;
+        let p = r.problem(400, "invalid_field");
+        assert!(
+            ["limit", "cursor", "status"].contains(&p["field"].as_str().unwrap()),
+            "{query}: {p}"
+        );
+    }
+    s.admin("GET", "/v1/keys?ownr=x", None)
+        .await
+        .problem(400, "invalid_request");
+    s.admin("GET", "/v1/audit?limit=0", None)
+        .await
+        .problem(400, "invalid_field");
+    let page = s
+        .admin("GET", "/v1/keys?limit=1000&cursor=999999", None)
+        .await;
+    assert_eq!(page.json(), json!({"keys": [], "next_cursor": null}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_routes_methods_and_ids() {
+    let s = Server::start().await;
+    s.admin("GET", "/v2/keys", None)
+        .await
+        .problem(404, "not_found");
+    s.admin("DELETE", "/v1/keys", None)
+        .await
+        .problem(405, "method_not_allowed");
+    s.admin("GET", "/v1/keys/not-a-key-id", None)
+        .await
+        .problem(404, "key_not_found");
+    let long_id = format!("/v1/keys/key_{}", "a".repeat(5000));
+    s.admin("GET", &long_id, None)
+        .await
+        .problem(404, "key_not_found");
+    // A key pasted where a key_id belongs is not echoed back.
+    let (key, _) = s.create(json!({"owner": "o"})).await;
+    let r = s.admin("GET", &format!("/v1/keys/{key}"), None).await;
+    r.problem(404, "key_not_found");
+    assert!(!String::from_utf8_lossy(&r.body).contains(&key));
+    let r = s
+        .admin(
+            "POST",
+            "/v1/keys",
+            Some(json!({"owner": "o", "ttl_seconds": key})),
+        )
+        .await;
+    r.problem(400, "invalid_request");
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains(&key),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}

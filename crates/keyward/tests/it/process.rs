@@ -1,0 +1,81 @@
+//! The server as a process: durability across SIGKILL, and clear startup errors.
+
+use std::process::Command;
+
+use crate::testkit::{Process, binary};
+
+#[test]
+fn acknowledged_key_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(dir.path());
+    let root = server.root_key.clone().unwrap();
+    let created = server.cli(
+        &root,
+        &["keys", "create", "--owner", "o", "--output", "json"],
+    );
+    assert!(created.status.success());
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    server.kill();
+
+    let restarted = Process::start(dir.path());
+    assert_eq!(
+        restarted.root_key, None,
+        "the root key is printed only on the first start of an empty store"
+    );
+    let verified = restarted.cli(&root, &["verify", &key]);
+    assert_eq!(
+        verified.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    assert!(String::from_utf8_lossy(&verified.stdout).starts_with("VALID"));
+}
+
+fn serve_fails(data_dir: &std::path::Path) -> String {
+    let out = Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("error: "), "{err}");
+    err
+}
+
+#[test]
+fn corrupt_data_directory_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keyward.db"), vec![0x42u8; 8192]).unwrap();
+    let err = serve_fails(dir.path());
+    assert!(
+        err.contains("keyward.db") && err.contains("not a database"),
+        "{err}"
+    );
+}
+
+#[test]
+fn data_directory_that_is_a_file_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let err = serve_fails(&file);
+    assert!(err.contains("cannot create the data directory"), "{err}");
+}
+
+#[test]
+fn unusable_listen_address_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(binary())
+        .args(["serve", "--listen", &addr, "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot listen on {addr}")));
+}

@@ -1,0 +1,275 @@
+//! Boots keyward for tests and talks HTTP to it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use keyward_engine::clock::ManualClock;
+use keyward_engine::{EngineConfig, Keyward};
+use keyward_http::AppState;
+use keyward_store::SqliteStore;
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::macros::datetime;
+use tokio::net::TcpListener;
+
+pub const T0: OffsetDateTime = datetime!(2026-06-01 09:00 UTC);
+
+/// An HTTP response, read whole.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+
+    /// Asserts a problem+json error with `status` and `code`; returns the body.
+    pub fn problem(&self, status: u16, code: &str) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.header("content-type"), "application/problem+json");
+        let body = self.json();
+        assert_eq!(body["code"], code, "{body}");
+        assert_eq!(body["status"], status);
+        assert_eq!(body["type"], format!("urn:keyward:problem:{code}"));
+        body
+    }
+}
+
+/// A small HTTP client bound to one server.
+#[derive(Clone)]
+pub struct Http {
+    pub base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Http {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Sends a request with an optional bearer token and raw body with content type.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Response {
+        let mut builder = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(format!("{}{}", self.base, path));
+        if let Some(token) = bearer {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        let bytes = match body {
+            Some((content_type, bytes)) => {
+                if !content_type.is_empty() {
+                    builder = builder.header("content-type", content_type);
+                }
+                bytes
+            }
+            None => Vec::new(),
+        };
+        let response = self
+            .client
+            .request(builder.body(Full::new(Bytes::from(bytes))).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let body = body.map(|b| ("application/json", serde_json::to_vec(&b).unwrap()));
+        self.raw(method, path, bearer, body).await
+    }
+}
+
+/// keyward running in this process on port 0, with a manual clock.
+pub struct Server {
+    pub http: Http,
+    pub root_key: String,
+    pub engine: Arc<Keyward>,
+    pub clock: Arc<ManualClock>,
+    pub dir: tempfile::TempDir,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let engine = Arc::new(Keyward::new(
+            Arc::new(store),
+            clock.clone(),
+            EngineConfig::default(),
+        ));
+        let root = engine.bootstrap().await.unwrap().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let state = AppState {
+            engine: engine.clone(),
+        };
+        tokio::spawn(keyward_http::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            http: Http::new(addr),
+            root_key: root.key.expose().to_owned(),
+            engine,
+            clock,
+            dir,
+            _shutdown: tx,
+        }
+    }
+
+    /// A call authenticated with the bootstrap root key.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Response {
+        self.http
+            .call(method, path, Some(&self.root_key), body)
+            .await
+    }
+
+    /// Creates a key and returns (secret, key_id).
+    pub async fn create(&self, body: Value) -> (String, String) {
+        let r = self.admin("POST", "/v1/keys", Some(body)).await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let json = r.json();
+        (
+            json["key"].as_str().unwrap().to_owned(),
+            json["record"]["key_id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Verifies and returns the response body.
+    pub async fn verify(&self, body: Value) -> Value {
+        let r = self.admin("POST", "/v1/keys/verify", Some(body)).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
+    }
+}
+
+/// The keyward binary built for these tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_keyward"))
+}
+
+/// A `keyward serve` child process.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// The root key if this start bootstrapped one.
+    pub root_key: Option<String>,
+    pub stdout_lines: Vec<String>,
+}
+
+impl Process {
+    /// Starts `keyward serve` on port 0 in `data_dir` and waits for its "listening on" line.
+    pub fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("KEYWARD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        let addr = loop {
+            let mut line = String::new();
+            // The server prints its address after opening the store; EOF means it exited.
+            assert!(
+                reader.read_line(&mut line).unwrap() > 0,
+                "keyward serve exited early: {lines:?}"
+            );
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+            lines.push(line.trim_end().to_owned());
+        };
+        let root_key = lines.iter().find_map(|l| {
+            l.trim()
+                .strip_prefix("kwroot_")
+                .map(|rest| format!("kwroot_{rest}"))
+        });
+        Self {
+            child,
+            addr,
+            root_key,
+            stdout_lines: lines,
+        }
+    }
+
+    /// Runs a CLI command against this server with `root_key`.
+    pub fn cli(&self, root_key: &str, args: &[&str]) -> std::process::Output {
+        Command::new(binary())
+            .args(args)
+            .env("KEYWARD_URL", format!("http://{}", self.addr))
+            .env("KEYWARD_ROOT_KEY", root_key)
+            .output()
+            .unwrap()
+    }
+
+    /// Kills the process with SIGKILL: no shutdown code runs.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

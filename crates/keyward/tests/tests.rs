@@ -1,0 +1,16 @@
+//! keyward's integration tests, compiled into one binary. `testkit` boots the real server
+//! (in-process on port 0 with a manual clock, or the real binary as a child process).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "it/testkit.rs"]
+mod testkit;
+
+#[path = "it/api.rs"]
+mod api;
+#[path = "it/bad_input.rs"]
+mod bad_input;
+#[path = "it/cli.rs"]
+mod cli;
+#[path = "it/process.rs"]
+mod process;
