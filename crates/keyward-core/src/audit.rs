@@ -224,6 +224,13 @@ impl ChainVerifier {
     pub fn checked(&self) -> u64 {
         self.checked
     }
+
+    /// Sequence number and hash of the last event that checked out (0 and [`GENESIS_HASH`]
+    /// before any). A chain cannot show that events were cut off its end: record the head
+    /// somewhere else now and then, and compare.
+    pub fn head(&self) -> (i64, &str) {
+        (self.expected_seq - 1, &self.expected_prev)
+    }
 }
 
 #[cfg(test)]

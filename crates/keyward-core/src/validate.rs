@@ -3,11 +3,14 @@
 //! Every limit here is documented in the README's "Limits" table; they keep records small
 //! enough to cache by the hundred thousand and keep hostile input from costing much.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime};
 
 use crate::key::{PREFIX_LIVE, PREFIX_TEST, Prefix};
 use crate::permission::Permission;
+use crate::redact::redact;
 use crate::route::RoutePattern;
 
 /// Longest owner, name or purpose, in characters.
@@ -49,8 +52,21 @@ impl FieldError {
     }
 }
 
+/// Refuses values that look like a key: metadata is stored, listed, returned by verify and
+/// written to the audit log, so a key pasted into it by mistake would be kept in clear.
+fn no_key(field: &str, value: &str) -> Result<(), FieldError> {
+    match redact(value) {
+        Cow::Borrowed(_) => Ok(()),
+        Cow::Owned(_) => Err(FieldError::new(
+            field,
+            "looks like an API key; keys must never be put in metadata (it would be stored in clear)",
+        )),
+    }
+}
+
 /// Free text such as an owner or name: non-blank, bounded, no control characters.
 pub fn text(field: &str, value: &str) -> Result<String, FieldError> {
+    no_key(field, value)?;
     let trimmed = value.trim();
     if trimmed.is_empty() {
         return Err(FieldError::new(field, "must not be empty"));
@@ -77,6 +93,7 @@ pub fn optional_text(field: &str, value: Option<&str>) -> Result<Option<String>,
 
 /// An identifier such as a tenant or environment: `[A-Za-z0-9_.:-]`, 1 to 64 bytes.
 pub fn ident(field: &str, value: &str) -> Result<String, FieldError> {
+    no_key(field, value)?;
     if value.is_empty() || value.len() > MAX_IDENT_LEN {
         return Err(FieldError::new(
             field,
@@ -102,6 +119,7 @@ pub fn tags(values: &[String]) -> Result<Vec<String>, FieldError> {
     }
     let mut out: Vec<String> = Vec::with_capacity(values.len());
     for (i, tag) in values.iter().enumerate() {
+        no_key(&format!("tags[{i}]"), tag)?;
         let ok_chars = tag.bytes().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'=' | b'/' | b'-')
         });
@@ -120,7 +138,9 @@ pub fn tags(values: &[String]) -> Result<Vec<String>, FieldError> {
 
 /// The `meta` object: bounded in size when serialized.
 pub fn meta(value: Map<String, Value>) -> Result<Map<String, Value>, FieldError> {
-    let size = Value::Object(value.clone()).to_string().len();
+    let serialized = Value::Object(value.clone()).to_string();
+    no_key("meta", &serialized)?;
+    let size = serialized.len();
     if size > MAX_META_BYTES {
         return Err(FieldError::new(
             "meta",
@@ -140,6 +160,7 @@ pub fn permissions(values: &[String]) -> Result<Vec<Permission>, FieldError> {
     }
     let mut out: Vec<Permission> = Vec::with_capacity(values.len());
     for (i, value) in values.iter().enumerate() {
+        no_key(&format!("permissions[{i}]"), value)?;
         let p = Permission::new(value)
             .map_err(|e| FieldError::new(format!("permissions[{i}]"), e.to_string()))?;
         if !out.contains(&p) {
@@ -161,6 +182,7 @@ pub fn routes(values: &[String]) -> Result<Vec<RoutePattern>, FieldError> {
         .iter()
         .enumerate()
         .map(|(i, v)| {
+            no_key(&format!("routes[{i}]"), v)?;
             RoutePattern::new(v).map_err(|e| FieldError::new(format!("routes[{i}]"), e.to_string()))
         })
         .collect()
@@ -168,6 +190,7 @@ pub fn routes(values: &[String]) -> Result<Vec<RoutePattern>, FieldError> {
 
 /// A revocation reason: non-blank, bounded.
 pub fn reason(value: &str) -> Result<String, FieldError> {
+    no_key("reason", value)?;
     let trimmed = value.trim();
     if trimmed.is_empty() {
         return Err(FieldError::new("reason", "must not be empty"));
@@ -287,6 +310,36 @@ mod tests {
             "acme_prod"
         );
         assert_eq!(prefix(Some("Bad"), "live").unwrap_err().field, "prefix");
+    }
+
+    #[test]
+    fn key_shaped_values_are_refused_everywhere() {
+        let key = "kw_live_AbCdEfGhIjKlMnOpQrStUvWxYz01234567abcd";
+        assert_eq!(text("name", key).unwrap_err().field, "name");
+        assert_eq!(ident("tenant", key).unwrap_err().field, "tenant");
+        assert_eq!(tags(&[key.into()]).unwrap_err().field, "tags[0]");
+        assert_eq!(
+            permissions(&[key.into()]).unwrap_err().field,
+            "permissions[0]"
+        );
+        assert_eq!(
+            routes(&[format!("GET /{key}")]).unwrap_err().field,
+            "routes[0]"
+        );
+        assert_eq!(
+            reason(&format!("leaked {key}")).unwrap_err().field,
+            "reason"
+        );
+        let m = json!({"note": {"deep": [key]}})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert!(
+            meta(m)
+                .unwrap_err()
+                .message
+                .contains("looks like an API key")
+        );
     }
 
     #[test]

@@ -105,7 +105,8 @@ pub fn decide(
     };
     Decision {
         code,
-        deprecated_until: secret.expires_at.filter(|t| *t > now),
+        // The hint tells a caller to switch secrets; on a refusal it would only mislead.
+        deprecated_until: secret.expires_at.filter(|_| code == VerifyCode::Valid),
     }
 }
 
@@ -248,6 +249,25 @@ pub(crate) mod tests {
             d,
             Decision {
                 code: VerifyCode::Expired,
+                deprecated_until: None
+            }
+        );
+    }
+
+    #[test]
+    fn rotation_hint_only_accompanies_a_valid_answer() {
+        let mut key = record();
+        key.revoked_at = Some(T0);
+        let d = decide(
+            &key,
+            &secret(Some(T0 + Duration::hours(1))),
+            &VerifyRequest::default(),
+            T0,
+        );
+        assert_eq!(
+            d,
+            Decision {
+                code: VerifyCode::Revoked,
                 deprecated_until: None
             }
         );

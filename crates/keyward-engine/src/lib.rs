@@ -232,6 +232,10 @@ pub struct ChainReport {
     pub checked: u64,
     /// The first broken link, if any.
     pub first_broken: Option<BrokenLink>,
+    /// Sequence number of the last verified event.
+    pub head_seq: i64,
+    /// Hash of the last verified event; keep a copy outside keyward to detect truncation.
+    pub head_hash: String,
 }
 
 /// Engine settings.
@@ -315,6 +319,14 @@ impl Keyward {
     /// The current time according to the injected clock.
     pub fn now(&self) -> OffsetDateTime {
         self.clock.now()
+    }
+
+    /// The current time truncated to the millisecond precision the store keeps, so a record
+    /// returned by a write is identical to the same record read back later.
+    fn write_time(&self) -> OffsetDateTime {
+        let now = self.clock.now();
+        now.replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
+            .unwrap_or(now)
     }
 
     /// Verifies an API key for a request. Well-formed inputs always give a [`Verification`];
@@ -444,7 +456,7 @@ impl Keyward {
         permission: &str,
         remote: Option<&str>,
     ) -> Result<(), EngineError> {
-        let now = self.clock.now();
+        let now = self.write_time();
         let suppressed = {
             let mut budget = self.auth_failures.lock().unwrap_or_else(|e| e.into_inner());
             if now - budget.window_start >= Duration::minutes(1) {
@@ -666,22 +678,36 @@ impl Keyward {
     {
         for _ in 0..WRITE_ATTEMPTS {
             let current = self.get_key(kind, key_id).await?;
-            let now = self.clock.now();
+            let now = self.write_time();
             let mut write = change(&current, now)?;
             write.expected_version = Some(current.version);
             write.record.version = current.version + 1;
             write.record.updated_at = now;
-            let touched: Vec<KeyHash> = write
-                .secret_ends
+            write.record.last_used_at = current.last_used_at;
+            // The record as it is after the write, built here rather than read back: once the
+            // write commits, a failing read must not lose a new secret that exists only in
+            // this response.
+            let mut written = write.record.clone();
+            written.secrets = write.new_secret.iter().cloned().collect();
+            for secret in &current.secrets {
+                let mut secret = secret.clone();
+                if let Some((_, ends)) = write.secret_ends.iter().find(|(h, _)| *h == secret.hash) {
+                    secret.expires_at = Some(*ends);
+                }
+                if secret.is_live(now) {
+                    written.secrets.push(secret);
+                }
+            }
+            let touched: Vec<KeyHash> = written
+                .secrets
                 .iter()
-                .map(|(h, _)| *h)
-                .chain(current.secrets.iter().map(|s| s.hash))
-                .chain(write.new_secret.iter().map(|s| s.hash))
+                .chain(current.secrets.iter())
+                .map(|s| s.hash)
                 .collect();
             match self.store.write_key(write).await {
                 Ok(_) => {
                     self.cache.invalidate(key_id, &touched);
-                    return self.get_key(kind, key_id).await;
+                    return Ok(written);
                 }
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
@@ -894,6 +920,15 @@ impl Keyward {
 
     /// Walks the whole audit chain and reports the first broken link.
     pub async fn verify_audit_chain(&self) -> Result<ChainReport, EngineError> {
+        fn report(verifier: &ChainVerifier, first_broken: Option<BrokenLink>) -> ChainReport {
+            let (head_seq, head_hash) = verifier.head();
+            ChainReport {
+                checked: verifier.checked(),
+                first_broken,
+                head_seq,
+                head_hash: head_hash.to_owned(),
+            }
+        }
         let mut verifier = ChainVerifier::default();
         let mut filter = AuditFilter {
             limit: MAX_PAGE,
@@ -903,20 +938,12 @@ impl Keyward {
             let page = self.store.list_audit(&filter).await?;
             for event in &page.items {
                 if let Err(broken) = verifier.check(event) {
-                    return Ok(ChainReport {
-                        checked: verifier.checked(),
-                        first_broken: Some(broken),
-                    });
+                    return Ok(report(&verifier, Some(broken)));
                 }
             }
             match page.next_cursor {
                 Some(cursor) => filter.after = Some(cursor),
-                None => {
-                    return Ok(ChainReport {
-                        checked: verifier.checked(),
-                        first_broken: None,
-                    });
-                }
+                None => return Ok(report(&verifier, None)),
             }
         }
     }

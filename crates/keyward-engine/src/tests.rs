@@ -613,12 +613,15 @@ async fn every_write_is_audited_in_an_intact_chain() {
     );
     let report = f.engine.verify_audit_chain().await.unwrap();
     assert_eq!(
-        report,
-        ChainReport {
-            checked: 5,
-            first_broken: None
-        }
+        (report.checked, report.first_broken, report.head_seq),
+        (5, None, 5)
     );
+    let last = f
+        .engine
+        .list_audit(None, None, None, Some(4))
+        .await
+        .unwrap();
+    assert_eq!(report.head_hash, last.items[0].hash);
 }
 
 #[tokio::test]

@@ -67,5 +67,7 @@ pub async fn verify_audit(
             seq: b.seq,
             reason: b.reason,
         }),
+        head_seq: report.head_seq,
+        head_hash: report.head_hash,
     }))
 }

@@ -29,7 +29,11 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("key_not_found", 404, "No such key"),
     ("method_not_allowed", 405, "Method not allowed"),
     ("key_revoked", 409, "The key is revoked"),
-    ("conflict", 409, "The key was changed concurrently"),
+    (
+        "conflict",
+        409,
+        "The request conflicts with the key's current state",
+    ),
     ("payload_too_large", 413, "The request body is too large"),
     (
         "unsupported_media_type",

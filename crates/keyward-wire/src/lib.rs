@@ -370,6 +370,11 @@ pub struct AuditVerifyReport {
     pub checked: u64,
     /// The first broken link.
     pub first_broken: Option<BrokenLinkView>,
+    /// Sequence number of the last verified event.
+    pub head_seq: i64,
+    /// Hash of the last verified event. The chain cannot reveal events cut off its end, so
+    /// keep this value outside keyward now and then and compare it with a later report.
+    pub head_hash: String,
 }
 
 /// `GET /healthz` and `GET /readyz`.

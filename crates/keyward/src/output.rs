@@ -41,7 +41,7 @@ impl Printer {
 
     fn record_lines(k: &KeyView) -> String {
         let mut s = String::new();
-        let mut line = |label: &str, value: &str| s.push_str(&format!("{label:<14}{value}\n"));
+        let mut line = |label: &str, value: &str| s.push_str(&format!("{label:<16}{value}\n"));
         line("key_id", &k.key_id);
         line("owner", &k.owner);
         line("name", opt(&k.name));
@@ -79,38 +79,43 @@ impl Printer {
     }
 
     pub fn key(&self, k: &KeyView) -> anyhow::Result<()> {
+        let mut out = std::io::stdout();
         if !self.json(k)? {
-            print!("{}", Self::record_lines(k));
+            write!(out, "{}", Self::record_lines(k))?;
         }
         Ok(())
     }
 
     pub fn created(&self, c: &CreatedKey) -> anyhow::Result<()> {
+        let mut out = std::io::stdout();
         if !self.json(c)? {
-            println!("{:<14}{}", "key", c.key);
-            print!("{}", Self::record_lines(&c.record));
+            writeln!(out, "{:<16}{}", "key", c.key)?;
+            write!(out, "{}", Self::record_lines(&c.record))?;
             eprintln!("This key will not be shown again: store it now.");
         }
         Ok(())
     }
 
     pub fn rotated(&self, r: &RotatedKey) -> anyhow::Result<()> {
+        let mut out = std::io::stdout();
         if !self.json(r)? {
-            println!("{:<14}{}", "key", r.key);
-            print!("{}", Self::record_lines(&r.record));
+            writeln!(out, "{:<16}{}", "key", r.key)?;
+            write!(out, "{}", Self::record_lines(&r.record))?;
             if let Some(p) = &r.previous_secret {
-                println!(
-                    "{:<14}{}… works until {}",
+                writeln!(
+                    out,
+                    "{:<16}{}… works until {}",
                     "previous",
                     p.start,
                     time(&Some(p.expires_at))
-                );
+                )?;
             }
             for e in &r.ended_secrets {
-                println!(
-                    "{:<14}{}… ended now (at most two secrets are live)",
+                writeln!(
+                    out,
+                    "{:<16}{}… ended now (at most two secrets are live)",
                     "ended", e.start
-                );
+                )?;
             }
             eprintln!("This key will not be shown again: store it now.");
         }
@@ -118,45 +123,51 @@ impl Printer {
     }
 
     pub fn key_list(&self, list: &KeyList) -> anyhow::Result<()> {
+        let mut out = std::io::stdout();
         if !self.json(list)? {
             for k in &list.keys {
-                println!(
+                writeln!(
+                    out,
                     "{}  {:<8} {:<20} {}",
                     k.key_id,
                     k.status,
                     k.owner,
                     k.permissions.join(",")
-                );
+                )?;
             }
             if let Some(c) = &list.next_cursor {
-                println!("next page: --cursor {c}");
+                writeln!(out, "next page: --cursor {c}")?;
             }
         }
         Ok(())
     }
 
     pub fn verification(&self, v: &VerifyKeyResponse) -> anyhow::Result<()> {
+        let mut out = std::io::stdout();
         if !self.json(v)? {
-            println!("{}", v.code);
+            writeln!(out, "{}", v.code)?;
             if let Some(id) = &v.key_id {
-                println!("{:<14}{id}", "key_id");
-                println!("{:<14}{}", "owner", opt(&v.owner));
+                writeln!(out, "{:<16}{id}", "key_id")?;
+                writeln!(out, "{:<16}{}", "owner", opt(&v.owner))?;
             }
             if let Some(r) = &v.rotation {
-                println!(
-                    "{:<14}deprecated: this secret stops working at {}",
+                writeln!(
+                    out,
+                    "{:<16}deprecated: this secret stops working at {}",
                     "rotation",
                     time(&Some(r.expires_at))
-                );
+                )?;
             }
         }
         Ok(())
     }
 
     pub fn audit_list(&self, list: &AuditList) -> anyhow::Result<()> {
+        let mut out = std::io::stdout();
         if !self.json(list)? {
             for e in &list.events {
-                println!(
+                writeln!(
+                    out,
                     "{:>6}  {}  {:<12} actor={} target={} {}",
                     e.seq,
                     time(&Some(e.time)),
@@ -164,24 +175,26 @@ impl Printer {
                     opt(&e.actor),
                     opt(&e.target),
                     e.summary
-                );
+                )?;
             }
             if let Some(c) = &list.next_cursor {
-                println!("next page: --cursor {c}");
+                writeln!(out, "next page: --cursor {c}")?;
             }
         }
         Ok(())
     }
 
     pub fn audit_report(&self, r: &AuditVerifyReport) -> anyhow::Result<()> {
+        let mut out = std::io::stdout();
         if !self.json(r)? {
             match &r.first_broken {
-                None => println!("OK: {} events, hash chain intact", r.checked),
-                Some(b) => println!(
+                None => writeln!(out, "OK: {} events, hash chain intact", r.checked),
+                Some(b) => writeln!(
+                    out,
                     "BROKEN at event {}: {} ({} events verified before it)",
                     b.seq, b.reason, r.checked
                 ),
-            }
+            }?;
         }
         Ok(())
     }

@@ -28,6 +28,11 @@ async fn create_verify_revoke() {
     // The record never carries the secret or its hash.
     let record = s.admin("GET", &format!("/v1/keys/{key_id}"), None).await;
     assert_eq!(record.status, 200);
+    assert_eq!(
+        record.json(),
+        created["record"],
+        "a write returns exactly what a later read returns"
+    );
     let text = String::from_utf8(record.body.clone()).unwrap();
     assert!(!text.contains(&key));
     assert!(!text.contains(&hex_sha256(&key)));
@@ -87,6 +92,11 @@ async fn the_store_never_holds_a_plaintext_key() {
         )
         .await;
     let new_key = rotated.json()["key"].as_str().unwrap().to_owned();
+    let read_back = s
+        .admin("GET", &format!("/v1/keys/{key_id}"), None)
+        .await
+        .json();
+    assert_eq!(rotated.json()["record"], read_back);
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(s.dir.path()).unwrap() {
         bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
@@ -540,9 +550,11 @@ async fn audit_chain_detects_tampering() {
     )
     .await;
     let report = s.admin("POST", "/v1/audit/verify", None).await.json();
+    let events = s.admin("GET", "/v1/audit", None).await.json();
+    let head_hash = events["events"][2]["hash"].clone();
     assert_eq!(
         report,
-        json!({"intact": true, "checked": 3, "first_broken": null})
+        json!({"intact": true, "checked": 3, "first_broken": null, "head_seq": 3, "head_hash": head_hash})
     );
 
     let page = s.admin("GET", "/v1/audit?limit=2", None).await.json();
@@ -575,6 +587,7 @@ async fn audit_chain_detects_tampering() {
     assert_eq!(report["intact"], false);
     assert_eq!(report["checked"], 2);
     assert_eq!(report["first_broken"]["seq"], 3);
+    assert_eq!(report["head_seq"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -592,7 +605,10 @@ async fn health_readiness_and_openapi() {
     assert_eq!(openapi.status, 200);
     let committed =
         std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi.json")).unwrap();
-    assert_eq!(openapi.body, committed);
+    assert!(
+        openapi.body == committed,
+        "/openapi.json differs from the committed openapi.json"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

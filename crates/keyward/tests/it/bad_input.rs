@@ -105,6 +105,30 @@ async fn invalid_fields_are_named() {
             "{problem}"
         );
     }
+    // A key pasted into metadata would be stored in clear: refused, and not echoed.
+    let (key, key_id) = s.create(json!({"owner": "o"})).await;
+    for body in [
+        json!({"owner": key}),
+        json!({"owner": "o", "name": format!("key {key}")}),
+        json!({"owner": "o", "meta": {"k": key}}),
+    ] {
+        let r = s.admin("POST", "/v1/keys", Some(body)).await;
+        assert!(
+            r.problem(400, "invalid_field")["detail"]
+                .as_str()
+                .unwrap()
+                .contains("looks like an API key")
+        );
+        assert!(!String::from_utf8_lossy(&r.body).contains(&key));
+    }
+    let r = s
+        .admin(
+            "PATCH",
+            &format!("/v1/keys/{key_id}"),
+            Some(json!({"permissions": [key]})),
+        )
+        .await;
+    assert_eq!(r.problem(400, "invalid_field")["field"], "permissions[0]");
     let r = s
         .admin(
             "POST",

@@ -60,7 +60,7 @@ fn readme_walkthrough() {
     );
     assert!(text.status.success());
     assert!(
-        stdout(&text).starts_with("key           kw_live_"),
+        stdout(&text).starts_with("key             kw_live_"),
         "{}",
         stdout(&text)
     );
