@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use keyward_core::permission::PermissionQuery;
 use keyward_core::record::{KeyKind, KeyStatus};
 use keyward_core::verify::{VerifyCode, VerifyRequest};
-use keyward_engine::{KeyPatch, ListKeys, NewKey};
+use keyward_engine::{Created, KeyPatch, ListKeys, NewKey};
 use keyward_wire::{
     CreateKeyRequest, CreatedKey, KeyList, KeyView, Problem, RevokeKeyRequest, RotateKeyRequest,
     RotatedKey, RotationHint, Timestamp, UpdateKeyRequest, VerifyKeyRequest, VerifyKeyResponse,
@@ -86,15 +86,8 @@ pub async fn create_key(
         enabled: body.enabled,
         prefix: body.prefix,
     };
-    let created = state.engine.create_key(&auth.principal, spec).await?;
-    let record = key_view(&created.record, state.engine.now());
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedKey {
-            key: created.key.expose().to_owned(),
-            record,
-        }),
-    ))
+    let new_key = state.engine.create_key(&auth.principal, spec).await?;
+    Ok(created(&state, new_key))
 }
 
 /// Reads a key's record (never its secret or hash).
@@ -124,15 +117,28 @@ pub async fn list_keys(
     _auth: Authorized<KeysRead>,
     ApiQuery(params): ApiQuery<ListKeysParams>,
 ) -> Result<Json<KeyList>, ApiError> {
-    let page = state
-        .engine
-        .list_keys(KeyKind::Api, list_query(params)?)
-        .await?;
+    list_of_kind(&state, KeyKind::Api, params).await
+}
+
+/// One page of keys of `kind`, for `/v1/keys` and `/v1/root-keys`.
+pub(crate) async fn list_of_kind(
+    state: &AppState,
+    kind: KeyKind,
+    params: ListKeysParams,
+) -> Result<Json<KeyList>, ApiError> {
+    let page = state.engine.list_keys(kind, list_query(params)?).await?;
     let now = state.engine.now();
     Ok(Json(KeyList {
         keys: page.items.iter().map(|r| key_view(r, now)).collect(),
         next_cursor: encode_cursor(page.next_cursor),
     }))
+}
+
+/// The 201 answer to a create: the secret, shown this once, and the record.
+pub(crate) fn created(state: &AppState, created: Created) -> (StatusCode, Json<CreatedKey>) {
+    let record = key_view(&created.record, state.engine.now());
+    let key = created.key.expose().to_owned();
+    (StatusCode::CREATED, Json(CreatedKey { key, record }))
 }
 
 /// Updates name, permissions, routes, meta, tags, expiry or enabled.

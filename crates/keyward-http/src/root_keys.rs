@@ -8,10 +8,10 @@ use keyward_engine::NewKey;
 use keyward_wire::{CreateRootKeyRequest, CreatedKey, KeyList, KeyView, Problem, RevokeKeyRequest};
 
 use crate::AppState;
-use crate::convert::{encode_cursor, key_view};
+use crate::convert::key_view;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Authorized, RootManage};
-use crate::keys::{ListKeysParams, list_query};
+use crate::keys::{ListKeysParams, created, list_of_kind};
 
 /// Creates a root key. The secret is in this response only.
 #[utoipa::path(post, path = "/v1/root-keys", tag = "root-keys", request_body = CreateRootKeyRequest,
@@ -39,15 +39,8 @@ pub async fn create_root_key(
         ttl_seconds: body.ttl_seconds,
         ..NewKey::default()
     };
-    let created = state.engine.create_root_key(&auth.principal, spec).await?;
-    let record = key_view(&created.record, state.engine.now());
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedKey {
-            key: created.key.expose().to_owned(),
-            record,
-        }),
-    ))
+    let new_key = state.engine.create_root_key(&auth.principal, spec).await?;
+    Ok(created(&state, new_key))
 }
 
 /// Lists root keys.
@@ -58,15 +51,7 @@ pub async fn list_root_keys(
     _auth: Authorized<RootManage>,
     ApiQuery(params): ApiQuery<ListKeysParams>,
 ) -> Result<Json<KeyList>, ApiError> {
-    let page = state
-        .engine
-        .list_keys(KeyKind::Root, list_query(params)?)
-        .await?;
-    let now = state.engine.now();
-    Ok(Json(KeyList {
-        keys: page.items.iter().map(|r| key_view(r, now)).collect(),
-        next_cursor: encode_cursor(page.next_cursor),
-    }))
+    list_of_kind(&state, KeyKind::Root, params).await
 }
 
 /// Revokes a root key.

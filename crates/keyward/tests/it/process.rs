@@ -79,3 +79,32 @@ fn unusable_listen_address_is_a_clear_startup_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot listen on {addr}")));
 }
+
+#[test]
+fn listen_address_and_data_dir_come_from_the_environment() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("from-env");
+    let mut child = Command::new(binary())
+        .arg("serve")
+        .env("KEYWARD_LISTEN", "127.0.0.1:0")
+        .env("KEYWARD_DATA_DIR", &data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let listening = loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "keyward serve exited early");
+        if line.contains("listening on") {
+            break line.clone();
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(listening.contains("http://127.0.0.1:"), "{listening}");
+    assert!(listening.contains("from-env"), "{listening}");
+    assert!(data.join("keyward.db").exists());
+}
