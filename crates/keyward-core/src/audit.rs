@@ -90,8 +90,11 @@ pub struct AuditEvent {
     pub action: String,
     /// key_id acted on.
     pub target: Option<String>,
-    /// Before/after summary.
+    /// Before/after summary, parsed from `summary_json` (`null` if that text is not JSON).
     pub summary: Value,
+    /// The summary exactly as stored; the hash covers this text, so verification never
+    /// depends on re-serializing parsed JSON (floats, key order).
+    pub summary_json: String,
     /// Hash of the previous event.
     pub prev_hash: String,
     /// Hash of this event.
@@ -110,7 +113,7 @@ pub fn event_hash(
     actor: Option<&str>,
     action: &str,
     target: Option<&str>,
-    summary: &Value,
+    summary_json: &str,
     prev_hash: &str,
 ) -> String {
     // A JSON array is an unambiguous encoding of the fields: no field can bleed into the next.
@@ -120,7 +123,7 @@ pub fn event_hash(
         actor,
         action,
         target,
-        summary,
+        summary_json,
         prev_hash
     ]);
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
@@ -133,13 +136,14 @@ impl AuditDraft {
             i128::from(unix_millis(self.time)) * 1_000_000,
         )
         .unwrap_or(self.time);
+        let summary_json = self.summary.to_string();
         let hash = event_hash(
             seq,
             time,
             self.actor.as_deref(),
             self.action.as_str(),
             self.target.as_deref(),
-            &self.summary,
+            &summary_json,
             prev_hash,
         );
         AuditEvent {
@@ -149,6 +153,7 @@ impl AuditDraft {
             action: self.action.as_str().to_owned(),
             target: self.target,
             summary: self.summary,
+            summary_json,
             prev_hash: prev_hash.to_owned(),
             hash,
         }
@@ -206,7 +211,7 @@ impl ChainVerifier {
             event.actor.as_deref(),
             &event.action,
             event.target.as_deref(),
-            &event.summary,
+            &event.summary_json,
             &event.prev_hash,
         );
         if recomputed != event.hash {
@@ -272,7 +277,7 @@ mod tests {
     #[test]
     fn altered_event_is_reported() {
         let mut events = chain(5);
-        events[2].summary = json!({"owner": "mallory", "n": 3});
+        events[2].summary_json = json!({"owner": "mallory", "n": 3}).to_string();
         assert_eq!(first_break(&events).unwrap().seq, 3);
     }
 
@@ -287,7 +292,7 @@ mod tests {
             e.actor.as_deref(),
             &e.action,
             e.target.as_deref(),
-            &e.summary,
+            &e.summary_json,
             &e.prev_hash,
         );
         let broken = first_break(&events).unwrap();
@@ -340,5 +345,30 @@ mod diff_tests {
             summary_diff(&before, &after),
             json!({"before": {"name": "a", "tags": ["x"]}, "after": {"name": "b", "tags": ["x", "y"]}})
         );
+    }
+}
+
+#[cfg(test)]
+mod stored_text_tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn the_hash_covers_the_stored_text_not_a_reserialization() {
+        // A float with 17 significant digits need not survive parse-then-print exactly; the
+        // chain must not depend on it.
+        let draft = AuditDraft {
+            time: datetime!(2026-01-01 00:00 UTC),
+            actor: None,
+            action: AuditAction::KeyCreate,
+            target: None,
+            summary: json!({"meta": {"ratio": 0.30000000000000004, "big": 1.7976931348623157e308}}),
+        };
+        let event = draft.into_event(1, GENESIS_HASH);
+        let mut reread = event.clone();
+        reread.summary = Value::Null;
+        assert!(ChainVerifier::default().check(&reread).is_ok());
+        reread.summary_json.push(' ');
+        assert!(ChainVerifier::default().check(&reread).is_err());
     }
 }

@@ -252,10 +252,12 @@ pub struct EntropyError;
 /// Each random byte is used only if it is below 248 (= 4 × 62), so `byte % 62` is uniform.
 fn fill_base62<R: TryCryptoRng + ?Sized>(rng: &mut R, out: &mut [u8]) -> Result<(), EntropyError> {
     let mut filled = 0;
-    let mut pool = [0u8; 64];
+    // The key's characters come straight from these bytes, so they are wiped on drop too.
+    let mut pool = Zeroizing::new([0u8; 64]);
     while filled < out.len() {
-        rng.try_fill_bytes(&mut pool).map_err(|_| EntropyError)?;
-        for &b in &pool {
+        rng.try_fill_bytes(pool.as_mut_slice())
+            .map_err(|_| EntropyError)?;
+        for &b in pool.iter() {
             if b < base62::REJECTION_BOUND && filled < out.len() {
                 out[filled] = base62::ALPHABET[usize::from(b % 62)];
                 filled += 1;

@@ -130,17 +130,30 @@ fn request_segments(path: &str) -> Option<Vec<&str>> {
     Some(segments)
 }
 
+/// Matches path segments against pattern segments where `**` stands for any run of segments.
+///
+/// The classic wildcard algorithm: on a mismatch, backtrack only to the most recent `**` and let
+/// it absorb one more segment. Work is bounded by pattern length × path length, whatever the
+/// number of `**` (a recursive search is exponential in it, which a hostile path could exploit).
 fn match_segments(pattern: &[String], path: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => path.is_empty(),
-        Some((first, rest)) if first == "**" => {
-            (0..=path.len()).any(|skip| match_segments(rest, &path[skip..]))
+    let (mut p, mut s) = (0, 0);
+    let mut resume: Option<(usize, usize)> = None;
+    while s < path.len() {
+        if pattern.get(p).is_some_and(|seg| seg == "**") {
+            resume = Some((p + 1, s));
+            p += 1;
+        } else if pattern.get(p).is_some_and(|seg| match_glob(seg, path[s])) {
+            p += 1;
+            s += 1;
+        } else if let Some((after_star, absorbed)) = resume {
+            p = after_star;
+            s = absorbed + 1;
+            resume = Some((after_star, absorbed + 1));
+        } else {
+            return false;
         }
-        Some((first, rest)) => match path.split_first() {
-            Some((seg, path_rest)) => match_glob(first, seg) && match_segments(rest, path_rest),
-            None => false,
-        },
     }
+    pattern[p..].iter().all(|seg| seg == "**")
 }
 
 /// Matches one segment against a pattern where `*` stands for any run of characters.
@@ -211,6 +224,20 @@ mod tests {
         check("GET /v1/orders/**", "GET", "/v1/orders/1/items/2", true);
         check("GET /v1/**/items", "GET", "/v1/orders/1/items", true);
         check("GET /v1/**/items", "GET", "/v1/orders/1/other", false);
+    }
+
+    #[test]
+    fn many_double_stars_against_a_long_path_stay_cheap() {
+        // Regression: a recursive matcher took time exponential in the number of `**`.
+        let pattern = format!("GET /{}/x", vec!["**"; 40].join("/"));
+        let p = RoutePattern::new(&pattern).unwrap();
+        let path = format!("/{}", vec!["a"; 5000].join("/"));
+        assert!(!p.matches("GET", &path));
+        assert!(p.matches("GET", &format!("{path}/x")));
+        check("GET /a/**/b/**/c", "GET", "/a/b/c", true);
+        check("GET /a/**/b/**/c", "GET", "/a/1/b/2/3/c", true);
+        check("GET /a/**/b/**/c", "GET", "/a/1/c/2/b", false);
+        check("GET /**", "GET", "/", true);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime};
 
-use crate::key::{PREFIX_LIVE, PREFIX_TEST, Prefix};
+use crate::key::{PREFIX_LIVE, PREFIX_ROOT, PREFIX_TEST, Prefix};
 use crate::permission::Permission;
 use crate::redact::redact;
 use crate::route::RoutePattern;
@@ -240,6 +240,13 @@ pub fn ttl(seconds: i64, now: OffsetDateTime) -> Result<OffsetDateTime, FieldErr
 /// otherwise.
 pub fn prefix(explicit: Option<&str>, environment: &str) -> Result<Prefix, FieldError> {
     let chosen = match explicit {
+        // Scanners and operators read `kwroot_` as "admin credential": API keys may not use it.
+        Some(PREFIX_ROOT) => {
+            return Err(FieldError::new(
+                "prefix",
+                format!("{PREFIX_ROOT} is reserved for root keys"),
+            ));
+        }
         Some(p) => p,
         None if matches!(
             environment,
@@ -310,6 +317,12 @@ mod tests {
             "acme_prod"
         );
         assert_eq!(prefix(Some("Bad"), "live").unwrap_err().field, "prefix");
+        assert!(
+            prefix(Some("kwroot"), "live")
+                .unwrap_err()
+                .message
+                .contains("reserved")
+        );
     }
 
     #[test]

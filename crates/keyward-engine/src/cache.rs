@@ -10,10 +10,11 @@
 //! Splitting secrets from records lets a write evict exactly one record and the secrets it
 //! changed, without scanning. A generation counter closes the race between a cache fill that
 //! read the store before a write committed and the write's invalidation: fills started before
-//! the latest write are dropped.
+//! the latest write are dropped, and a fill's check-and-insert cannot interleave with an
+//! invalidation's bump-and-evict.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use keyward_core::key::KeyHash;
@@ -75,6 +76,9 @@ pub(crate) struct VerifyCache {
     records: Cache<String, Arc<KeyRecord>>,
     not_found: Cache<KeyHash, ()>,
     generation: AtomicU64,
+    /// Fills hold it shared for their check-then-insert; an invalidation holds it exclusively
+    /// for its bump-then-evict, so the two never interleave. Cache reads never take it.
+    fill_gate: RwLock<()>,
 }
 
 impl VerifyCache {
@@ -93,6 +97,7 @@ impl VerifyCache {
                 .time_to_live(config.max_staleness)
                 .build(),
             generation: AtomicU64::new(0),
+            fill_gate: RwLock::new(()),
         }
     }
 
@@ -115,19 +120,16 @@ impl VerifyCache {
         self.records.get(key_id)
     }
 
-    /// Inserts unless a write happened since `generation` was read; re-checks after inserting
-    /// so an invalidation that ran between the check and the insert is not undone.
+    /// Inserts unless a write happened since `generation` was read (the fill's store read may
+    /// predate that write).
     fn fill<K, V>(&self, cache: &Cache<K, V>, key: K, value: V, generation: u64)
     where
         K: std::hash::Hash + Eq + Send + Sync + Clone + 'static,
         V: Clone + Send + Sync + 'static,
     {
-        if self.generation() != generation {
-            return;
-        }
-        cache.insert(key.clone(), value);
-        if self.generation() != generation {
-            cache.invalidate(&key);
+        let _shared = self.fill_gate.read().unwrap_or_else(|e| e.into_inner());
+        if self.generation() == generation {
+            cache.insert(key, value);
         }
     }
 
@@ -145,6 +147,7 @@ impl VerifyCache {
 
     /// Evicts a key's record and the given secret hashes (changed or new secrets).
     pub fn invalidate<'a>(&self, key_id: &str, hashes: impl IntoIterator<Item = &'a KeyHash>) {
+        let _exclusive = self.fill_gate.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.records.invalidate(key_id);
         for hash in hashes {

@@ -75,6 +75,12 @@ pub enum EngineError {
         /// The revoked key.
         key_id: String,
     },
+    /// Revoking this root key would leave no usable root key with `root.manage`.
+    #[error("{key_id} is the last usable root key with root.manage; create another one first")]
+    LastRootKey {
+        /// The root key that was to be revoked.
+        key_id: String,
+    },
     /// The key kept changing under concurrent writes.
     #[error("the key was changed concurrently; retry")]
     Conflict,
@@ -554,7 +560,8 @@ impl Keyward {
                 }
                 (
                     root_permissions(&spec.permissions)?,
-                    validate::prefix(Some(PREFIX_ROOT), &environment)?,
+                    Prefix::new(PREFIX_ROOT)
+                        .map_err(|e| FieldError::new("prefix", e.to_string()))?,
                 )
             }
         };
@@ -850,6 +857,35 @@ impl Keyward {
         Ok(Rotated { key, record, plan })
     }
 
+    /// Refuses to revoke `key_id` if it is the last usable root key holding `root.manage`:
+    /// without one, nobody could ever create a root key again.
+    async fn ensure_root_remains(&self, key_id: &str) -> Result<(), EngineError> {
+        let mut query = ListKeys {
+            status: Some(KeyStatus::Active),
+            limit: Some(MAX_PAGE),
+            ..ListKeys::default()
+        };
+        loop {
+            let page = self.list_keys(KeyKind::Root, query.clone()).await?;
+            let other_admin = page.items.iter().any(|r| {
+                r.key_id != key_id
+                    && r.enabled
+                    && keyward_core::permission::granted(&r.permissions, "root.manage")
+            });
+            if other_admin {
+                return Ok(());
+            }
+            match page.next_cursor {
+                Some(cursor) => query.after = Some(cursor),
+                None => {
+                    return Err(EngineError::LastRootKey {
+                        key_id: key_id.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
     /// Revokes a key of `kind`: every secret fails with REVOKED from now on.
     pub async fn revoke_key(
         &self,
@@ -859,6 +895,9 @@ impl Keyward {
         reason: &str,
     ) -> Result<KeyRecord, EngineError> {
         let reason = validate::reason(reason)?;
+        if kind == KeyKind::Root {
+            self.ensure_root_remains(key_id).await?;
+        }
         let record = self
             .modify(kind, key_id, |current, now| {
                 if current.revoked_at.is_some() {

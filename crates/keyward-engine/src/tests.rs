@@ -13,10 +13,17 @@ use crate::clock::ManualClock;
 
 const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
 
+/// Pauses one `find_by_hash` after its store read: signals `.0`, waits for `.1`.
+type Gate = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<()>,
+);
+
 struct CountingStore {
     inner: SqliteStore,
     finds: AtomicUsize,
     gets: AtomicUsize,
+    gate: tokio::sync::Mutex<Option<Gate>>,
 }
 
 #[async_trait]
@@ -27,7 +34,13 @@ impl KeyStore for CountingStore {
         now: OffsetDateTime,
     ) -> Result<Option<FoundKey>, StoreError> {
         self.finds.fetch_add(1, Ordering::SeqCst);
-        self.inner.find_by_hash(hash, now).await
+        let found = self.inner.find_by_hash(hash, now).await;
+        let gate = self.gate.lock().await.take();
+        if let Some((reached, release)) = gate {
+            reached.send(()).unwrap();
+            release.await.unwrap();
+        }
+        found
     }
     async fn get_key(
         &self,
@@ -99,6 +112,7 @@ async fn fixture_with(config: EngineConfig) -> Fixture {
         inner: SqliteStore::open(dir.path()).await.unwrap(),
         finds: AtomicUsize::new(0),
         gets: AtomicUsize::new(0),
+        gate: tokio::sync::Mutex::new(None),
     });
     let clock = Arc::new(ManualClock::new(T0));
     let engine = Keyward::new(store.clone(), clock.clone(), config);
@@ -644,4 +658,29 @@ async fn list_limits_are_validated() {
         f.engine.get_key(KeyKind::Api, &f.root.key_id).await,
         Err(EngineError::NotFound { .. })
     ));
+}
+
+#[tokio::test]
+async fn a_fill_that_read_the_store_before_a_revoke_is_not_cached() {
+    let f = fixture().await;
+    let created = f.create(&[]).await;
+    let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel();
+    *f.store.gate.lock().await = Some((reached_tx, release_rx));
+    let none = VerifyRequest::default();
+    // The verify reads the key from the store, then stalls; the revoke commits meanwhile.
+    let verify = f.engine.verify(created.key.expose(), &none);
+    let revoke = async {
+        reached_rx.await.unwrap();
+        f.engine
+            .revoke_key(&f.root, KeyKind::Api, &created.record.key_id, "leaked")
+            .await
+            .unwrap();
+        release_tx.send(()).unwrap();
+    };
+    let (overlapping, ()) = tokio::join!(verify, revoke);
+    // The overlapping call read the key before the revoke: VALID is its honest answer.
+    assert_eq!(overlapping.unwrap().code, VerifyCode::Valid);
+    // But what it read must not have been cached over the revoke's invalidation.
+    assert_eq!(f.code(created.key.expose()).await, VerifyCode::Revoked);
 }

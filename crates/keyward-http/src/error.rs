@@ -30,6 +30,11 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("method_not_allowed", 405, "Method not allowed"),
     ("key_revoked", 409, "The key is revoked"),
     (
+        "last_root_key",
+        409,
+        "The last root key that can manage root keys cannot be revoked",
+    ),
+    (
         "conflict",
         409,
         "The request conflicts with the key's current state",
@@ -176,6 +181,7 @@ impl From<EngineError> for ApiError {
             EngineError::Conflict => {
                 Self::new("conflict", "the key was changed concurrently; retry")
             }
+            EngineError::LastRootKey { .. } => Self::new("last_root_key", e.to_string()),
             EngineError::Store(s) => s.into(),
             EngineError::Entropy(_) => Self::internal(&e),
         }

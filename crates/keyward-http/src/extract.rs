@@ -87,6 +87,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// A path parameter whose rejections (for example invalid UTF-8) are problem+json errors.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Self(v))
+            .map_err(|e| ApiError::new("invalid_request", format!("invalid path: {}", inner(&e))))
+    }
+}
+
 /// A permission a handler requires of the root key.
 pub trait RequiredPermission: Send + Sync + 'static {
     /// The permission name.

@@ -1,7 +1,7 @@
 //! `/v1/keys`: issue, read, list, update, rotate, revoke and verify API keys.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use keyward_core::permission::PermissionQuery;
 use keyward_core::record::{KeyKind, KeyStatus};
@@ -19,8 +19,12 @@ use crate::AppState;
 use crate::convert::{decode_cursor, encode_cursor, ended_secret, key_view, parse_limit};
 use crate::error::ApiError;
 use crate::extract::{
-    ApiJson, ApiQuery, Authorized, KeysCreate, KeysRead, KeysRevoke, KeysUpdate, KeysVerify,
+    ApiJson, ApiPath, ApiQuery, Authorized, KeysCreate, KeysRead, KeysRevoke, KeysUpdate,
+    KeysVerify,
 };
+
+/// Longest request path a verify call may ask about.
+pub const MAX_VERIFY_PATH_BYTES: usize = 4096;
 
 /// Filters and paging for `GET /v1/keys`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -100,7 +104,7 @@ pub async fn create_key(
 pub async fn get_key(
     State(state): State<AppState>,
     _auth: Authorized<KeysRead>,
-    Path(key_id): Path<String>,
+    ApiPath(key_id): ApiPath<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     let record = state.engine.get_key(KeyKind::Api, &key_id).await?;
     Ok(Json(key_view(&record, state.engine.now())))
@@ -154,7 +158,7 @@ pub(crate) fn created(state: &AppState, created: Created) -> (StatusCode, Json<C
 pub async fn update_key(
     State(state): State<AppState>,
     auth: Authorized<KeysUpdate>,
-    Path(key_id): Path<String>,
+    ApiPath(key_id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateKeyRequest>,
 ) -> Result<Json<KeyView>, ApiError> {
     let patch = KeyPatch {
@@ -186,7 +190,7 @@ pub async fn update_key(
 pub async fn rotate_key(
     State(state): State<AppState>,
     auth: Authorized<KeysUpdate>,
-    Path(key_id): Path<String>,
+    ApiPath(key_id): ApiPath<String>,
     ApiJson(body): ApiJson<RotateKeyRequest>,
 ) -> Result<(StatusCode, Json<RotatedKey>), ApiError> {
     let grace = Duration::seconds(body.grace_period_seconds);
@@ -217,7 +221,7 @@ pub async fn rotate_key(
 pub async fn revoke_key(
     State(state): State<AppState>,
     auth: Authorized<KeysRevoke>,
-    Path(key_id): Path<String>,
+    ApiPath(key_id): ApiPath<String>,
     ApiJson(body): ApiJson<RevokeKeyRequest>,
 ) -> Result<Json<KeyView>, ApiError> {
     let record = state
@@ -239,6 +243,24 @@ pub async fn verify_key(
     _auth: Authorized<KeysVerify>,
     ApiJson(body): ApiJson<VerifyKeyRequest>,
 ) -> Result<Json<VerifyKeyResponse>, ApiError> {
+    if body
+        .path
+        .as_ref()
+        .is_some_and(|p| p.len() > MAX_VERIFY_PATH_BYTES)
+    {
+        return Err(ApiError::field(
+            "path",
+            format!("must be at most {MAX_VERIFY_PATH_BYTES} bytes"),
+        ));
+    }
+    if body.method.as_ref().is_some_and(|m| {
+        m.is_empty() || m.len() > 32 || !m.bytes().all(|b| b.is_ascii_alphabetic())
+    }) {
+        return Err(ApiError::field(
+            "method",
+            "must be an HTTP method name (1 to 32 letters)",
+        ));
+    }
     let query = body
         .permissions
         .as_deref()

@@ -1,7 +1,7 @@
 //! `/v1/root-keys`: the credentials of keyward's own admin API (permission `root.manage`).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use keyward_core::record::KeyKind;
 use keyward_engine::NewKey;
@@ -10,7 +10,7 @@ use keyward_wire::{CreateRootKeyRequest, CreatedKey, KeyList, KeyView, Problem, 
 use crate::AppState;
 use crate::convert::key_view;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery, Authorized, RootManage};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Authorized, RootManage};
 use crate::keys::{ListKeysParams, created, list_of_kind};
 
 /// Creates a root key. The secret is in this response only.
@@ -26,15 +26,10 @@ pub async fn create_root_key(
     auth: Authorized<RootManage>,
     ApiJson(body): ApiJson<CreateRootKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let permissions = if body.permissions.is_empty() {
-        vec!["*".to_owned()]
-    } else {
-        body.permissions
-    };
     let spec = NewKey {
         owner: body.owner.unwrap_or_else(|| "keyward-admin".to_owned()),
         name: body.name,
-        permissions,
+        permissions: body.permissions,
         expires_at: body.expires_at.map(|t| t.0),
         ttl_seconds: body.ttl_seconds,
         ..NewKey::default()
@@ -66,7 +61,7 @@ pub async fn list_root_keys(
 pub async fn revoke_root_key(
     State(state): State<AppState>,
     auth: Authorized<RootManage>,
-    Path(key_id): Path<String>,
+    ApiPath(key_id): ApiPath<String>,
     ApiJson(body): ApiJson<RevokeKeyRequest>,
 ) -> Result<Json<KeyView>, ApiError> {
     let record = state

@@ -217,7 +217,10 @@ fn event_from_row(row: &SqliteRow) -> Result<AuditEvent, StoreError> {
         actor: row.try_get("actor").map_err(backend)?,
         action: row.try_get("action").map_err(backend)?,
         target: row.try_get("target").map_err(backend)?,
-        summary: parse_json::<Value>("summary", &summary)?,
+        // An unparsable summary is shown as null; the chain check, which hashes the stored
+        // text, is what reports it.
+        summary: serde_json::from_str::<Value>(&summary).unwrap_or(Value::Null),
+        summary_json: summary,
         prev_hash: row.try_get("prev_hash").map_err(backend)?,
         hash: row.try_get("hash").map_err(backend)?,
     })
@@ -246,7 +249,7 @@ async fn append_in(conn: &mut SqliteConnection, draft: AuditDraft) -> Result<i64
     .bind(&event.actor)
     .bind(&event.action)
     .bind(&event.target)
-    .bind(event.summary.to_string())
+    .bind(&event.summary_json)
     .bind(&event.prev_hash)
     .bind(&event.hash)
     .execute(&mut *conn)

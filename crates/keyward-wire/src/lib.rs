@@ -85,8 +85,8 @@ pub struct CreateRootKeyRequest {
     /// Display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Root permissions: `keys.create`, `keys.read`, `keys.update`, `keys.revoke`,
-    /// `keys.verify`, `audit.read`, `root.manage`, wildcards of them, or `*` (the default).
+    /// Root permissions (at least one): `keys.create`, `keys.read`, `keys.update`,
+    /// `keys.revoke`, `keys.verify`, `audit.read`, `root.manage`, wildcards of them, or `*`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permissions: Vec<String>,
     /// When the root key stops working.
@@ -154,7 +154,7 @@ pub struct RevokeKeyRequest {
 }
 
 /// `POST /v1/keys/verify`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyKeyRequest {
     /// The key presented by the client.
@@ -233,7 +233,7 @@ pub struct KeyView {
 }
 
 /// `201` from `POST /v1/keys` and `POST /v1/root-keys`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CreatedKey {
     /// The secret. It is shown here once and never again.
     pub key: String,
@@ -251,7 +251,7 @@ pub struct EndedSecret {
 }
 
 /// `201` from `POST /v1/keys/{key_id}/rotate`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RotatedKey {
     /// The new secret, shown once.
     pub key: String,
@@ -407,9 +407,49 @@ pub struct Problem {
     pub field: Option<String>,
 }
 
+/// `Debug` for types carrying a plaintext key: the key is shown as `<redacted>`, so a stray
+/// `{:?}` cannot leak it.
+macro_rules! debug_without_key {
+    ($ty:ident { $($field:ident),* }) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("key", &"<redacted>")
+                    $(.field(stringify!($field), &self.$field))*
+                    .finish()
+            }
+        }
+    };
+}
+
+debug_without_key!(VerifyKeyRequest {
+    permissions,
+    method,
+    path
+});
+debug_without_key!(CreatedKey { record });
+debug_without_key!(RotatedKey {
+    record,
+    previous_secret,
+    ended_secrets
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_hides_keys() {
+        let request = VerifyKeyRequest {
+            key: "kw_live_secret".into(),
+            ..VerifyKeyRequest::default()
+        };
+        let text = format!("{request:?}");
+        assert!(
+            !text.contains("kw_live_secret") && text.contains("<redacted>"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn patch_distinguishes_absent_from_null() {

@@ -30,6 +30,16 @@ use crate::output::Printer;
 const EXIT_NOT_VALID: u8 = 3;
 
 fn main() -> ExitCode {
+    // A panic message may quote request data; print only where it happened.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "keyward: internal error (panic){location}; the message is withheld because it may contain request data"
+        );
+    }));
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

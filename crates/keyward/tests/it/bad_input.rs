@@ -91,6 +91,7 @@ async fn invalid_fields_are_named() {
             "ttl_seconds",
         ),
         (json!({"owner": "o", "prefix": "Nope"}), "prefix"),
+        (json!({"owner": "o", "prefix": "kwroot"}), "prefix"),
         (
             json!({"owner": "o", "environment": "prod uction"}),
             "environment",
@@ -211,4 +212,82 @@ async fn unknown_routes_methods_and_ids() {
         "{}",
         String::from_utf8_lossy(&r.body)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_path_parameters_and_verify_fields() {
+    let s = Server::start().await;
+    let r = s.admin("GET", "/v1/keys/%FF%FE", None).await;
+    r.problem(400, "invalid_request");
+    let (key, _) = s.create(json!({"owner": "o"})).await;
+    let long_path = format!("/{}", "a/".repeat(3000));
+    let r = s
+        .admin(
+            "POST",
+            "/v1/keys/verify",
+            Some(json!({"key": key, "path": long_path})),
+        )
+        .await;
+    assert_eq!(r.problem(400, "invalid_field")["field"], "path");
+    let r = s
+        .admin(
+            "POST",
+            "/v1/keys/verify",
+            Some(json!({"key": key, "method": "GET /x"})),
+        )
+        .await;
+    assert_eq!(r.problem(400, "invalid_field")["field"], "method");
+    let r = s
+        .admin("POST", "/v1/keys/verify", Some(json!({"key": 42})))
+        .await;
+    r.problem(400, "invalid_request");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn root_keys_need_explicit_permissions_and_one_must_remain() {
+    let s = Server::start().await;
+    let r = s
+        .admin("POST", "/v1/root-keys", Some(json!({"owner": "ops"})))
+        .await;
+    assert_eq!(r.problem(400, "invalid_field")["field"], "permissions");
+    let root_id = s.admin("GET", "/v1/root-keys", None).await.json()["keys"][0]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = s
+        .admin(
+            "POST",
+            &format!("/v1/root-keys/{root_id}/revoke"),
+            Some(json!({"reason": "oops"})),
+        )
+        .await;
+    r.problem(409, "last_root_key");
+    // With a second key that can manage root keys, the first can go.
+    let second = s
+        .admin(
+            "POST",
+            "/v1/root-keys",
+            Some(json!({"owner": "ops", "permissions": ["root.*", "keys.read"]})),
+        )
+        .await;
+    let second_key = second.json()["key"].as_str().unwrap().to_owned();
+    let r = s
+        .admin(
+            "POST",
+            &format!("/v1/root-keys/{root_id}/revoke"),
+            Some(json!({"reason": "rotated"})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        s.http
+            .call("GET", "/v1/keys", Some(&second_key), None)
+            .await
+            .status,
+        200
+    );
+    s.http
+        .call("GET", "/v1/keys", Some(&s.root_key), None)
+        .await
+        .problem(401, "unauthenticated");
 }

@@ -183,6 +183,20 @@ fn readme_walkthrough() {
         server.cli(reader_key, &["keys", "list"]).status.code(),
         Some(1)
     );
+
+    // The server logged every request of this session at debug level, and no secret.
+    let log = server.log();
+    assert!(
+        log.contains("/v1/keys/verify"),
+        "the log was captured: {log:.300}"
+    );
+    for secret in [root.as_str(), key.as_str(), new_key.as_str(), reader_key] {
+        assert!(!log.contains(secret), "a key reached the log");
+        assert!(
+            !log.contains(&secret[secret.len() - 38..]),
+            "a key's random part reached the log"
+        );
+    }
 }
 
 #[test]

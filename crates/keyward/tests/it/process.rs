@@ -97,7 +97,10 @@ fn listen_address_and_data_dir_come_from_the_environment() {
     let mut line = String::new();
     let listening = loop {
         line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "keyward serve exited early");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "keyward serve exited early"
+        );
         if line.contains("listening on") {
             break line.clone();
         }

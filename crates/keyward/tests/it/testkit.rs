@@ -210,17 +210,26 @@ pub struct Process {
     /// The root key if this start bootstrapped one.
     pub root_key: Option<String>,
     pub stdout_lines: Vec<String>,
+    /// Where the server's log (standard error, at debug level) is written.
+    pub log_path: PathBuf,
 }
 
 impl Process {
     /// Starts `keyward serve` on port 0 in `data_dir` and waits for its "listening on" line.
     pub fn start(data_dir: &Path) -> Self {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log_path = data_dir.join("serve.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let mut child = Command::new(binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .env("KEYWARD_LOG", "warn")
+            .env("KEYWARD_LOG", "debug")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let mut reader = BufReader::new(child.stdout.take().unwrap());
@@ -247,6 +256,7 @@ impl Process {
             addr,
             root_key,
             stdout_lines: lines,
+            log_path,
         }
     }
 
@@ -258,6 +268,11 @@ impl Process {
             .env("KEYWARD_ROOT_KEY", root_key)
             .output()
             .unwrap()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// Kills the process with SIGKILL: no shutdown code runs.
