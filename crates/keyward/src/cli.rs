@@ -307,8 +307,8 @@ pub struct RootCreateArgs {
     /// Display name.
     #[arg(long)]
     pub name: Option<String>,
-    /// A root permission (repeatable; default *): keys.create, keys.read, keys.update,
-    /// keys.revoke, keys.verify, audit.read, root.manage.
+    /// A root permission (repeatable; at least one): keys.create, keys.read, keys.update,
+    /// keys.revoke, keys.verify, audit.read, root.manage, or * for all.
     #[arg(long = "permission")]
     pub permissions: Vec<String>,
     /// Lifetime, e.g. 30d.
