@@ -31,9 +31,12 @@
 
 pub mod audit;
 pub mod base62;
+pub mod binding;
 pub mod clock;
 pub mod key;
+pub mod limit;
 pub mod permission;
+pub mod quota;
 pub mod record;
 pub mod redact;
 pub mod rotation;
