@@ -29,6 +29,14 @@ pub enum AuditAction {
     RootRevoke,
     /// A call to the admin API failed authentication.
     AuthFailed,
+    /// A plan was created.
+    PlanCreate,
+    /// A plan changed.
+    PlanUpdate,
+    /// A plan was deleted.
+    PlanDelete,
+    /// A key's credit balance was set, increased or decreased.
+    CreditsAdjust,
 }
 
 impl AuditAction {
@@ -42,11 +50,15 @@ impl AuditAction {
             Self::RootCreate => "root.create",
             Self::RootRevoke => "root.revoke",
             Self::AuthFailed => "auth.failed",
+            Self::PlanCreate => "plan.create",
+            Self::PlanUpdate => "plan.update",
+            Self::PlanDelete => "plan.delete",
+            Self::CreditsAdjust => "credits.adjust",
         }
     }
 
     /// Every action.
-    pub const ALL: [AuditAction; 7] = [
+    pub const ALL: [AuditAction; 11] = [
         Self::KeyCreate,
         Self::KeyUpdate,
         Self::KeyRotate,
@@ -54,6 +66,10 @@ impl AuditAction {
         Self::RootCreate,
         Self::RootRevoke,
         Self::AuthFailed,
+        Self::PlanCreate,
+        Self::PlanUpdate,
+        Self::PlanDelete,
+        Self::CreditsAdjust,
     ];
 
     /// Parses a stable name.

@@ -31,8 +31,22 @@ pub fn ip_allowed(allowlist: &[IpNet], ip: Option<IpAddr>) -> bool {
 }
 
 /// An allowed origin: an exact host or a `*.` wildcard for its subdomains.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct OriginPattern(String);
+
+impl TryFrom<String> for OriginPattern {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        Self::new(&value).ok_or_else(|| format!("invalid origin pattern {value:?}"))
+    }
+}
+
+impl From<OriginPattern> for String {
+    fn from(p: OriginPattern) -> String {
+        p.0
+    }
+}
 
 impl OriginPattern {
     /// Validates `example.com` or `*.example.com` (lower-case host names).
@@ -43,7 +57,9 @@ impl OriginPattern {
             && host.split('.').all(|label| {
                 !label.is_empty()
                     && label.len() <= 63
-                    && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             });
         valid.then(|| Self(text.to_owned()))
     }
@@ -56,7 +72,11 @@ impl OriginPattern {
     fn matches_host(&self, host: &str) -> bool {
         match self.0.strip_prefix("*.") {
             // `*.example.com` covers subdomains, not `example.com` itself.
-            Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.'),
+            Some(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix)
+                    && host[..host.len() - suffix.len()].ends_with('.')
+            }
             None => host == self.0,
         }
     }
@@ -94,7 +114,10 @@ mod tests {
 
     #[test]
     fn cidr_blocks_v4_and_v6() {
-        let list: Vec<IpNet> = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"].iter().map(|c| parse_cidr(c).unwrap()).collect();
+        let list: Vec<IpNet> = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
+            .iter()
+            .map(|c| parse_cidr(c).unwrap())
+            .collect();
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         assert!(ip_allowed(&list, ip("10.1.2.3")));
         assert!(ip_allowed(&list, ip("192.0.2.7")));
@@ -111,9 +134,15 @@ mod tests {
 
     #[test]
     fn origins_exact_and_wildcard() {
-        let list = vec![OriginPattern::new("app.example.com").unwrap(), OriginPattern::new("*.partner.io").unwrap()];
+        let list = vec![
+            OriginPattern::new("app.example.com").unwrap(),
+            OriginPattern::new("*.partner.io").unwrap(),
+        ];
         assert!(origin_allowed(&list, Some("https://app.example.com")));
-        assert!(origin_allowed(&list, Some("https://APP.example.com:8443/x?y")));
+        assert!(origin_allowed(
+            &list,
+            Some("https://APP.example.com:8443/x?y")
+        ));
         assert!(!origin_allowed(&list, Some("https://evil.app.example.com")));
         assert!(origin_allowed(&list, Some("https://a.b.partner.io/page")));
         assert!(!origin_allowed(&list, Some("https://partner.io")));

@@ -18,7 +18,8 @@ pub const MAX_PERIOD_SECONDS: u64 = 366 * 86_400;
 pub const MAX_LIMIT: u64 = 1_000_000_000;
 
 /// Who shares a limit's budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LimitScope {
     /// The key alone.
     Key,
@@ -50,7 +51,7 @@ impl LimitScope {
 }
 
 /// A named rate limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RateLimit {
     /// Name, unique per key, e.g. `per_second`.
     pub name: String,
@@ -116,7 +117,9 @@ pub fn check(limit: &RateLimit, tat: Option<i128>, cost: u64, now: OffsetDateTim
         if free <= 0 || interval <= 0 {
             0
         } else {
-            u64::try_from(free / interval).unwrap_or(u64::MAX).min(limit.burst)
+            u64::try_from(free / interval)
+                .unwrap_or(u64::MAX)
+                .min(limit.burst)
         }
     };
     if cost > limit.burst || now < allow_at {
@@ -152,11 +155,23 @@ mod tests {
     const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
 
     fn limit(limit: u64, period_seconds: u64, burst: u64) -> RateLimit {
-        RateLimit { name: "l".into(), limit, period_seconds, burst, scope: LimitScope::Key }
+        RateLimit {
+            name: "l".into(),
+            limit,
+            period_seconds,
+            burst,
+            scope: LimitScope::Key,
+        }
     }
 
     /// Runs `n` requests of `cost` at `now`, storing state as a caller would; counts admissions.
-    fn run(l: &RateLimit, tat: &mut Option<i128>, n: usize, cost: u64, now: OffsetDateTime) -> usize {
+    fn run(
+        l: &RateLimit,
+        tat: &mut Option<i128>,
+        n: usize,
+        cost: u64,
+        now: OffsetDateTime,
+    ) -> usize {
         let mut admitted = 0;
         for _ in 0..n {
             let s = check(l, *tat, cost, now);
@@ -176,7 +191,10 @@ mod tests {
         let refused = check(&l, tat, 1, T0);
         assert!(!refused.admitted);
         assert_eq!(refused.remaining, 0);
-        assert_eq!(refused.reset_seconds, 1, "100 ms rounds up to a whole second");
+        assert_eq!(
+            refused.reset_seconds, 1,
+            "100 ms rounds up to a whole second"
+        );
     }
 
     #[test]
@@ -185,9 +203,18 @@ mod tests {
         let mut tat = None;
         assert_eq!(run(&l, &mut tat, 10, 1, T0), 10);
         // One unit every 100 ms, not ten at the next window edge.
-        assert_eq!(run(&l, &mut tat, 10, 1, T0 + Duration::milliseconds(100)), 1);
-        assert_eq!(run(&l, &mut tat, 10, 1, T0 + Duration::milliseconds(150)), 0);
-        assert_eq!(run(&l, &mut tat, 10, 1, T0 + Duration::milliseconds(500)), 4);
+        assert_eq!(
+            run(&l, &mut tat, 10, 1, T0 + Duration::milliseconds(100)),
+            1
+        );
+        assert_eq!(
+            run(&l, &mut tat, 10, 1, T0 + Duration::milliseconds(150)),
+            0
+        );
+        assert_eq!(
+            run(&l, &mut tat, 10, 1, T0 + Duration::milliseconds(500)),
+            4
+        );
         // Over any stretch t the total is at most burst + limit * t / period.
         let mut tat = None;
         let mut total = 0;
@@ -225,7 +252,10 @@ mod tests {
     fn remaining_and_reset_on_admission() {
         let l = limit(100_000, 86_400, 100_000);
         let s = check(&l, None, 1, T0);
-        assert_eq!((s.admitted, s.remaining, s.reset_seconds), (true, 99_999, 0));
+        assert_eq!(
+            (s.admitted, s.remaining, s.reset_seconds),
+            (true, 99_999, 0)
+        );
         let tight = limit(1, 60, 1);
         let s = check(&tight, None, 1, T0);
         assert_eq!((s.admitted, s.remaining, s.reset_seconds), (true, 0, 60));

@@ -3,8 +3,11 @@
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
+use crate::binding::OriginPattern;
 use crate::key::KeyHash;
+use crate::limit::RateLimit;
 use crate::permission::Permission;
+use crate::quota::QuotaConfig;
 use crate::route::RoutePattern;
 
 /// Whether a key is an API key handed to clients or a root key for keyward's own admin API.
@@ -139,6 +142,72 @@ pub struct KeyRecord {
     pub version: i64,
     /// Secrets that were live when the record was read, current first.
     pub secrets: Vec<SecretInfo>,
+    /// Limits, quota, plan and bindings.
+    pub policy: KeyPolicy,
+}
+
+/// What a key may consume and where from. A key's own settings override its plan's: its
+/// limits replace the plan's limits of the same name, its quota replaces the plan's quota, and
+/// its permissions (if any) replace the plan's.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct KeyPolicy {
+    /// The plan this key follows.
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// The key's own rate limits.
+    #[serde(default)]
+    pub limits: Vec<RateLimit>,
+    /// The key's own quota.
+    #[serde(default)]
+    pub quota: Option<QuotaConfig>,
+    /// Allowed caller addresses; empty means any.
+    #[serde(default)]
+    pub ip_allowlist: Vec<ipnet::IpNet>,
+    /// Allowed browser origins; empty means any.
+    #[serde(default)]
+    pub origins: Vec<OriginPattern>,
+}
+
+/// A plan: a named template of limits, quota and permissions (free, pro, enterprise...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The plan's name, its identifier.
+    pub plan_id: String,
+    /// Rate limits of keys on the plan.
+    pub limits: Vec<RateLimit>,
+    /// Quota of keys on the plan.
+    pub quota: Option<QuotaConfig>,
+    /// Permissions of keys on the plan that set none of their own.
+    pub permissions: Vec<Permission>,
+    /// Optimistic-concurrency version.
+    pub version: i64,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    pub updated_at: OffsetDateTime,
+}
+
+impl KeyRecord {
+    /// The record as verification sees it: the plan's settings filled in under the key's own.
+    pub fn with_plan(mut self, plan: Option<&Plan>) -> Self {
+        let Some(plan) = plan else { return self };
+        if self.permissions.is_empty() {
+            self.permissions.clone_from(&plan.permissions);
+        }
+        let own: Vec<String> = self.policy.limits.iter().map(|l| l.name.clone()).collect();
+        let inherited = plan
+            .limits
+            .iter()
+            .filter(|l| !own.contains(&l.name))
+            .cloned();
+        let mut limits: Vec<RateLimit> = inherited.collect();
+        limits.append(&mut self.policy.limits);
+        self.policy.limits = limits;
+        if self.policy.quota.is_none() {
+            self.policy.quota = plan.quota;
+        }
+        self
+    }
 }
 
 impl KeyRecord {
@@ -169,6 +238,7 @@ impl KeyRecord {
             "expires_at": self.expires_at.map(|t| t.unix_timestamp()),
             "enabled": self.enabled,
             "secrets": self.secrets.iter().map(|s| s.start.as_str()).collect::<Vec<_>>(),
+            "policy": serde_json::to_value(&self.policy).unwrap_or(Value::Null),
         })
     }
 }

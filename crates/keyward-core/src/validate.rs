@@ -364,3 +364,241 @@ mod tests {
         );
     }
 }
+
+/// A rate limit as received, before validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitSpec {
+    /// Name, unique per key.
+    pub name: String,
+    /// Units per period.
+    pub limit: u64,
+    /// Period in seconds.
+    pub period_seconds: u64,
+    /// Burst; defaults to `limit`.
+    pub burst: Option<u64>,
+    /// `key` (default), `owner` or `tenant`.
+    pub scope: Option<String>,
+}
+
+/// A quota as received, before validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotaSpec {
+    /// Starting balance.
+    pub credits: u64,
+    /// Refill amount, with `refill_interval`.
+    pub refill_amount: Option<u64>,
+    /// `daily` or `monthly`.
+    pub refill_interval: Option<String>,
+    /// Day of the month for `monthly` (1 to 31).
+    pub refill_day: Option<u8>,
+}
+
+/// Rate limits: at most 8, names unique, values within bounds.
+pub fn limits(
+    field: &str,
+    specs: &[LimitSpec],
+) -> Result<Vec<crate::limit::RateLimit>, FieldError> {
+    use crate::limit::{LimitScope, MAX_LIMIT, MAX_PERIOD_SECONDS, RateLimit};
+    if specs.len() > 8 {
+        return Err(FieldError::new(field, "at most 8 limits"));
+    }
+    let mut out: Vec<RateLimit> = Vec::with_capacity(specs.len());
+    for (i, s) in specs.iter().enumerate() {
+        let at = |what: &str| format!("{field}[{i}].{what}");
+        let name = ident(&at("name"), &s.name)?;
+        if out.iter().any(|l| l.name == name) {
+            return Err(FieldError::new(
+                at("name"),
+                format!("{name:?} is used twice"),
+            ));
+        }
+        if s.limit == 0 || s.limit > MAX_LIMIT {
+            return Err(FieldError::new(
+                at("limit"),
+                format!("must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        if s.period_seconds == 0 || s.period_seconds > MAX_PERIOD_SECONDS {
+            return Err(FieldError::new(
+                at("period_seconds"),
+                format!("must be between 1 and {MAX_PERIOD_SECONDS}"),
+            ));
+        }
+        let burst = s.burst.unwrap_or(s.limit);
+        if burst == 0 || burst > MAX_LIMIT {
+            return Err(FieldError::new(
+                at("burst"),
+                format!("must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        let scope = match s.scope.as_deref() {
+            None => LimitScope::Key,
+            Some(text) => LimitScope::parse(text)
+                .ok_or_else(|| FieldError::new(at("scope"), "must be key, owner or tenant"))?,
+        };
+        out.push(RateLimit {
+            name,
+            limit: s.limit,
+            period_seconds: s.period_seconds,
+            burst,
+            scope,
+        });
+    }
+    Ok(out)
+}
+
+/// A quota with its optional refill rule.
+pub fn quota(field: &str, spec: &QuotaSpec) -> Result<crate::quota::QuotaConfig, FieldError> {
+    use crate::quota::{QuotaConfig, Refill, RefillSchedule};
+    let refill = match (spec.refill_amount, spec.refill_interval.as_deref()) {
+        (None, None) => None,
+        (Some(amount), Some(interval)) => {
+            let schedule = match (interval, spec.refill_day) {
+                ("daily", None) => RefillSchedule::Daily,
+                ("monthly", Some(day)) if (1..=31).contains(&day) => {
+                    RefillSchedule::Monthly { day }
+                }
+                ("monthly", _) => {
+                    return Err(FieldError::new(
+                        format!("{field}.refill_day"),
+                        "monthly refills need a day from 1 to 31",
+                    ));
+                }
+                _ => {
+                    return Err(FieldError::new(
+                        format!("{field}.refill_interval"),
+                        "must be daily (without refill_day) or monthly (with refill_day)",
+                    ));
+                }
+            };
+            Some(Refill { amount, schedule })
+        }
+        _ => {
+            return Err(FieldError::new(
+                format!("{field}.refill_interval"),
+                "refill_amount and refill_interval go together",
+            ));
+        }
+    };
+    Ok(QuotaConfig {
+        credits: spec.credits,
+        refill,
+    })
+}
+
+/// CIDR blocks or addresses.
+pub fn ip_allowlist(values: &[String]) -> Result<Vec<ipnet::IpNet>, FieldError> {
+    if values.len() > crate::binding::MAX_BINDINGS {
+        return Err(FieldError::new("ip_allowlist", "at most 64 blocks"));
+    }
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            crate::binding::parse_cidr(v).ok_or_else(|| {
+                FieldError::new(
+                    format!("ip_allowlist[{i}]"),
+                    "must be an IPv4 or IPv6 address or CIDR block",
+                )
+            })
+        })
+        .collect()
+}
+
+/// Origin patterns: `example.com` or `*.example.com`.
+pub fn origins(values: &[String]) -> Result<Vec<crate::binding::OriginPattern>, FieldError> {
+    if values.len() > crate::binding::MAX_BINDINGS {
+        return Err(FieldError::new("origins", "at most 64 origins"));
+    }
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            crate::binding::OriginPattern::new(v).ok_or_else(|| {
+                FieldError::new(
+                    format!("origins[{i}]"),
+                    "must be a lower-case host name or *.host",
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_validated_with_field_paths() {
+        let ok = LimitSpec {
+            name: "per_second".into(),
+            limit: 50,
+            period_seconds: 1,
+            burst: Some(100),
+            scope: None,
+        };
+        let parsed = limits("limits", std::slice::from_ref(&ok)).unwrap();
+        assert_eq!(parsed[0].burst, 100);
+        let dup = limits("limits", &[ok.clone(), ok.clone()]).unwrap_err();
+        assert_eq!(dup.field, "limits[1].name");
+        let zero = LimitSpec {
+            limit: 0,
+            ..ok.clone()
+        };
+        assert_eq!(
+            limits("limits", &[zero]).unwrap_err().field,
+            "limits[0].limit"
+        );
+        let scope = LimitSpec {
+            scope: Some("planet".into()),
+            ..ok
+        };
+        assert_eq!(
+            limits("limits", &[scope]).unwrap_err().field,
+            "limits[0].scope"
+        );
+    }
+
+    #[test]
+    fn quota_refill_rules() {
+        let daily = QuotaSpec {
+            credits: 10,
+            refill_amount: Some(100),
+            refill_interval: Some("daily".into()),
+            refill_day: None,
+        };
+        assert!(quota("quota", &daily).is_ok());
+        let monthly_no_day = QuotaSpec {
+            refill_interval: Some("monthly".into()),
+            ..daily.clone()
+        };
+        assert_eq!(
+            quota("quota", &monthly_no_day).unwrap_err().field,
+            "quota.refill_day"
+        );
+        let half = QuotaSpec {
+            refill_interval: None,
+            ..daily
+        };
+        assert_eq!(
+            quota("quota", &half).unwrap_err().field,
+            "quota.refill_interval"
+        );
+    }
+
+    #[test]
+    fn bindings_are_validated() {
+        assert_eq!(
+            ip_allowlist(&["10.0.0.0/8".into(), "bogus".into()])
+                .unwrap_err()
+                .field,
+            "ip_allowlist[1]"
+        );
+        assert_eq!(
+            origins(&["ok.example".into(), "Bad".into()])
+                .unwrap_err()
+                .field,
+            "origins[1]"
+        );
+    }
+}

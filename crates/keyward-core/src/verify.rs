@@ -2,11 +2,14 @@
 //!
 //! The order of checks is fixed and documented because callers branch on the code: REVOKED,
 //! then EXPIRED (the secret's grace period ended, or the key expired), then DISABLED, then
-//! INSUFFICIENT_PERMISSIONS, then ROUTE_NOT_ALLOWED. MALFORMED and NOT_FOUND are decided
-//! before a record exists (by [`crate::key::ParsedKey::parse`] and the store lookup).
+//! INSUFFICIENT_PERMISSIONS, then ROUTE_NOT_ALLOWED, then IP_NOT_ALLOWED, then
+//! ORIGIN_NOT_ALLOWED. MALFORMED and NOT_FOUND are decided before a record exists (by
+//! [`crate::key::ParsedKey::parse`] and the store lookup); RATE_LIMITED and USAGE_EXCEEDED
+//! after a VALID decision, by the limit and quota stages, which consume only if all admit.
 
 use time::OffsetDateTime;
 
+use crate::binding::{ip_allowed, origin_allowed};
 use crate::permission::PermissionQuery;
 use crate::record::{KeyRecord, SecretInfo};
 use crate::route::route_allowed;
@@ -30,6 +33,14 @@ pub enum VerifyCode {
     InsufficientPermissions,
     /// The key's route allowlist does not include this request.
     RouteNotAllowed,
+    /// The caller's IP address is outside the key's allowlist.
+    IpNotAllowed,
+    /// The request's origin is outside the key's allowed origins.
+    OriginNotAllowed,
+    /// A rate limit refused the request.
+    RateLimited,
+    /// The key's quota does not cover the request's cost.
+    UsageExceeded,
 }
 
 impl VerifyCode {
@@ -44,11 +55,15 @@ impl VerifyCode {
             Self::Disabled => "DISABLED",
             Self::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
             Self::RouteNotAllowed => "ROUTE_NOT_ALLOWED",
+            Self::IpNotAllowed => "IP_NOT_ALLOWED",
+            Self::OriginNotAllowed => "ORIGIN_NOT_ALLOWED",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::UsageExceeded => "USAGE_EXCEEDED",
         }
     }
 
     /// Every code, in documentation order.
-    pub const ALL: [VerifyCode; 8] = [
+    pub const ALL: [VerifyCode; 12] = [
         Self::Valid,
         Self::Malformed,
         Self::NotFound,
@@ -57,6 +72,10 @@ impl VerifyCode {
         Self::Disabled,
         Self::InsufficientPermissions,
         Self::RouteNotAllowed,
+        Self::IpNotAllowed,
+        Self::OriginNotAllowed,
+        Self::RateLimited,
+        Self::UsageExceeded,
     ];
 }
 
@@ -69,6 +88,10 @@ pub struct VerifyRequest<'a> {
     pub method: Option<&'a str>,
     /// Path of the protected request.
     pub path: Option<&'a str>,
+    /// The caller's IP address (checked against the key's IP allowlist).
+    pub ip: Option<std::net::IpAddr>,
+    /// The request's `Origin` (or `Referer`) (checked against the key's allowed origins).
+    pub origin: Option<&'a str>,
 }
 
 /// The decision for a found key.
@@ -100,6 +123,10 @@ pub fn decide(
         VerifyCode::InsufficientPermissions
     } else if !route_allowed(&key.routes, request.method, request.path) {
         VerifyCode::RouteNotAllowed
+    } else if !ip_allowed(&key.policy.ip_allowlist, request.ip) {
+        VerifyCode::IpNotAllowed
+    } else if !origin_allowed(&key.policy.origins, request.origin) {
+        VerifyCode::OriginNotAllowed
     } else {
         VerifyCode::Valid
     };
@@ -156,6 +183,7 @@ pub(crate) mod tests {
             rotated_at: None,
             version: 1,
             secrets: vec![secret(None)],
+            policy: Default::default(),
         }
     }
 
@@ -205,6 +233,7 @@ pub(crate) mod tests {
             query: Some(&ok_q),
             method: Some("POST"),
             path: Some("/v1/orders/1"),
+            ..VerifyRequest::default()
         };
         assert_eq!(
             code(&key, &secret(None), req, T0),
@@ -286,8 +315,57 @@ pub(crate) mod tests {
                 "EXPIRED",
                 "DISABLED",
                 "INSUFFICIENT_PERMISSIONS",
-                "ROUTE_NOT_ALLOWED"
+                "ROUTE_NOT_ALLOWED",
+                "IP_NOT_ALLOWED",
+                "ORIGIN_NOT_ALLOWED",
+                "RATE_LIMITED",
+                "USAGE_EXCEEDED"
             ]
+        );
+    }
+
+    #[test]
+    fn bindings_come_after_routes() {
+        let mut key = record();
+        key.policy.ip_allowlist = vec![crate::binding::parse_cidr("10.0.0.0/8").unwrap()];
+        key.policy.origins = vec![crate::binding::OriginPattern::new("app.example.com").unwrap()];
+        let inside = Some("10.1.1.1".parse().unwrap());
+        let outside = Some("192.0.2.1".parse().unwrap());
+        let req = |ip, origin| VerifyRequest {
+            ip,
+            origin,
+            ..VerifyRequest::default()
+        };
+        assert_eq!(
+            code(
+                &key,
+                &secret(None),
+                req(outside, Some("https://app.example.com")),
+                T0
+            ),
+            VerifyCode::IpNotAllowed
+        );
+        assert_eq!(
+            code(
+                &key,
+                &secret(None),
+                req(inside, Some("https://evil.com")),
+                T0
+            ),
+            VerifyCode::OriginNotAllowed
+        );
+        assert_eq!(
+            code(&key, &secret(None), req(inside, None), T0),
+            VerifyCode::OriginNotAllowed
+        );
+        assert_eq!(
+            code(
+                &key,
+                &secret(None),
+                req(inside, Some("https://app.example.com")),
+                T0
+            ),
+            VerifyCode::Valid
         );
     }
 }

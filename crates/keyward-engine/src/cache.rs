@@ -156,6 +156,13 @@ impl VerifyCache {
         }
     }
 
+    /// Evicts every key record (a plan changed, and any record may inherit from it).
+    pub fn invalidate_all_records(&self) {
+        let _exclusive = self.fill_gate.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.records.invalidate_all();
+    }
+
     pub fn sizes(&self) -> CacheSizes {
         self.secrets.run_pending_tasks();
         self.records.run_pending_tasks();

@@ -9,6 +9,7 @@
 //! (secret, then record; NOT_FOUND cache) → store on a miss → [`decide`] → record use. Later
 //! stages (rate limits, quotas, bindings) slot in after the decision.
 
+mod admission;
 mod cache;
 pub mod clock;
 mod usage;
@@ -24,16 +25,21 @@ use keyward_core::key::{
     generate_key_id, is_key_id,
 };
 use keyward_core::permission::{Permission, PermissionQuery};
-use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, SecretInfo};
+use keyward_core::quota::QuotaConfig;
+use keyward_core::record::{KeyKind, KeyPolicy, KeyRecord, KeyStatus, Plan, SecretInfo};
 use keyward_core::rotation::{MAX_GRACE, RotationPlan, plan_rotation};
 use keyward_core::validate::{self, FieldError};
 use keyward_core::verify::{VerifyCode, VerifyRequest, decide};
-use keyward_store::{AuditFilter, KeyFilter, KeyStore, KeyWrite, Page, StoreError};
+use keyward_store::{AuditFilter, KeyFilter, KeyStore, KeyWrite, Page, PlanWrite, StoreError};
 use serde_json::{Map, Value, json};
 use time::{Duration, OffsetDateTime};
 
+pub use admission::LimitReport;
+use admission::{Leases, Limiter, period_of};
 pub use cache::{CacheConfig, CacheSizes};
 use cache::{CachedSecret, SecretLookup, VerifyCache};
+pub use keyward_core::validate::{LimitSpec, QuotaSpec};
+pub use keyward_store::CreditOp;
 use usage::LastUsedBuffer;
 
 /// Largest page a list call returns.
@@ -41,7 +47,7 @@ pub const MAX_PAGE: u32 = 1000;
 /// Page size when none is given.
 pub const DEFAULT_PAGE: u32 = 100;
 /// Permissions a root key may hold.
-pub const ROOT_PERMISSIONS: [&str; 7] = [
+pub const ROOT_PERMISSIONS: [&str; 9] = [
     "keys.create",
     "keys.read",
     "keys.update",
@@ -49,6 +55,8 @@ pub const ROOT_PERMISSIONS: [&str; 7] = [
     "keys.verify",
     "audit.read",
     "root.manage",
+    "plans.read",
+    "plans.write",
 ];
 /// Most failed admin authentications written to the audit log per minute; beyond that they
 /// are counted and the count is written with the next event, so a flood of bad credentials
@@ -74,6 +82,24 @@ pub enum EngineError {
     Revoked {
         /// The revoked key.
         key_id: String,
+    },
+    /// No plan with this name.
+    #[error("no plan named {plan_id}")]
+    PlanNotFound {
+        /// The plan asked for.
+        plan_id: String,
+    },
+    /// A plan with this name exists.
+    #[error("a plan named {plan_id} exists")]
+    PlanExists {
+        /// The plan's name.
+        plan_id: String,
+    },
+    /// Live keys still follow this plan.
+    #[error("keys still follow plan {plan_id}; move them to another plan first")]
+    PlanInUse {
+        /// The plan's name.
+        plan_id: String,
     },
     /// Revoking this root key would leave no usable root key with `root.manage`.
     #[error("{key_id} is the last usable root key with root.manage; create another one first")]
@@ -134,6 +160,13 @@ pub struct Verification {
     pub key: Option<Arc<KeyRecord>>,
     /// When the presented (rotated-out) secret stops verifying.
     pub deprecated_until: Option<OffsetDateTime>,
+    /// Each rate limit's state after this request (empty if the key has none or the request
+    /// did not reach the limit stage).
+    pub limits: Vec<LimitReport>,
+    /// Credits left, if the key has a quota and the request reached the quota stage.
+    pub credits_remaining: Option<u64>,
+    /// For RATE_LIMITED and USAGE_EXCEEDED: seconds until a retry can succeed.
+    pub retry_after: Option<u64>,
 }
 
 impl Verification {
@@ -142,9 +175,18 @@ impl Verification {
             code,
             key: None,
             deprecated_until: None,
+            limits: Vec::new(),
+            credits_remaining: None,
+            retry_after: None,
         }
     }
 }
+
+/// Retry-After for a quota without a refill rule: only an operator can add credits, so ask
+/// callers to come back in an hour rather than hammer.
+pub const EXHAUSTED_QUOTA_RETRY_SECONDS: u64 = 3600;
+/// Largest cost one request may carry.
+pub const MAX_COST: u64 = 1_000_000_000;
 
 /// Input for a new key, as received (validated by the engine).
 #[derive(Debug, Clone, Default)]
@@ -175,6 +217,16 @@ pub struct NewKey {
     pub enabled: Option<bool>,
     /// Key prefix; chosen from the environment when absent.
     pub prefix: Option<String>,
+    /// Plan the key follows.
+    pub plan: Option<String>,
+    /// The key's own rate limits.
+    pub limits: Vec<LimitSpec>,
+    /// The key's own quota.
+    pub quota: Option<QuotaSpec>,
+    /// Allowed caller addresses (CIDR).
+    pub ip_allowlist: Vec<String>,
+    /// Allowed browser origins.
+    pub origins: Vec<String>,
 }
 
 /// A partial update; `None` leaves a field as it is.
@@ -194,6 +246,16 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<OffsetDateTime>>,
     /// Enable or disable.
     pub enabled: Option<bool>,
+    /// New plan (`Some(None)` removes it).
+    pub plan: Option<Option<String>>,
+    /// New own limits.
+    pub limits: Option<Vec<LimitSpec>>,
+    /// New own quota (`Some(None)` removes it).
+    pub quota: Option<Option<QuotaSpec>>,
+    /// New IP allowlist.
+    pub ip_allowlist: Option<Vec<String>>,
+    /// New allowed origins.
+    pub origins: Option<Vec<String>>,
 }
 
 /// A created key: the plaintext (to hand over once) and its record.
@@ -245,10 +307,33 @@ pub struct ChainReport {
 }
 
 /// Engine settings.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
     /// Verify cache sizing.
     pub cache: CacheConfig,
+    /// Credits leased from the store at a time per key: one durable write per this many
+    /// credits spent, and the most a crash can overcharge a key by.
+    pub quota_lease: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            cache: CacheConfig::default(),
+            quota_lease: 20,
+        }
+    }
+}
+
+/// A plan as received, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct PlanSpec {
+    /// Rate limits of keys on the plan.
+    pub limits: Vec<LimitSpec>,
+    /// Quota of keys on the plan.
+    pub quota: Option<QuotaSpec>,
+    /// Permissions of keys on the plan that set none of their own.
+    pub permissions: Vec<String>,
 }
 
 struct AuthFailureBudget {
@@ -264,6 +349,18 @@ pub struct Keyward {
     cache: VerifyCache,
     last_used: LastUsedBuffer,
     auth_failures: Mutex<AuthFailureBudget>,
+    limiter: Limiter,
+    leases: Leases,
+    plans: Mutex<std::collections::HashMap<String, Option<Arc<Plan>>>>,
+    config: EngineConfig,
+}
+
+fn plan_summary(plan: &Plan) -> Value {
+    json!({
+        "limits": serde_json::to_value(&plan.limits).unwrap_or(Value::Null),
+        "quota": serde_json::to_value(plan.quota).unwrap_or(Value::Null),
+        "permissions": plan.permissions.iter().map(Permission::as_str).collect::<Vec<_>>(),
+    })
 }
 
 fn page_limit(limit: Option<u32>) -> Result<u32, FieldError> {
@@ -319,6 +416,10 @@ impl Keyward {
                 written: 0,
                 suppressed: 0,
             }),
+            limiter: Limiter::default(),
+            leases: Leases::default(),
+            plans: Mutex::new(std::collections::HashMap::new()),
+            config,
         }
     }
 
@@ -342,7 +443,21 @@ impl Keyward {
         presented: &str,
         request: &VerifyRequest<'_>,
     ) -> Result<Verification, EngineError> {
-        self.verify_kind(presented, request, KeyKind::Api).await
+        self.verify_kind(presented, request, KeyKind::Api, 1).await
+    }
+
+    /// Verifies an API key for a request of `cost` units (0 checks without consuming).
+    pub async fn verify_cost(
+        &self,
+        presented: &str,
+        request: &VerifyRequest<'_>,
+        cost: u64,
+    ) -> Result<Verification, EngineError> {
+        if cost > MAX_COST {
+            return Err(FieldError::new("cost", format!("must be at most {MAX_COST}")).into());
+        }
+        self.verify_kind(presented, request, KeyKind::Api, cost)
+            .await
     }
 
     async fn verify_kind(
@@ -350,6 +465,7 @@ impl Keyward {
         presented: &str,
         request: &VerifyRequest<'_>,
         kind: KeyKind,
+        cost: u64,
     ) -> Result<Verification, EngineError> {
         let Ok(parsed) = ParsedKey::parse(presented) else {
             return Ok(Verification::without_key(VerifyCode::Malformed));
@@ -365,14 +481,90 @@ impl Keyward {
             return Ok(Verification::without_key(VerifyCode::NotFound));
         }
         let decision = decide(&record, &secret, request, now);
-        if decision.code == VerifyCode::Valid {
+        let mut verification = Verification {
+            code: decision.code,
+            deprecated_until: decision.deprecated_until,
+            ..Verification::without_key(decision.code)
+        };
+        if decision.code == VerifyCode::Valid && kind == KeyKind::Api {
+            self.admit(&record, cost, now, &mut verification).await?;
+        }
+        if verification.code == VerifyCode::Valid {
             self.last_used.record(&record.key_id, now);
         }
-        Ok(Verification {
-            code: decision.code,
-            key: Some(record),
-            deprecated_until: decision.deprecated_until,
-        })
+        verification.key = Some(record);
+        Ok(verification)
+    }
+
+    /// The limit and quota stages, all-or-nothing: limits are checked without consuming,
+    /// then the quota is charged, then the limits are consumed (re-checked under their lock);
+    /// if that last step refuses, the quota charge is given back.
+    async fn admit(
+        &self,
+        record: &KeyRecord,
+        cost: u64,
+        now: OffsetDateTime,
+        verification: &mut Verification,
+    ) -> Result<(), EngineError> {
+        let policy = &record.policy;
+        if policy.limits.is_empty() && policy.quota.is_none() {
+            return Ok(());
+        }
+        let peek = self.limiter.decide(record, cost, now, false);
+        if !peek.admitted {
+            verification.code = VerifyCode::RateLimited;
+            verification.retry_after = Some(peek.retry_after);
+            verification.limits = peek.reports;
+            return Ok(());
+        }
+        if let Some(quota) = &policy.quota {
+            match self.spend_credits(&record.key_id, quota, cost, now).await? {
+                Some(remaining) => verification.credits_remaining = Some(remaining),
+                None => {
+                    verification.code = VerifyCode::UsageExceeded;
+                    verification.credits_remaining =
+                        self.leases.reported_remaining(&record.key_id).or(Some(0));
+                    let next_refill = quota.refill.and_then(|r| r.schedule.next_after(now));
+                    verification.retry_after =
+                        Some(next_refill.map_or(EXHAUSTED_QUOTA_RETRY_SECONDS, |t| {
+                            u64::try_from((t - now).whole_seconds()).unwrap_or(0).max(1)
+                        }));
+                    // Nothing was consumed: report the limits as they stand.
+                    verification.limits = self.limiter.decide(record, 0, now, false).reports;
+                    return Ok(());
+                }
+            }
+        }
+        let commit = self.limiter.decide(record, cost, now, true);
+        if !commit.admitted {
+            if policy.quota.is_some() {
+                self.leases.refund(&record.key_id, cost);
+            }
+            verification.code = VerifyCode::RateLimited;
+            verification.retry_after = Some(commit.retry_after);
+        }
+        verification.limits = commit.reports;
+        Ok(())
+    }
+
+    /// Spends `cost` credits, leasing a block from the store when the local lease runs short;
+    /// `None` if the balance does not cover it.
+    async fn spend_credits(
+        &self,
+        key_id: &str,
+        quota: &QuotaConfig,
+        cost: u64,
+        now: OffsetDateTime,
+    ) -> Result<Option<u64>, EngineError> {
+        let period = period_of(quota, now);
+        if let Some(remaining) = self.leases.try_spend(key_id, cost, period) {
+            return Ok(Some(remaining));
+        }
+        let want = cost.max(self.config.quota_lease);
+        let (granted, balance) = self.store.take_credits(key_id, quota, want, now).await?;
+        self.leases
+            .add(key_id, granted, balance.remaining, balance.period);
+        Ok(self.leases.try_spend(key_id, cost, balance.period))
     }
 
     async fn lookup(
@@ -389,7 +581,7 @@ impl Keyward {
                     self.cache.fill_not_found(*hash, generation);
                     return Ok(None);
                 };
-                let record = Arc::new(found.record);
+                let record = Arc::new(self.effective(found.record).await?);
                 self.cache.fill_record(Arc::clone(&record), generation);
                 self.cache.fill_secret(
                     *hash,
@@ -406,7 +598,7 @@ impl Keyward {
             Some(record) => record,
             None => match self.store.get_key(&cached.key_id, now).await? {
                 Some(record) => {
-                    let record = Arc::new(record);
+                    let record = Arc::new(self.effective(record).await?);
                     self.cache.fill_record(Arc::clone(&record), generation);
                     record
                 }
@@ -414,6 +606,31 @@ impl Keyward {
             },
         };
         Ok(Some((record, cached.secret.clone())))
+    }
+
+    /// The record as verification sees it: its plan's settings filled in.
+    async fn effective(&self, record: KeyRecord) -> Result<KeyRecord, EngineError> {
+        let Some(plan_id) = record.policy.plan.clone() else {
+            return Ok(record);
+        };
+        let cached = self
+            .plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&plan_id)
+            .cloned();
+        let plan = match cached {
+            Some(plan) => plan,
+            None => {
+                let plan = self.store.get_plan(&plan_id).await?.map(Arc::new);
+                self.plans
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(plan_id, plan.clone());
+                plan
+            }
+        };
+        Ok(record.with_plan(plan.as_deref()))
     }
 
     /// Authenticates a root key for an admin call needing `permission`.
@@ -434,7 +651,7 @@ impl Keyward {
                     query: Some(&query),
                     ..VerifyRequest::default()
                 };
-                let v = self.verify_kind(key, &request, KeyKind::Root).await?;
+                let v = self.verify_kind(key, &request, KeyKind::Root, 0).await?;
                 match (v.code, v.key) {
                     (VerifyCode::Valid, Some(k)) => {
                         return Ok(Principal {
@@ -601,7 +818,7 @@ impl Keyward {
             environment,
             purpose: validate::optional_text("purpose", spec.purpose.as_deref())?,
             tags: validate::tags(&spec.tags)?,
-            meta: validate::meta(spec.meta.unwrap_or_default())?,
+            meta: validate::meta(spec.meta.clone().unwrap_or_default())?,
             permissions,
             routes: validate::routes(&spec.routes)?,
             expires_at,
@@ -615,6 +832,10 @@ impl Keyward {
             rotated_at: None,
             version: 1,
             secrets: vec![secret.clone()],
+            policy: match kind {
+                KeyKind::Api => self.policy(&spec).await?,
+                KeyKind::Root => KeyPolicy::default(),
+            },
         };
         let action = match kind {
             KeyKind::Api => AuditAction::KeyCreate,
@@ -638,6 +859,216 @@ impl Keyward {
         self.cache.invalidate(&record.key_id, [&secret.hash]);
         tracing::info!(key_id = %record.key_id, kind = kind.as_str(), "key created");
         Ok(Created { key, record })
+    }
+
+    /// Validates the policy part of a new key.
+    async fn policy(&self, spec: &NewKey) -> Result<KeyPolicy, EngineError> {
+        if let Some(plan_id) = &spec.plan {
+            self.require_plan(plan_id).await?;
+        }
+        Ok(KeyPolicy {
+            plan: spec.plan.clone(),
+            limits: validate::limits("limits", &spec.limits)?,
+            quota: spec
+                .quota
+                .as_ref()
+                .map(|q| validate::quota("quota", q))
+                .transpose()?,
+            ip_allowlist: validate::ip_allowlist(&spec.ip_allowlist)?,
+            origins: validate::origins(&spec.origins)?,
+        })
+    }
+
+    async fn require_plan(&self, plan_id: &str) -> Result<(), EngineError> {
+        match self.store.get_plan(plan_id).await? {
+            Some(_) => Ok(()),
+            None => Err(FieldError::new("plan", format!("no plan named {plan_id:?}")).into()),
+        }
+    }
+
+    /// Reads a plan.
+    pub async fn get_plan(&self, plan_id: &str) -> Result<Plan, EngineError> {
+        self.store
+            .get_plan(plan_id)
+            .await?
+            .ok_or_else(|| EngineError::PlanNotFound {
+                plan_id: plan_id.to_owned(),
+            })
+    }
+
+    /// Lists every plan.
+    pub async fn list_plans(&self) -> Result<Vec<Plan>, EngineError> {
+        Ok(self.store.list_plans().await?)
+    }
+
+    /// Creates (`create`) or replaces a plan; every key on it changes at once.
+    pub async fn put_plan(
+        &self,
+        actor: &Principal,
+        plan_id: &str,
+        spec: PlanSpec,
+        create: bool,
+    ) -> Result<Plan, EngineError> {
+        let plan_id = validate::ident("plan_id", plan_id)?;
+        let now = self.write_time();
+        let current = self.store.get_plan(&plan_id).await?;
+        let (expected_version, created_at, version, action) = match (&current, create) {
+            (Some(_), true) => return Err(EngineError::PlanExists { plan_id }),
+            (None, false) => return Err(EngineError::PlanNotFound { plan_id }),
+            (None, true) => (None, now, 1, AuditAction::PlanCreate),
+            (Some(p), false) => (
+                Some(p.version),
+                p.created_at,
+                p.version + 1,
+                AuditAction::PlanUpdate,
+            ),
+        };
+        let plan = Plan {
+            plan_id: plan_id.clone(),
+            limits: validate::limits("limits", &spec.limits)?,
+            quota: spec
+                .quota
+                .as_ref()
+                .map(|q| validate::quota("quota", q))
+                .transpose()?,
+            permissions: validate::permissions(&spec.permissions)?,
+            version,
+            created_at,
+            updated_at: now,
+        };
+        let summary = json!({
+            "before": current.as_ref().map(plan_summary),
+            "after": plan_summary(&plan),
+        });
+        self.store
+            .write_plan(PlanWrite {
+                plan: plan.clone(),
+                expected_version,
+                delete: false,
+                audit: AuditDraft {
+                    time: now,
+                    actor: Some(actor.key_id.clone()),
+                    action,
+                    target: Some(plan_id.clone()),
+                    summary,
+                },
+            })
+            .await?;
+        self.forget_plans();
+        Ok(plan)
+    }
+
+    /// Deletes a plan no live key references.
+    pub async fn delete_plan(&self, actor: &Principal, plan_id: &str) -> Result<(), EngineError> {
+        let plan = self.get_plan(plan_id).await?;
+        let now = self.write_time();
+        let summary = json!({"before": plan_summary(&plan)});
+        let write = PlanWrite {
+            expected_version: Some(plan.version),
+            delete: true,
+            audit: AuditDraft {
+                time: now,
+                actor: Some(actor.key_id.clone()),
+                action: AuditAction::PlanDelete,
+                target: Some(plan.plan_id.clone()),
+                summary,
+            },
+            plan,
+        };
+        match self.store.write_plan(write).await {
+            Ok(_) => {
+                self.forget_plans();
+                Ok(())
+            }
+            Err(StoreError::Conflict) => Err(EngineError::PlanInUse {
+                plan_id: plan_id.to_owned(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A plan changed: every cached record may have inherited from it.
+    fn forget_plans(&self) {
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.cache.invalidate_all_records();
+    }
+
+    /// Sets, increases or decreases a key's credits; unspent leased credits are returned to
+    /// the balance first.
+    pub async fn adjust_credits(
+        &self,
+        actor: &Principal,
+        key_id: &str,
+        op: CreditOp,
+    ) -> Result<u64, EngineError> {
+        let record = self
+            .effective(self.get_key(KeyKind::Api, key_id).await?)
+            .await?;
+        let Some(quota) = record.policy.quota else {
+            return Err(FieldError::new(
+                "quota",
+                "the key has no quota (set one on the key or its plan)",
+            )
+            .into());
+        };
+        let now = self.write_time();
+        let unspent = self.leases.take(key_id);
+        let (name, amount) = match op {
+            CreditOp::Set(n) => ("set", n),
+            CreditOp::Increase(n) => ("increase", n),
+            CreditOp::Decrease(n) => ("decrease", n),
+        };
+        let audit = AuditDraft {
+            time: now,
+            actor: Some(actor.key_id.clone()),
+            action: AuditAction::CreditsAdjust,
+            target: Some(key_id.to_owned()),
+            summary: json!({"op": name, "amount": amount}),
+        };
+        let balance = self
+            .store
+            .adjust_credits(key_id, &quota, unspent, op, audit, now)
+            .await?;
+        Ok(balance.remaining)
+    }
+
+    /// Credits left for a key with a quota (durable balance plus this process's lease).
+    pub async fn credits(&self, record: &KeyRecord) -> Result<Option<u64>, EngineError> {
+        let record = self.effective(record.clone()).await?;
+        let Some(quota) = record.policy.quota else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        let balance = self.store.balance(&record.key_id, &quota, now).await?;
+        let leased = self
+            .leases
+            .reported_remaining(&record.key_id)
+            .map_or(0, |r| r.saturating_sub(balance.remaining));
+        Ok(Some(balance.remaining + leased))
+    }
+
+    /// Periodic upkeep: forgets rate-limit state of full buckets.
+    pub fn maintain(&self) -> usize {
+        self.limiter.sweep(self.clock.now())
+    }
+
+    /// Returns unspent leased credits to the store (at shutdown), so a clean stop loses none.
+    pub async fn release_leases(&self) -> Result<(), EngineError> {
+        for (key_id, lease) in self.leases.drain() {
+            if lease.available == 0 {
+                continue;
+            }
+            let Ok(record) = self.get_key(KeyKind::Api, &key_id).await else {
+                continue;
+            };
+            if let Some(quota) = self.effective(record).await?.policy.quota {
+                let now = self.clock.now();
+                self.store
+                    .give_back_credits(&key_id, &quota, lease.available, lease.period, now)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Reads a key of `kind`.
@@ -736,7 +1167,16 @@ impl Keyward {
             && patch.meta.is_none()
             && patch.tags.is_none()
             && patch.expires_at.is_none()
-            && patch.enabled.is_none();
+            && patch.enabled.is_none()
+            && patch.plan.is_none()
+            && patch.limits.is_none()
+            && patch.quota.is_none()
+            && patch.ip_allowlist.is_none()
+            && patch.origins.is_none();
+        // Plan existence is checked before the write, outside the retry loop.
+        if let Some(Some(plan_id)) = &patch.plan {
+            self.require_plan(plan_id).await?;
+        }
         if nothing {
             return Err(FieldError::new("body", "names no field to update").into());
         }
@@ -769,6 +1209,24 @@ impl Keyward {
             }
             if let Some(enabled) = patch.enabled {
                 next.enabled = enabled;
+            }
+            if let Some(plan) = &patch.plan {
+                next.policy.plan.clone_from(plan);
+            }
+            if let Some(limits) = &patch.limits {
+                next.policy.limits = validate::limits("limits", limits)?;
+            }
+            if let Some(quota) = &patch.quota {
+                next.policy.quota = quota
+                    .as_ref()
+                    .map(|q| validate::quota("quota", q))
+                    .transpose()?;
+            }
+            if let Some(ips) = &patch.ip_allowlist {
+                next.policy.ip_allowlist = validate::ip_allowlist(ips)?;
+            }
+            if let Some(origins) = &patch.origins {
+                next.policy.origins = validate::origins(origins)?;
             }
             Ok(KeyWrite {
                 audit: AuditDraft {

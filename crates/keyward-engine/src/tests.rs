@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use keyward_core::audit::AuditEvent;
 use keyward_store::{FoundKey, SqliteStore};
+
 use time::macros::datetime;
 
 use super::*;
@@ -70,6 +71,57 @@ impl KeyStore for CountingStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
+    }
+    async fn get_plan(&self, plan_id: &str) -> Result<Option<Plan>, StoreError> {
+        self.inner.get_plan(plan_id).await
+    }
+    async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
+        self.inner.list_plans().await
+    }
+    async fn write_plan(&self, write: PlanWrite) -> Result<i64, StoreError> {
+        self.inner.write_plan(write).await
+    }
+    async fn take_credits(
+        &self,
+        key_id: &str,
+        config: &QuotaConfig,
+        want: u64,
+        now: OffsetDateTime,
+    ) -> Result<(u64, keyward_core::quota::Balance), StoreError> {
+        self.inner.take_credits(key_id, config, want, now).await
+    }
+    async fn adjust_credits(
+        &self,
+        key_id: &str,
+        config: &QuotaConfig,
+        unspent: u64,
+        op: CreditOp,
+        audit: AuditDraft,
+        now: OffsetDateTime,
+    ) -> Result<keyward_core::quota::Balance, StoreError> {
+        self.inner
+            .adjust_credits(key_id, config, unspent, op, audit, now)
+            .await
+    }
+    async fn give_back_credits(
+        &self,
+        key_id: &str,
+        config: &QuotaConfig,
+        amount: u64,
+        period: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .give_back_credits(key_id, config, amount, period, now)
+            .await
+    }
+    async fn balance(
+        &self,
+        key_id: &str,
+        config: &QuotaConfig,
+        now: OffsetDateTime,
+    ) -> Result<keyward_core::quota::Balance, StoreError> {
+        self.inner.balance(key_id, config, now).await
     }
 }
 
@@ -683,4 +735,350 @@ async fn a_fill_that_read_the_store_before_a_revoke_is_not_cached() {
     assert_eq!(overlapping.unwrap().code, VerifyCode::Valid);
     // But what it read must not have been cached over the revoke's invalidation.
     assert_eq!(f.code(created.key.expose()).await, VerifyCode::Revoked);
+}
+
+fn limit(name: &str, limit: u64, period_seconds: u64, scope: Option<&str>) -> LimitSpec {
+    LimitSpec {
+        name: name.into(),
+        limit,
+        period_seconds,
+        burst: None,
+        scope: scope.map(Into::into),
+    }
+}
+
+async fn create_with(f: &Fixture, spec: NewKey) -> Created {
+    f.engine.create_key(&f.root, spec).await.unwrap()
+}
+
+async fn codes(f: &Fixture, key: &str, n: usize, cost: u64) -> Vec<VerifyCode> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(
+            f.engine
+                .verify_cost(key, &VerifyRequest::default(), cost)
+                .await
+                .unwrap()
+                .code,
+        );
+    }
+    out
+}
+
+fn count(codes: &[VerifyCode], code: VerifyCode) -> usize {
+    codes.iter().filter(|c| **c == code).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_limit_is_admitted_under_concurrency() {
+    let f = Arc::new(fixture().await);
+    let spec = NewKey {
+        owner: "o".into(),
+        limits: vec![limit("per_minute", 50, 60, None)],
+        ..NewKey::default()
+    };
+    let key = Arc::new(create_with(&f, spec).await.key.expose().to_owned());
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (f, key) = (Arc::clone(&f), Arc::clone(&key));
+        tasks.push(tokio::spawn(async move { codes(&f, &key, 40, 1).await }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    assert_eq!(count(&all, VerifyCode::Valid), 50, "not 49, not 51");
+    assert_eq!(count(&all, VerifyCode::RateLimited), 320 - 50);
+}
+
+#[tokio::test]
+async fn limits_are_all_or_nothing_and_report_their_state() {
+    let f = fixture().await;
+    let spec = NewKey {
+        owner: "o".into(),
+        limits: vec![
+            limit("per_second", 5, 1, None),
+            limit("per_minute", 7, 60, None),
+        ],
+        ..NewKey::default()
+    };
+    let key = create_with(&f, spec).await.key;
+    assert_eq!(
+        count(&codes(&f, key.expose(), 10, 1).await, VerifyCode::Valid),
+        5
+    );
+    f.clock.advance(Duration::seconds(1));
+    // per_second would admit 5 more, per_minute only 2: and refusals consume nothing.
+    assert_eq!(
+        count(&codes(&f, key.expose(), 10, 1).await, VerifyCode::Valid),
+        2
+    );
+    let v = f
+        .engine
+        .verify(key.expose(), &VerifyRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(v.code, VerifyCode::RateLimited);
+    let minute = v.limits.iter().find(|l| l.name == "per_minute").unwrap();
+    assert_eq!(
+        (minute.limit, minute.remaining, minute.period_seconds),
+        (7, 0, 60)
+    );
+    assert!(v.retry_after.unwrap() >= 1);
+    let second = v.limits.iter().find(|l| l.name == "per_second").unwrap();
+    assert_eq!(
+        second.remaining, 3,
+        "the refused requests took nothing from per_second"
+    );
+}
+
+#[tokio::test]
+async fn owner_limits_are_one_pool_for_all_keys() {
+    let f = fixture().await;
+    let spec = || NewKey {
+        owner: "acme".into(),
+        limits: vec![limit("per_hour", 3, 3600, Some("owner"))],
+        ..NewKey::default()
+    };
+    let a = create_with(&f, spec()).await.key;
+    let b = create_with(&f, spec()).await.key;
+    let mut all = codes(&f, a.expose(), 2, 1).await;
+    all.extend(codes(&f, b.expose(), 3, 1).await);
+    assert_eq!(
+        count(&all, VerifyCode::Valid),
+        3,
+        "minting more keys does not multiply the allowance"
+    );
+}
+
+#[tokio::test]
+async fn quota_is_spent_by_cost_and_refused_requests_cost_nothing() {
+    let f = fixture().await;
+    let spec = NewKey {
+        owner: "o".into(),
+        quota: Some(QuotaSpec {
+            credits: 10,
+            ..QuotaSpec::default()
+        }),
+        limits: vec![limit("per_minute", 20, 60, None)],
+        ..NewKey::default()
+    };
+    let created = create_with(&f, spec).await;
+    let key = created.key.expose();
+    let got = codes(&f, key, 3, 3).await;
+    assert_eq!(
+        got,
+        [VerifyCode::Valid, VerifyCode::Valid, VerifyCode::Valid]
+    );
+    // 1 credit left: a cost-3 request is USAGE_EXCEEDED and takes nothing from the limit.
+    let v = f
+        .engine
+        .verify_cost(key, &VerifyRequest::default(), 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        (v.code, v.credits_remaining),
+        (VerifyCode::UsageExceeded, Some(1))
+    );
+    assert_eq!(v.retry_after, Some(EXHAUSTED_QUOTA_RETRY_SECONDS));
+    assert_eq!(v.limits[0].remaining, 11);
+    let v = f
+        .engine
+        .verify_cost(key, &VerifyRequest::default(), 1)
+        .await
+        .unwrap();
+    assert_eq!((v.code, v.credits_remaining), (VerifyCode::Valid, Some(0)));
+    assert_eq!(v.limits[0].remaining, 10);
+    // A request the limit refuses costs no credits.
+    f.engine
+        .adjust_credits(&f.root, &created.record.key_id, CreditOp::Set(50))
+        .await
+        .unwrap();
+    let v = f
+        .engine
+        .verify_cost(key, &VerifyRequest::default(), 11)
+        .await
+        .unwrap();
+    assert_eq!(v.code, VerifyCode::RateLimited);
+    assert_eq!(f.engine.credits(&created.record).await.unwrap(), Some(50));
+}
+
+#[tokio::test]
+async fn daily_refill_follows_the_clock() {
+    let f = fixture().await;
+    let spec = NewKey {
+        owner: "o".into(),
+        quota: Some(QuotaSpec {
+            credits: 2,
+            refill_amount: Some(3),
+            refill_interval: Some("daily".into()),
+            refill_day: None,
+        }),
+        ..NewKey::default()
+    };
+    let key = create_with(&f, spec).await.key;
+    assert_eq!(
+        count(&codes(&f, key.expose(), 5, 1).await, VerifyCode::Valid),
+        2
+    );
+    let v = f
+        .engine
+        .verify(key.expose(), &VerifyRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        v.retry_after,
+        Some(12 * 3600),
+        "T0 is noon: the refill is at midnight"
+    );
+    f.clock.advance(Duration::hours(12));
+    assert_eq!(
+        count(&codes(&f, key.expose(), 5, 1).await, VerifyCode::Valid),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_crash_overcharges_at_most_one_lease_and_never_refunds() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let config = EngineConfig {
+        quota_lease: 5,
+        ..EngineConfig::default()
+    };
+    let open = || async { Arc::new(SqliteStore::open(dir.path()).await.unwrap()) };
+    let engine = Keyward::new(open().await, clock.clone(), config);
+    let boot = engine.bootstrap().await.unwrap().unwrap();
+    let root = Principal {
+        key_id: boot.record.key_id.clone(),
+    };
+    let spec = NewKey {
+        owner: "o".into(),
+        quota: Some(QuotaSpec {
+            credits: 100,
+            ..QuotaSpec::default()
+        }),
+        ..NewKey::default()
+    };
+    let created = engine.create_key(&root, spec).await.unwrap();
+    for _ in 0..13 {
+        let v = engine
+            .verify(created.key.expose(), &VerifyRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(v.code, VerifyCode::Valid);
+    }
+    // The process dies: no shutdown code runs, the unspent lease is lost.
+    drop(engine);
+    let after_crash = Keyward::new(open().await, clock.clone(), config);
+    let left = after_crash.credits(&created.record).await.unwrap().unwrap();
+    assert!(left <= 100 - 13, "never refunds: {left}");
+    assert!(100 - 13 - left < 5, "overcharge below one lease: {left}");
+    assert_eq!(left, 85, "13 spent from three leases of 5");
+    // A clean shutdown gives unspent credits back.
+    for _ in 0..2 {
+        after_crash
+            .verify(created.key.expose(), &VerifyRequest::default())
+            .await
+            .unwrap();
+    }
+    after_crash.release_leases().await.unwrap();
+    assert_eq!(
+        after_crash.credits(&created.record).await.unwrap(),
+        Some(83)
+    );
+}
+
+#[tokio::test]
+async fn plans_apply_to_their_keys_and_changes_reach_them_at_once() {
+    let f = fixture().await;
+    let plan = PlanSpec {
+        limits: vec![limit("per_minute", 2, 60, None)],
+        quota: None,
+        permissions: vec!["orders.read".into()],
+    };
+    f.engine
+        .put_plan(&f.root, "free", plan.clone(), true)
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.engine.put_plan(&f.root, "free", plan.clone(), true).await,
+        Err(EngineError::PlanExists { .. })
+    ));
+    let on_plan = create_with(
+        &f,
+        NewKey {
+            owner: "o".into(),
+            plan: Some("free".into()),
+            ..NewKey::default()
+        },
+    )
+    .await;
+    let q = PermissionQuery::parse("orders.read").unwrap();
+    let req = VerifyRequest {
+        query: Some(&q),
+        ..VerifyRequest::default()
+    };
+    let key = on_plan.key.expose();
+    assert_eq!(
+        f.engine.verify(key, &req).await.unwrap().code,
+        VerifyCode::Valid,
+        "permissions come from the plan"
+    );
+    assert_eq!(
+        f.engine.verify(key, &req).await.unwrap().code,
+        VerifyCode::Valid
+    );
+    assert_eq!(
+        f.engine.verify(key, &req).await.unwrap().code,
+        VerifyCode::RateLimited
+    );
+    // Raising the plan's limit changes the key at once.
+    let pro = PlanSpec {
+        limits: vec![limit("per_minute", 5, 60, None)],
+        ..plan
+    };
+    f.engine
+        .put_plan(&f.root, "free", pro, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.engine.verify(key, &req).await.unwrap().code,
+        VerifyCode::Valid
+    );
+    // A key's own limit of the same name overrides the plan's.
+    let own = create_with(
+        &f,
+        NewKey {
+            owner: "o".into(),
+            plan: Some("free".into()),
+            limits: vec![limit("per_minute", 1, 60, None)],
+            ..NewKey::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        count(&codes(&f, own.key.expose(), 3, 1).await, VerifyCode::Valid),
+        1
+    );
+    // Unknown plans are refused; a plan in use cannot be deleted.
+    let bad = NewKey {
+        owner: "o".into(),
+        plan: Some("gold".into()),
+        ..NewKey::default()
+    };
+    assert!(
+        matches!(f.engine.create_key(&f.root, bad).await, Err(EngineError::Invalid(e)) if e.field == "plan")
+    );
+    assert!(matches!(
+        f.engine.delete_plan(&f.root, "free").await,
+        Err(EngineError::PlanInUse { .. })
+    ));
+    let audit = f
+        .engine
+        .list_audit(Some("free".into()), None, None, None)
+        .await
+        .unwrap();
+    let actions: Vec<_> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["plan.create", "plan.update"]);
 }

@@ -1,11 +1,18 @@
 //! Conversions from domain records to wire types, and cursor encoding.
 
 use keyward_core::audit::AuditEvent;
+use keyward_core::limit::RateLimit;
 use keyward_core::permission::Permission;
+use keyward_core::quota::{QuotaConfig, RefillSchedule};
 use keyward_core::record::KeyRecord;
+use keyward_core::record::Plan;
 use keyward_core::rotation::SecretEnd;
 use keyward_core::route::RoutePattern;
-use keyward_wire::{AuditEventView, EndedSecret, KeyView, SecretView, Timestamp};
+use keyward_engine::LimitReport;
+use keyward_wire::{
+    AuditEventView, EndedSecret, KeyView, LimitSpec, LimitState, PlanView, QuotaSpec, SecretView,
+    Timestamp,
+};
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
@@ -48,6 +55,86 @@ pub fn key_view(r: &KeyRecord, now: OffsetDateTime) -> KeyView {
                 expires_at: s.expires_at.map(Timestamp),
             })
             .collect(),
+        plan: r.policy.plan.clone(),
+        limits: r.policy.limits.iter().map(limit_view).collect(),
+        quota: r.policy.quota.as_ref().map(quota_view),
+        ip_allowlist: r
+            .policy
+            .ip_allowlist
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        origins: r
+            .policy
+            .origins
+            .iter()
+            .map(|o| o.as_str().to_owned())
+            .collect(),
+    }
+}
+
+pub fn limit_view(l: &RateLimit) -> LimitSpec {
+    LimitSpec {
+        name: l.name.clone(),
+        limit: l.limit,
+        period_seconds: l.period_seconds,
+        burst: Some(l.burst),
+        scope: Some(l.scope.as_str().to_owned()),
+    }
+}
+
+pub fn quota_view(q: &QuotaConfig) -> QuotaSpec {
+    let (interval, day) = match q.refill.map(|r| r.schedule) {
+        None => (None, None),
+        Some(RefillSchedule::Daily) => (Some("daily".to_owned()), None),
+        Some(RefillSchedule::Monthly { day }) => (Some("monthly".to_owned()), Some(day)),
+    };
+    QuotaSpec {
+        credits: q.credits,
+        refill_amount: q.refill.map(|r| r.amount),
+        refill_interval: interval,
+        refill_day: day,
+    }
+}
+
+pub fn limit_spec(l: LimitSpec) -> keyward_engine::LimitSpec {
+    keyward_engine::LimitSpec {
+        name: l.name,
+        limit: l.limit,
+        period_seconds: l.period_seconds,
+        burst: l.burst,
+        scope: l.scope,
+    }
+}
+
+pub fn quota_spec(q: QuotaSpec) -> keyward_engine::QuotaSpec {
+    keyward_engine::QuotaSpec {
+        credits: q.credits,
+        refill_amount: q.refill_amount,
+        refill_interval: q.refill_interval,
+        refill_day: q.refill_day,
+    }
+}
+
+pub fn limit_state(r: &LimitReport) -> LimitState {
+    LimitState {
+        name: r.name.clone(),
+        limit: r.limit,
+        period_seconds: r.period_seconds,
+        remaining: r.remaining,
+        reset: r.reset_seconds,
+    }
+}
+
+pub fn plan_view(p: &Plan) -> PlanView {
+    PlanView {
+        plan_id: p.plan_id.clone(),
+        limits: p.limits.iter().map(limit_view).collect(),
+        quota: p.quota.as_ref().map(quota_view),
+        permissions: p.permissions.iter().map(ToString::to_string).collect(),
+        version: p.version,
+        created_at: Timestamp(p.created_at),
+        updated_at: Timestamp(p.updated_at),
     }
 }
 

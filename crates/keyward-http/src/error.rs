@@ -24,11 +24,42 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
         "The permission query does not parse",
     ),
     ("unauthenticated", 401, "A valid root key is required"),
+    ("missing_key", 401, "No API key was presented"),
+    ("malformed_key", 401, "The API key is malformed"),
+    ("unknown_key", 401, "The API key is not recognized"),
+    ("revoked_key", 401, "The API key was revoked"),
+    ("expired_key", 401, "The API key has expired"),
+    ("disabled_key", 401, "The API key is disabled"),
+    (
+        "insufficient_permissions",
+        403,
+        "The API key lacks a permission",
+    ),
+    (
+        "route_not_allowed",
+        403,
+        "The API key may not call this endpoint",
+    ),
+    (
+        "ip_not_allowed",
+        403,
+        "The API key may not be used from this address",
+    ),
+    (
+        "origin_not_allowed",
+        403,
+        "The API key may not be used from this origin",
+    ),
+    ("rate_limited", 429, "Rate limit reached"),
+    ("usage_exceeded", 429, "Quota used up"),
     ("forbidden", 403, "The root key lacks a permission"),
     ("not_found", 404, "No such endpoint"),
     ("key_not_found", 404, "No such key"),
+    ("plan_not_found", 404, "No such plan"),
     ("method_not_allowed", 405, "Method not allowed"),
     ("key_revoked", 409, "The key is revoked"),
+    ("plan_exists", 409, "A plan with this name exists"),
+    ("plan_in_use", 409, "Keys still follow this plan"),
     (
         "last_root_key",
         409,
@@ -40,6 +71,12 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
         "The request conflicts with the key's current state",
     ),
     ("payload_too_large", 413, "The request body is too large"),
+    ("bad_gateway", 502, "The upstream failed"),
+    (
+        "gateway_timeout",
+        504,
+        "The upstream did not answer in time",
+    ),
     (
         "unsupported_media_type",
         415,
@@ -55,6 +92,7 @@ pub struct ApiError {
     code: &'static str,
     detail: String,
     field: Option<String>,
+    status: Option<StatusCode>,
 }
 
 impl ApiError {
@@ -64,7 +102,15 @@ impl ApiError {
             code,
             detail: redact(&detail.into()).into_owned(),
             field: None,
+            status: None,
         }
+    }
+
+    /// Answers with `status` instead of the code's usual one (nginx `auth_request` accepts
+    /// only 2xx, 401 and 403 from the auth endpoint).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
     }
 
     /// Names the request field at fault.
@@ -92,6 +138,11 @@ impl ApiError {
     }
 
     fn status_and_title(&self) -> (StatusCode, &'static str) {
+        let (status, title) = self.table_status_and_title();
+        (self.status.unwrap_or(status), title)
+    }
+
+    fn table_status_and_title(&self) -> (StatusCode, &'static str) {
         ERROR_CODES
             .iter()
             .find(|(code, _, _)| *code == self.code)
@@ -182,6 +233,9 @@ impl From<EngineError> for ApiError {
                 Self::new("conflict", "the key was changed concurrently; retry")
             }
             EngineError::LastRootKey { .. } => Self::new("last_root_key", e.to_string()),
+            EngineError::PlanNotFound { .. } => Self::new("plan_not_found", e.to_string()),
+            EngineError::PlanExists { .. } => Self::new("plan_exists", e.to_string()),
+            EngineError::PlanInUse { .. } => Self::new("plan_in_use", e.to_string()),
             EngineError::Store(s) => s.into(),
             EngineError::Entropy(_) => Self::internal(&e),
         }

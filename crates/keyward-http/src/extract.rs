@@ -101,6 +101,24 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
+/// The peer address of the connection, when the server was started with connect info.
+pub struct RemoteAddr(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for RemoteAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(remote_of(parts)))
+    }
+}
+
+fn remote_of(parts: &Parts) -> Option<String> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string())
+}
+
 /// A permission a handler requires of the root key.
 pub trait RequiredPermission: Send + Sync + 'static {
     /// The permission name.
@@ -127,6 +145,8 @@ permissions! {
     KeysVerify => "keys.verify",
     AuditRead => "audit.read",
     RootManage => "root.manage",
+    PlansRead => "plans.read",
+    PlansWrite => "plans.write",
 }
 
 /// A root key that holds permission `P`; extracting it is the authorization check.
@@ -150,10 +170,7 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for Authorized<P> {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let remote = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string());
+        let remote = remote_of(parts);
         let principal = state
             .engine
             .authenticate(bearer(parts), P::NAME, remote.as_deref())

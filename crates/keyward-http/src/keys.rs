@@ -6,17 +6,21 @@ use axum::http::StatusCode;
 use keyward_core::permission::PermissionQuery;
 use keyward_core::record::{KeyKind, KeyStatus};
 use keyward_core::verify::{VerifyCode, VerifyRequest};
-use keyward_engine::{Created, KeyPatch, ListKeys, NewKey};
+use keyward_engine::{Created, CreditOp, KeyPatch, ListKeys, NewKey};
 use keyward_wire::{
-    CreateKeyRequest, CreatedKey, KeyList, KeyView, Problem, RevokeKeyRequest, RotateKeyRequest,
-    RotatedKey, RotationHint, Timestamp, UpdateKeyRequest, VerifyKeyRequest, VerifyKeyResponse,
+    CreateKeyRequest, CreatedKey, Credits, CreditsRequest, KeyList, KeyView, Problem,
+    RevokeKeyRequest, RotateKeyRequest, RotatedKey, RotationHint, Timestamp, UpdateKeyRequest,
+    VerifyKeyRequest, VerifyKeyResponse,
 };
 use serde::Deserialize;
 use time::Duration;
 use utoipa::IntoParams;
 
 use crate::AppState;
-use crate::convert::{decode_cursor, encode_cursor, ended_secret, key_view, parse_limit};
+use crate::convert::{
+    decode_cursor, encode_cursor, ended_secret, key_view, limit_spec, limit_state, parse_limit,
+    quota_spec,
+};
 use crate::error::ApiError;
 use crate::extract::{
     ApiJson, ApiPath, ApiQuery, Authorized, KeysCreate, KeysRead, KeysRevoke, KeysUpdate,
@@ -89,6 +93,11 @@ pub async fn create_key(
         ttl_seconds: body.ttl_seconds,
         enabled: body.enabled,
         prefix: body.prefix,
+        plan: body.plan,
+        limits: body.limits.into_iter().map(limit_spec).collect(),
+        quota: body.quota.map(quota_spec),
+        ip_allowlist: body.ip_allowlist,
+        origins: body.origins,
     };
     let new_key = state.engine.create_key(&auth.principal, spec).await?;
     Ok(created(&state, new_key))
@@ -169,6 +178,11 @@ pub async fn update_key(
         tags: body.tags,
         expires_at: body.expires_at.map(|e| e.map(|t| t.0)),
         enabled: body.enabled,
+        plan: body.plan,
+        limits: body.limits.map(|l| l.into_iter().map(limit_spec).collect()),
+        quota: body.quota.map(|q| q.map(quota_spec)),
+        ip_allowlist: body.ip_allowlist,
+        origins: body.origins,
     };
     let record = state
         .engine
@@ -270,10 +284,27 @@ pub async fn verify_key(
         query: query.as_ref(),
         method: body.method.as_deref(),
         path: body.path.as_deref(),
+        ip: body
+            .ip
+            .as_deref()
+            .map(|ip| {
+                ip.parse()
+                    .map_err(|_| ApiError::field("ip", "must be an IPv4 or IPv6 address"))
+            })
+            .transpose()?,
+        origin: body.origin.as_deref(),
     };
-    let v = state.engine.verify(&body.key, &request).await?;
+    let v = state
+        .engine
+        .verify_cost(&body.key, &request, body.cost.unwrap_or(1))
+        .await?;
+    Ok(Json(verify_response(&v)))
+}
+
+/// The verify response body for a verification.
+pub(crate) fn verify_response(v: &keyward_engine::Verification) -> VerifyKeyResponse {
     let key = v.key.as_deref();
-    Ok(Json(VerifyKeyResponse {
+    VerifyKeyResponse {
         valid: v.code == VerifyCode::Valid,
         code: v.code.as_str().to_owned(),
         key_id: key.map(|k| k.key_id.clone()),
@@ -288,5 +319,59 @@ pub async fn verify_key(
             deprecated: true,
             expires_at: Timestamp(t),
         }),
-    }))
+        limits: v.limits.iter().map(limit_state).collect(),
+        credits_remaining: v.credits_remaining,
+        retry_after: v.retry_after,
+    }
+}
+
+/// Sets, increases or decreases a key's credits (audited).
+#[utoipa::path(post, path = "/v1/keys/{key_id}/credits", tag = "keys", request_body = CreditsRequest,
+    security(("root_key" = [])),
+    params(("key_id" = String, Path, description = "The key's public identifier")),
+    responses(
+        (status = 200, body = Credits),
+        (status = 400, description = "Bad op, or the key has no quota", body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn adjust_credits(
+    State(state): State<AppState>,
+    auth: Authorized<KeysUpdate>,
+    ApiPath(key_id): ApiPath<String>,
+    ApiJson(body): ApiJson<CreditsRequest>,
+) -> Result<Json<Credits>, ApiError> {
+    let op = match body.op.as_str() {
+        "set" => CreditOp::Set(body.amount),
+        "increase" => CreditOp::Increase(body.amount),
+        "decrease" => CreditOp::Decrease(body.amount),
+        _ => return Err(ApiError::field("op", "must be set, increase or decrease")),
+    };
+    let remaining = state
+        .engine
+        .adjust_credits(&auth.principal, &key_id, op)
+        .await?;
+    Ok(Json(Credits { key_id, remaining }))
+}
+
+/// Reads a key's credit balance.
+#[utoipa::path(get, path = "/v1/keys/{key_id}/credits", tag = "keys", security(("root_key" = [])),
+    params(("key_id" = String, Path, description = "The key's public identifier")),
+    responses(
+        (status = 200, body = Credits),
+        (status = 400, description = "The key has no quota", body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_credits(
+    State(state): State<AppState>,
+    _auth: Authorized<KeysRead>,
+    ApiPath(key_id): ApiPath<String>,
+) -> Result<Json<Credits>, ApiError> {
+    let record = state.engine.get_key(KeyKind::Api, &key_id).await?;
+    match state.engine.credits(&record).await? {
+        Some(remaining) => Ok(Json(Credits { key_id, remaining })),
+        None => Err(ApiError::field(
+            "quota",
+            "the key has no quota (set one on the key or its plan)",
+        )),
+    }
 }

@@ -7,10 +7,13 @@
 //! generated from the handlers ([`openapi_json`]) and committed as `openapi.json`.
 
 pub mod audit;
+pub mod auth;
 mod convert;
+pub mod enforce;
 pub mod error;
 pub mod extract;
 pub mod keys;
+pub mod plans;
 pub mod root_keys;
 pub mod system;
 
@@ -46,12 +49,24 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/keys", post(keys::create_key).get(keys::list_keys))
         .route("/v1/keys/verify", post(keys::verify_key))
+        .route("/v1/auth", get(auth::nginx_auth))
         .route(
             "/v1/keys/{key_id}",
             get(keys::get_key).patch(keys::update_key),
         )
         .route("/v1/keys/{key_id}/rotate", post(keys::rotate_key))
         .route("/v1/keys/{key_id}/revoke", post(keys::revoke_key))
+        .route(
+            "/v1/keys/{key_id}/credits",
+            post(keys::adjust_credits).get(keys::get_credits),
+        )
+        .route("/v1/plans", post(plans::create_plan).get(plans::list_plans))
+        .route(
+            "/v1/plans/{plan_id}",
+            get(plans::get_plan)
+                .put(plans::replace_plan)
+                .delete(plans::delete_plan),
+        )
         .route(
             "/v1/root-keys",
             post(root_keys::create_root_key).get(root_keys::list_root_keys),
@@ -144,13 +159,15 @@ impl Modify for SecurityAddon {
     info(title = "keyward", description = "Self-hosted API key service: issue, verify, rotate and revoke API keys."),
     paths(
         keys::create_key, keys::list_keys, keys::get_key, keys::update_key, keys::rotate_key, keys::revoke_key,
-        keys::verify_key, root_keys::create_root_key, root_keys::list_root_keys, root_keys::revoke_root_key,
+        keys::verify_key, auth::nginx_auth, keys::adjust_credits, keys::get_credits, plans::create_plan, plans::list_plans,
+        plans::get_plan, plans::replace_plan, plans::delete_plan, root_keys::create_root_key, root_keys::list_root_keys, root_keys::revoke_root_key,
         audit::list_audit, audit::verify_audit, system::healthz, system::readyz,
     ),
     modifiers(&SecurityAddon),
     tags(
         (name = "keys", description = "API key lifecycle"),
         (name = "verify", description = "Key verification"),
+        (name = "plans", description = "Templates of limits, quota and permissions"),
         (name = "root-keys", description = "Credentials of the admin API"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "system", description = "Health and readiness"),

@@ -21,7 +21,8 @@ mod testsuite;
 use async_trait::async_trait;
 use keyward_core::audit::{AuditDraft, AuditEvent};
 use keyward_core::key::KeyHash;
-use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, SecretInfo};
+use keyward_core::quota::{Balance, QuotaConfig};
+use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, Plan, SecretInfo};
 use time::OffsetDateTime;
 
 pub use sqlite::SqliteStore;
@@ -117,6 +118,30 @@ pub struct Page<T> {
     pub next_cursor: Option<i64>,
 }
 
+/// A write of one plan, committed atomically with its audit event.
+#[derive(Debug, Clone)]
+pub struct PlanWrite {
+    /// The new state (`version` must be the new version).
+    pub plan: Plan,
+    /// `None` to insert; `Some(v)` to replace version `v`.
+    pub expected_version: Option<i64>,
+    /// Delete the plan instead (refused with `Conflict` while keys reference it).
+    pub delete: bool,
+    /// The audit event.
+    pub audit: AuditDraft,
+}
+
+/// How a credit adjustment changes a balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditOp {
+    /// Set the balance to this value.
+    Set(u64),
+    /// Add this many credits.
+    Increase(u64),
+    /// Remove this many credits (not below zero).
+    Decrease(u64),
+}
+
 /// Where keys, secrets and the audit log live.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
@@ -154,4 +179,53 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Reads a plan.
+    async fn get_plan(&self, plan_id: &str) -> Result<Option<Plan>, StoreError>;
+
+    /// Lists every plan, by name.
+    async fn list_plans(&self) -> Result<Vec<Plan>, StoreError>;
+
+    /// Creates, replaces or deletes a plan with its audit event.
+    async fn write_plan(&self, write: PlanWrite) -> Result<i64, StoreError>;
+
+    /// Takes up to `want` credits from a key's durable balance (refilled first if a scheduled
+    /// refill passed); returns how many were taken and the balance left.
+    async fn take_credits(
+        &self,
+        key_id: &str,
+        config: &QuotaConfig,
+        want: u64,
+        now: OffsetDateTime,
+    ) -> Result<(u64, Balance), StoreError>;
+
+    /// Applies `op` after returning `unspent` leased credits to the balance, with an audit event.
+    async fn adjust_credits(
+        &self,
+        key_id: &str,
+        config: &QuotaConfig,
+        unspent: u64,
+        op: CreditOp,
+        audit: AuditDraft,
+        now: OffsetDateTime,
+    ) -> Result<Balance, StoreError>;
+
+    /// Returns `amount` unspent leased credits of refill period `period` to the balance (they
+    /// are dropped if the balance has been refilled since).
+    async fn give_back_credits(
+        &self,
+        key_id: &str,
+        config: &QuotaConfig,
+        amount: u64,
+        period: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// Reads a key's durable balance at `now` without changing it.
+    async fn balance(
+        &self,
+        key_id: &str,
+        config: &QuotaConfig,
+        now: OffsetDateTime,
+    ) -> Result<Balance, StoreError>;
 }

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use keyward_core::audit::{AuditDraft, AuditEvent, GENESIS_HASH, unix_millis};
 use keyward_core::key::KeyHash;
 use keyward_core::permission::Permission;
-use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, SecretInfo};
+use keyward_core::quota::{Balance, QuotaConfig, current_balance};
+use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, Plan, SecretInfo};
 use keyward_core::route::RoutePattern;
 use serde_json::Value;
 use sqlx::sqlite::{
@@ -21,7 +22,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
-use crate::{AuditFilter, FoundKey, KeyFilter, KeyStore, KeyWrite, Page, StoreError};
+use crate::{
+    AuditFilter, CreditOp, FoundKey, KeyFilter, KeyStore, KeyWrite, Page, PlanWrite, StoreError,
+};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "keyward.db";
@@ -206,7 +209,75 @@ fn record_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         rotated_at: get_opt_ms("rotated_at")?,
         version: row.try_get("version").map_err(backend)?,
         secrets: Vec::new(),
+        policy: parse_json("policy", &get_text("policy")?)?,
     })
+}
+
+fn plan_from_row(row: &SqliteRow) -> Result<Plan, StoreError> {
+    let permissions: Vec<String> = parse_json(
+        "permissions",
+        &row.try_get::<String, _>("permissions").map_err(backend)?,
+    )?;
+    let quota: Option<String> = row.try_get("quota").map_err(backend)?;
+    Ok(Plan {
+        plan_id: row.try_get("plan_id").map_err(backend)?,
+        limits: parse_json(
+            "limits",
+            &row.try_get::<String, _>("limits").map_err(backend)?,
+        )?,
+        quota: quota
+            .as_deref()
+            .map(|q| parse_json("quota", q))
+            .transpose()?,
+        permissions: permissions
+            .iter()
+            .map(|p| Permission::new(p).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect::<Result<_, _>>()?,
+        version: row.try_get("version").map_err(backend)?,
+        created_at: from_millis(row.try_get("created_at").map_err(backend)?)?,
+        updated_at: from_millis(row.try_get("updated_at").map_err(backend)?)?,
+    })
+}
+
+/// The balance at `now`, refilled if a scheduled refill passed (not yet written back).
+async fn read_balance(
+    conn: &mut SqliteConnection,
+    key_id: &str,
+    config: &QuotaConfig,
+    now: OffsetDateTime,
+) -> Result<Balance, StoreError> {
+    let row = sqlx::query("SELECT remaining, period FROM quota_balances WHERE key_id = ?1")
+        .bind(key_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let stored = match row {
+        Some(row) => Some(Balance {
+            remaining: u64::try_from(row.try_get::<i64, _>("remaining").map_err(backend)?)
+                .unwrap_or(0),
+            period: opt_from_millis(row.try_get("period").map_err(backend)?)?,
+        }),
+        None => None,
+    };
+    Ok(current_balance(config, stored, now))
+}
+
+async fn write_balance(
+    conn: &mut SqliteConnection,
+    key_id: &str,
+    balance: Balance,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO quota_balances (key_id, remaining, period) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key_id) DO UPDATE SET remaining = excluded.remaining, period = excluded.period",
+    )
+    .bind(key_id)
+    .bind(i64::try_from(balance.remaining).unwrap_or(i64::MAX))
+    .bind(balance.period.map(to_millis))
+    .execute(&mut *conn)
+    .await
+    .map_err(backend)?;
+    Ok(())
 }
 
 fn event_from_row(row: &SqliteRow) -> Result<AuditEvent, StoreError> {
@@ -354,13 +425,14 @@ impl KeyStore for SqliteStore {
         let sql = match expected_version {
             None => {
                 "INSERT INTO keys (key_id, kind, owner, name, tenant, environment, purpose, tags, meta, permissions, routes,
-                    expires_at, enabled, created_at, created_by, updated_at, revoked_at, revoked_reason, rotated_at, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+                    expires_at, enabled, created_at, created_by, updated_at, revoked_at, revoked_reason, rotated_at, version, policy)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22)"
             }
             Some(_) => {
                 "UPDATE keys SET kind = ?2, owner = ?3, name = ?4, tenant = ?5, environment = ?6, purpose = ?7, tags = ?8,
                     meta = ?9, permissions = ?10, routes = ?11, expires_at = ?12, enabled = ?13, created_at = ?14,
-                    created_by = ?15, updated_at = ?16, revoked_at = ?17, revoked_reason = ?18, rotated_at = ?19, version = ?20
+                    created_by = ?15, updated_at = ?16, revoked_at = ?17, revoked_reason = ?18, rotated_at = ?19, version = ?20,
+                    policy = ?22
                  WHERE key_id = ?1 AND version = ?21"
             }
         };
@@ -386,6 +458,7 @@ impl KeyStore for SqliteStore {
             .bind(r.rotated_at.map(to_millis))
             .bind(r.version)
             .bind(expected_version)
+            .bind(json_text(&r.policy))
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -494,6 +567,183 @@ impl KeyStore for SqliteStore {
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    async fn get_plan(&self, plan_id: &str) -> Result<Option<Plan>, StoreError> {
+        let row = sqlx::query("SELECT * FROM plans WHERE plan_id = ?1")
+            .bind(plan_id)
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(plan_from_row).transpose()
+    }
+
+    async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM plans ORDER BY plan_id")
+            .fetch_all(&self.readers)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(plan_from_row).collect()
+    }
+
+    async fn write_plan(&self, write: PlanWrite) -> Result<i64, StoreError> {
+        let PlanWrite {
+            plan: p,
+            expected_version,
+            delete,
+            audit,
+        } = write;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let permissions: Vec<&str> = p.permissions.iter().map(Permission::as_str).collect();
+        let result = if delete {
+            let in_use: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM keys WHERE json_extract(policy, '$.plan') = ?1 AND revoked_at IS NULL",
+            )
+            .bind(&p.plan_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if in_use > 0 {
+                return Err(StoreError::Conflict);
+            }
+            sqlx::query("DELETE FROM plans WHERE plan_id = ?1 AND version = ?2")
+                .bind(&p.plan_id)
+                .bind(expected_version)
+                .execute(&mut *tx)
+                .await
+        } else if let Some(expected) = expected_version {
+            sqlx::query(
+                "UPDATE plans SET limits = ?2, quota = ?3, permissions = ?4, version = ?5, updated_at = ?6
+                 WHERE plan_id = ?1 AND version = ?7",
+            )
+            .bind(&p.plan_id)
+            .bind(json_text(&p.limits))
+            .bind(p.quota.as_ref().map(json_text))
+            .bind(json_text(&permissions))
+            .bind(p.version)
+            .bind(to_millis(p.updated_at))
+            .bind(expected)
+            .execute(&mut *tx)
+            .await
+        } else {
+            sqlx::query(
+                "INSERT INTO plans (plan_id, limits, quota, permissions, version, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(&p.plan_id)
+            .bind(json_text(&p.limits))
+            .bind(p.quota.as_ref().map(json_text))
+            .bind(json_text(&permissions))
+            .bind(p.version)
+            .bind(to_millis(p.created_at))
+            .bind(to_millis(p.updated_at))
+            .execute(&mut *tx)
+            .await
+        }
+        .map_err(backend)?;
+        if result.rows_affected() != 1 {
+            return Err(StoreError::Conflict);
+        }
+        let seq = append_in(&mut tx, audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(seq)
+    }
+
+    async fn take_credits(
+        &self,
+        key_id: &str,
+        config: &QuotaConfig,
+        want: u64,
+        now: OffsetDateTime,
+    ) -> Result<(u64, Balance), StoreError> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let balance = read_balance(&mut tx, key_id, config, now).await?;
+        let granted = want.min(balance.remaining);
+        let after = Balance {
+            remaining: balance.remaining - granted,
+            period: balance.period,
+        };
+        write_balance(&mut tx, key_id, after).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok((granted, after))
+    }
+
+    async fn adjust_credits(
+        &self,
+        key_id: &str,
+        config: &QuotaConfig,
+        unspent: u64,
+        op: CreditOp,
+        audit: AuditDraft,
+        now: OffsetDateTime,
+    ) -> Result<Balance, StoreError> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let before = read_balance(&mut tx, key_id, config, now).await?;
+        let returned = before.remaining.saturating_add(unspent);
+        let remaining = match op {
+            CreditOp::Set(n) => n,
+            CreditOp::Increase(n) => returned.saturating_add(n),
+            CreditOp::Decrease(n) => returned.saturating_sub(n),
+        };
+        let after = Balance {
+            remaining,
+            period: before.period,
+        };
+        write_balance(&mut tx, key_id, after).await?;
+        let mut audit = audit;
+        if let Some(summary) = audit.summary.as_object_mut() {
+            summary.insert("before".into(), serde_json::Value::from(returned));
+            summary.insert("after".into(), serde_json::Value::from(remaining));
+        }
+        append_in(&mut tx, audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(after)
+    }
+
+    async fn give_back_credits(
+        &self,
+        key_id: &str,
+        config: &QuotaConfig,
+        amount: u64,
+        period: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let balance = read_balance(&mut tx, key_id, config, now).await?;
+        if balance.period == period {
+            let after = Balance {
+                remaining: balance.remaining.saturating_add(amount),
+                period,
+            };
+            write_balance(&mut tx, key_id, after).await?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn balance(
+        &self,
+        key_id: &str,
+        config: &QuotaConfig,
+        now: OffsetDateTime,
+    ) -> Result<Balance, StoreError> {
+        let mut conn = self.readers.acquire().await.map_err(backend)?;
+        read_balance(&mut conn, key_id, config, now).await
     }
 }
 

@@ -30,6 +30,42 @@ where
     Option::<T>::deserialize(de).map(Some)
 }
 
+/// A named rate limit, e.g. `{"name": "per_second", "limit": 50, "period_seconds": 1, "burst": 100}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSpec {
+    /// Name, unique per key (`A-Z a-z 0-9 _ . : -`).
+    pub name: String,
+    /// Units admitted per period.
+    pub limit: u64,
+    /// Period length in seconds.
+    pub period_seconds: u64,
+    /// Units that can be spent at once from a full bucket (default: `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// `key` (default), `owner` or `tenant`: who shares the budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// A usage quota: a credit balance, optionally refilled to `refill_amount` daily (00:00 UTC)
+/// or monthly on `refill_day`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSpec {
+    /// Starting balance.
+    pub credits: u64,
+    /// Balance after each refill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill_amount: Option<u64>,
+    /// `daily` or `monthly`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill_interval: Option<String>,
+    /// Day of the month (1 to 31) for monthly refills; short months use their last day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill_day: Option<u8>,
+}
+
 /// `POST /v1/keys`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +109,21 @@ pub struct CreateKeyRequest {
     /// Key prefix, `[a-z][a-z0-9_]{0,19}`; `kw_live` or `kw_test` by environment when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// Plan the key follows; its own settings override the plan's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// The key's own rate limits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitSpec>,
+    /// The key's own quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaSpec>,
+    /// Allowed caller addresses as CIDR blocks or addresses (IPv4 and IPv6); empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_allowlist: Vec<String>,
+    /// Allowed browser origins: `app.example.com` or `*.example.com`; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub origins: Vec<String>,
 }
 
 /// `POST /v1/root-keys`.
@@ -134,6 +185,32 @@ pub struct UpdateKeyRequest {
     /// Enable or disable the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// New plan; `null` takes the key off its plan.
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, nullable)]
+    pub plan: Option<Option<String>>,
+    /// New own limits (replaces the list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Vec<LimitSpec>>,
+    /// New own quota settings; `null` removes them (the balance is changed through
+    /// `/v1/keys/{key_id}/credits`).
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<QuotaSpec>, nullable)]
+    pub quota: Option<Option<QuotaSpec>>,
+    /// New IP allowlist (replaces the list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_allowlist: Option<Vec<String>>,
+    /// New allowed origins (replaces the list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origins: Option<Vec<String>>,
 }
 
 /// `POST /v1/keys/{key_id}/rotate`.
@@ -168,6 +245,16 @@ pub struct VerifyKeyRequest {
     /// Path of the protected request (checked against the key's routes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The caller's IP address (checked against the key's IP allowlist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// The request's `Origin` or `Referer` (checked against the key's allowed origins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// Units this request consumes from limits and quota (default 1; 0 checks without
+    /// consuming).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<u64>,
 }
 
 /// One secret of a key, as displayed (never the secret itself or its hash).
@@ -230,6 +317,16 @@ pub struct KeyView {
     pub rotated_at: Option<Timestamp>,
     /// Live secrets: the current one and, during a grace period, the deprecated one.
     pub secrets: Vec<SecretView>,
+    /// The plan the key follows.
+    pub plan: Option<String>,
+    /// The key's own rate limits (its plan may add more).
+    pub limits: Vec<LimitSpec>,
+    /// The key's own quota settings.
+    pub quota: Option<QuotaSpec>,
+    /// Allowed caller addresses.
+    pub ip_allowlist: Vec<String>,
+    /// Allowed browser origins.
+    pub origins: Vec<String>,
 }
 
 /// `201` from `POST /v1/keys` and `POST /v1/root-keys`.
@@ -318,6 +415,93 @@ pub struct VerifyKeyResponse {
     /// Present when the presented secret was rotated out and is in its grace period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<RotationHint>,
+    /// Each rate limit of the key after this request (when the request reached the limits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitState>,
+    /// Credits left, when the key has a quota and the request reached it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_remaining: Option<u64>,
+    /// For RATE_LIMITED and USAGE_EXCEEDED: seconds until a retry can succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+/// One rate limit's state in a verify response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LimitState {
+    /// The limit's name.
+    pub name: String,
+    /// Units per period.
+    pub limit: u64,
+    /// Period in seconds.
+    pub period_seconds: u64,
+    /// Units left.
+    pub remaining: u64,
+    /// Seconds until a request of the same cost would be admitted.
+    pub reset: u64,
+}
+
+/// `POST /v1/keys/{key_id}/credits`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditsRequest {
+    /// `set`, `increase` or `decrease` (never below zero).
+    pub op: String,
+    /// How many credits.
+    pub amount: u64,
+}
+
+/// A key's credit balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Credits {
+    /// The key.
+    pub key_id: String,
+    /// Credits left.
+    pub remaining: u64,
+}
+
+/// `POST /v1/plans` and `PUT /v1/plans/{plan_id}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    /// The plan's name (only in `POST`; the path names it in `PUT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
+    /// Rate limits of keys on the plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitSpec>,
+    /// Quota of keys on the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaSpec>,
+    /// Permissions of keys on the plan that set none of their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<String>,
+}
+
+/// A plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanView {
+    /// The plan's name.
+    pub plan_id: String,
+    /// Rate limits.
+    pub limits: Vec<LimitSpec>,
+    /// Quota.
+    pub quota: Option<QuotaSpec>,
+    /// Permissions.
+    pub permissions: Vec<String>,
+    /// Version, incremented by each change.
+    pub version: i64,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+}
+
+/// `GET /v1/plans`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanList {
+    /// Every plan, by name.
+    pub plans: Vec<PlanView>,
 }
 
 /// One audit event.

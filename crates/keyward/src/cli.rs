@@ -15,6 +15,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // Parsed once per process; boxing buys nothing.
 pub enum Command {
     /// Run the keyward server.
     Serve(ServeArgs),
@@ -29,6 +30,9 @@ pub enum Command {
     /// Manage root keys (credentials of the admin API).
     #[command(subcommand)]
     Root(RootCommand),
+    /// Manage plans (templates of limits, quota and permissions).
+    #[command(subcommand)]
+    Plans(PlansCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -79,6 +83,7 @@ pub struct ClientArgs {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // Parsed once per process.
 pub enum KeysCommand {
     /// Issue a key; prints the secret once.
     Create(KeysCreateArgs),
@@ -92,6 +97,67 @@ pub enum KeysCommand {
     Rotate(KeysRotateArgs),
     /// Revoke every secret of a key, effective immediately.
     Revoke(RevokeArgs),
+    /// Show or change a key's quota credits.
+    Credits(CreditsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreditsArgs {
+    /// The key's identifier (key_...).
+    pub key_id: String,
+    /// Set the balance.
+    #[arg(long, conflicts_with_all = ["increase", "decrease"])]
+    pub set: Option<u64>,
+    /// Add credits.
+    #[arg(long, conflicts_with = "decrease")]
+    pub increase: Option<u64>,
+    /// Remove credits (not below zero).
+    #[arg(long)]
+    pub decrease: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlansCommand {
+    /// Create a plan.
+    Create(PlanArgs),
+    /// Replace a plan (keys on it follow at once).
+    Update(PlanArgs),
+    /// List plans.
+    List(ClientOnly),
+    /// Show a plan.
+    Show(PlanIdArgs),
+    /// Delete a plan no key follows.
+    Delete(PlanIdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The plan's name.
+    pub plan_id: String,
+    /// A permission of keys on the plan (repeatable).
+    #[arg(long = "permission")]
+    pub permissions: Vec<String>,
+    /// A rate limit (repeatable), as for `keys create --limit`.
+    #[arg(long = "limit")]
+    pub limits: Vec<String>,
+    /// Quota: starting credit balance.
+    #[arg(long)]
+    pub credits: Option<u64>,
+    /// Quota refill: daily:AMOUNT or monthly:DAY:AMOUNT.
+    #[arg(long, requires = "credits")]
+    pub refill: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanIdArgs {
+    /// The plan's name.
+    pub plan_id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -136,7 +202,33 @@ pub struct KeysCreateArgs {
     #[arg(long)]
     pub prefix: Option<String>,
     #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// Limits, quota, plan and bindings of a key or plan.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Plan the key follows.
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// A rate limit (repeatable): NAME=LIMIT/PERIOD[,burst=N][,scope=key|owner|tenant],
+    /// e.g. per_second=50/1s,burst=100 or per_day=100000/1d.
+    #[arg(long = "limit")]
+    pub limits: Vec<String>,
+    /// Quota: starting credit balance.
+    #[arg(long)]
+    pub credits: Option<u64>,
+    /// Quota refill: daily:AMOUNT or monthly:DAY:AMOUNT (needs --credits).
+    #[arg(long, requires = "credits")]
+    pub refill: Option<String>,
+    /// An allowed caller address or CIDR block (repeatable).
+    #[arg(long = "ip")]
+    pub ips: Vec<String>,
+    /// An allowed browser origin, host or *.host (repeatable).
+    #[arg(long = "origin")]
+    pub origins: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +303,23 @@ pub struct KeysUpdateArgs {
     /// Disable the key.
     #[arg(long)]
     pub disable: bool,
+    /// Take the key off its plan.
+    #[arg(long, conflicts_with = "plan")]
+    pub no_plan: bool,
+    /// Remove the key's own limits.
+    #[arg(long, conflicts_with = "limits")]
+    pub clear_limits: bool,
+    /// Remove the key's own quota.
+    #[arg(long, conflicts_with = "credits")]
+    pub clear_quota: bool,
+    /// Remove the IP allowlist.
+    #[arg(long, conflicts_with = "ips")]
+    pub clear_ips: bool,
+    /// Remove the allowed origins.
+    #[arg(long, conflicts_with = "origins")]
+    pub clear_origins: bool,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -253,6 +362,15 @@ pub struct VerifyArgs {
     /// Path of the protected request.
     #[arg(long)]
     pub path: Option<String>,
+    /// The caller's IP address.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// The request's Origin.
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Units the request consumes (default 1; 0 checks without consuming).
+    #[arg(long)]
+    pub cost: Option<u64>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -75,6 +75,21 @@ impl Client {
             .await
     }
 
+    pub async fn put<T: DeserializeOwned, B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(Method::PUT, path, Some(serde_json::to_vec(body)?))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.send::<serde_json::Value>(Method::DELETE, path, None)
+            .await
+            .map(|_| ())
+    }
+
     pub async fn patch<T: DeserializeOwned, B: Serialize>(
         &self,
         path: &str,
@@ -124,6 +139,12 @@ impl Client {
                 Err(_) => anyhow!("keyward answered HTTP {status} without a problem body"),
             });
         }
+        // 204 No Content has no body to decode.
+        let bytes = if bytes.is_empty() {
+            Bytes::from_static(b"null")
+        } else {
+            bytes
+        };
         serde_json::from_slice(&bytes)
             .with_context(|| format!("unexpected response body from {url}"))
     }

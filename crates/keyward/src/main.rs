@@ -13,16 +13,17 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Parser;
 use keyward_wire::{
-    AuditList, AuditVerifyReport, CreateKeyRequest, CreateRootKeyRequest, CreatedKey, KeyList,
-    KeyView, RevokeKeyRequest, RotateKeyRequest, RotatedKey, Timestamp, UpdateKeyRequest,
-    VerifyKeyRequest, VerifyKeyResponse,
+    AuditList, AuditVerifyReport, CreateKeyRequest, CreateRootKeyRequest, CreatedKey, Credits,
+    CreditsRequest, KeyList, KeyView, LimitSpec, PlanList, PlanRequest, PlanView, QuotaSpec,
+    RevokeKeyRequest, RotateKeyRequest, RotatedKey, Timestamp, UpdateKeyRequest, VerifyKeyRequest,
+    VerifyKeyResponse,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::cli::{AuditCommand, Cli, ClientArgs, Command, KeysCommand, RootCommand};
+use crate::cli::{AuditCommand, Cli, ClientArgs, Command, KeysCommand, PlansCommand, RootCommand};
 use crate::client::Client;
 use crate::output::Printer;
 
@@ -94,6 +95,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 permissions,
                 method: args.method,
                 path: args.path,
+                ip: args.ip,
+                origin: args.origin,
+                cost: args.cost,
             };
             let response: VerifyKeyResponse = client.post("/v1/keys/verify", &body).await?;
             out.verification(&response)?;
@@ -137,7 +141,121 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Root(cmd) => root(cmd).await,
+        Command::Plans(cmd) => plans(cmd).await,
     }
+}
+
+async fn plans(cmd: PlansCommand) -> anyhow::Result<ExitCode> {
+    let plan_body = |a: &cli::PlanArgs, with_id: bool| -> anyhow::Result<PlanRequest> {
+        Ok(PlanRequest {
+            plan_id: with_id.then(|| a.plan_id.clone()),
+            limits: parse_limits(&a.limits)?,
+            quota: parse_quota(a.credits, a.refill.as_deref())?,
+            permissions: a.permissions.clone(),
+        })
+    };
+    let plan_path = |id: &str| -> anyhow::Result<String> {
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+        {
+            bail!("{id:?} is not a plan name (A-Z a-z 0-9 _ . : -)");
+        }
+        Ok(format!("/v1/plans/{id}"))
+    };
+    match cmd {
+        PlansCommand::Create(a) => {
+            let (client, out) = connect(&a.client)?;
+            let plan: PlanView = client.post("/v1/plans", &plan_body(&a, true)?).await?;
+            out.plan(&plan)?;
+        }
+        PlansCommand::Update(a) => {
+            let (client, out) = connect(&a.client)?;
+            let plan: PlanView = client
+                .put(&plan_path(&a.plan_id)?, &plan_body(&a, false)?)
+                .await?;
+            out.plan(&plan)?;
+        }
+        PlansCommand::List(a) => {
+            let (client, out) = connect(&a.client)?;
+            let list: PlanList = client.get("/v1/plans", &()).await?;
+            out.plan_list(&list)?;
+        }
+        PlansCommand::Show(a) => {
+            let (client, out) = connect(&a.client)?;
+            let plan: PlanView = client.get(&plan_path(&a.plan_id)?, &()).await?;
+            out.plan(&plan)?;
+        }
+        PlansCommand::Delete(a) => {
+            let (client, _) = connect(&a.client)?;
+            client.delete(&plan_path(&a.plan_id)?).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `NAME=LIMIT/PERIOD[,burst=N][,scope=S]`.
+fn parse_limits(specs: &[String]) -> anyhow::Result<Vec<LimitSpec>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let bad = || {
+                anyhow::anyhow!(
+                    "--limit {spec:?} is not NAME=LIMIT/PERIOD[,burst=N][,scope=key|owner|tenant]"
+                )
+            };
+            let mut parts = spec.split(',');
+            let (name, rate) = parts
+                .next()
+                .and_then(|p| p.split_once('='))
+                .ok_or_else(bad)?;
+            let (limit, period) = rate.split_once('/').ok_or_else(bad)?;
+            let mut out = LimitSpec {
+                name: name.to_owned(),
+                limit: limit.parse().map_err(|_| bad())?,
+                period_seconds: u64::try_from(parse_duration(period)?).map_err(|_| bad())?,
+                burst: None,
+                scope: None,
+            };
+            for option in parts {
+                match option.split_once('=') {
+                    Some(("burst", n)) => out.burst = Some(n.parse().map_err(|_| bad())?),
+                    Some(("scope", s)) => out.scope = Some(s.to_owned()),
+                    _ => return Err(bad()),
+                }
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// Parses `--credits N [--refill daily:AMOUNT | monthly:DAY:AMOUNT]`.
+fn parse_quota(credits: Option<u64>, refill: Option<&str>) -> anyhow::Result<Option<QuotaSpec>> {
+    let Some(credits) = credits else {
+        return Ok(None);
+    };
+    let mut quota = QuotaSpec {
+        credits,
+        ..QuotaSpec::default()
+    };
+    if let Some(refill) = refill {
+        let bad =
+            || anyhow::anyhow!("--refill {refill:?} is not daily:AMOUNT or monthly:DAY:AMOUNT");
+        match refill.split(':').collect::<Vec<_>>().as_slice() {
+            ["daily", amount] => {
+                quota.refill_interval = Some("daily".into());
+                quota.refill_amount = Some(amount.parse().map_err(|_| bad())?);
+            }
+            ["monthly", day, amount] => {
+                quota.refill_interval = Some("monthly".into());
+                quota.refill_day = Some(day.parse().map_err(|_| bad())?);
+                quota.refill_amount = Some(amount.parse().map_err(|_| bad())?);
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(Some(quota))
 }
 
 fn connect(args: &ClientArgs) -> anyhow::Result<(Client, Printer)> {
@@ -200,6 +318,11 @@ async fn keys(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 ttl_seconds: a.ttl.as_deref().map(parse_duration).transpose()?,
                 enabled: a.disabled.then_some(false),
                 prefix: a.prefix,
+                plan: a.policy.plan.clone(),
+                limits: parse_limits(&a.policy.limits)?,
+                quota: parse_quota(a.policy.credits, a.policy.refill.as_deref())?,
+                ip_allowlist: a.policy.ips.clone(),
+                origins: a.policy.origins.clone(),
             };
             let created: CreatedKey = client.post("/v1/keys", &body).await?;
             out.created(&created)?;
@@ -246,6 +369,23 @@ async fn keys(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 } else {
                     None
                 },
+                plan: if a.no_plan {
+                    Some(None)
+                } else {
+                    a.policy.plan.clone().map(Some)
+                },
+                limits: if a.clear_limits {
+                    Some(Vec::new())
+                } else {
+                    Some(parse_limits(&a.policy.limits)?).filter(|l| !l.is_empty())
+                },
+                quota: if a.clear_quota {
+                    Some(None)
+                } else {
+                    parse_quota(a.policy.credits, a.policy.refill.as_deref())?.map(Some)
+                },
+                ip_allowlist: list(a.policy.ips.clone(), a.clear_ips),
+                origins: list(a.policy.origins.clone(), a.clear_origins),
             };
             let key: KeyView = client
                 .patch(&key_path("/v1/keys", &a.key_id, "")?, &body)
@@ -266,6 +406,31 @@ async fn keys(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 .post(&key_path("/v1/keys", &a.key_id, "/rotate")?, &body)
                 .await?;
             out.rotated(&rotated)?;
+        }
+        KeysCommand::Credits(a) => {
+            let (client, out) = connect(&a.client)?;
+            let path = key_path("/v1/keys", &a.key_id, "/credits")?;
+            let op = match (a.set, a.increase, a.decrease) {
+                (Some(n), _, _) => Some(("set", n)),
+                (_, Some(n), _) => Some(("increase", n)),
+                (_, _, Some(n)) => Some(("decrease", n)),
+                _ => None,
+            };
+            let credits: Credits = match op {
+                Some((op, amount)) => {
+                    client
+                        .post(
+                            &path,
+                            &CreditsRequest {
+                                op: op.to_owned(),
+                                amount,
+                            },
+                        )
+                        .await?
+                }
+                None => client.get(&path, &()).await?,
+            };
+            out.credits(&credits)?;
         }
         KeysCommand::Revoke(a) => {
             let (client, out) = connect(&a.client)?;
@@ -365,6 +530,29 @@ mod tests {
         assert!(key_path("/v1/keys", "key_abc", "/revoke").is_ok());
         assert!(key_path("/v1/keys", "../audit", "").is_err());
         assert!(key_path("/v1/keys", "a?b", "").is_err());
+    }
+
+    #[test]
+    fn limit_and_quota_flags_parse() {
+        let limits = parse_limits(&[
+            "per_second=50/1s,burst=100,scope=owner".into(),
+            "per_day=100000/1d".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            (limits[0].limit, limits[0].period_seconds, limits[0].burst),
+            (50, 1, Some(100))
+        );
+        assert_eq!(limits[0].scope.as_deref(), Some("owner"));
+        assert_eq!(limits[1].period_seconds, 86_400);
+        assert!(parse_limits(&["nonsense".into()]).is_err());
+        assert!(parse_limits(&["a=1/1s,colour=red".into()]).is_err());
+        let q = parse_quota(Some(10), Some("monthly:15:500"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((q.refill_day, q.refill_amount), (Some(15), Some(500)));
+        assert!(parse_quota(Some(10), Some("weekly:5")).is_err());
+        assert!(parse_quota(None, None).unwrap().is_none());
     }
 
     #[test]

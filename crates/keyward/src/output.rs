@@ -3,8 +3,8 @@
 use std::io::Write;
 
 use keyward_wire::{
-    AuditList, AuditVerifyReport, CreatedKey, KeyList, KeyView, RotatedKey, Timestamp,
-    VerifyKeyResponse,
+    AuditList, AuditVerifyReport, CreatedKey, Credits, KeyList, KeyView, PlanList, PlanView,
+    RotatedKey, Timestamp, VerifyKeyResponse,
 };
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
@@ -179,6 +179,56 @@ impl Printer {
             }
             if let Some(c) = &list.next_cursor {
                 writeln!(out, "next page: --cursor {c}")?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn credits(&self, c: &Credits) -> anyhow::Result<()> {
+        let mut out = std::io::stdout();
+        if !self.json(c)? {
+            writeln!(out, "{:<16}{}", "key_id", c.key_id)?;
+            writeln!(out, "{:<16}{}", "credits", c.remaining)?;
+        }
+        Ok(())
+    }
+
+    pub fn plan(&self, p: &PlanView) -> anyhow::Result<()> {
+        let mut out = std::io::stdout();
+        if !self.json(p)? {
+            writeln!(out, "{:<16}{}", "plan", p.plan_id)?;
+            writeln!(out, "{:<16}{}", "permissions", p.permissions.join(", "))?;
+            for l in &p.limits {
+                writeln!(
+                    out,
+                    "{:<16}{} = {} per {}s (burst {})",
+                    "limit",
+                    l.name,
+                    l.limit,
+                    l.period_seconds,
+                    l.burst.unwrap_or(l.limit)
+                )?;
+            }
+            if let Some(q) = &p.quota {
+                writeln!(out, "{:<16}{} credits", "quota", q.credits)?;
+            }
+            writeln!(out, "{:<16}{}", "version", p.version)?;
+        }
+        Ok(())
+    }
+
+    pub fn plan_list(&self, list: &PlanList) -> anyhow::Result<()> {
+        let mut out = std::io::stdout();
+        if !self.json(list)? {
+            for p in &list.plans {
+                writeln!(
+                    out,
+                    "{:<20} v{} limits={} permissions={}",
+                    p.plan_id,
+                    p.version,
+                    p.limits.len(),
+                    p.permissions.join(",")
+                )?;
             }
         }
         Ok(())

@@ -56,6 +56,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_staleness: Duration::from_secs(args.cache_max_staleness_seconds),
             ..CacheConfig::default()
         },
+        ..EngineConfig::default()
     };
     let engine = Arc::new(Keyward::new(
         Arc::new(store.clone()),
@@ -98,6 +99,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 if let Err(e) = engine.flush_last_used().await {
                     tracing::warn!(error = %e, "writing last_used_at failed; will retry");
                 }
+                engine.maintain();
             }
         })
     };
@@ -110,6 +112,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     flusher.abort();
     if let Err(e) = engine.flush_last_used().await {
         tracing::warn!(error = %e, "writing last_used_at at shutdown failed");
+    }
+    if let Err(e) = engine.release_leases().await {
+        tracing::warn!(error = %e, "returning unspent quota credits at shutdown failed");
     }
     store.close().await;
     Ok(())

@@ -1,0 +1,134 @@
+//! Turning a verification into an HTTP answer at the edge: the status and problem code for a
+//! refusal, the identity headers for an admitted request, and the IETF RateLimit headers
+//! (draft-ietf-httpapi-ratelimit-headers) plus `Retry-After`. Shared by `/v1/auth` (nginx
+//! `auth_request`) and the gateway.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use keyward_core::verify::VerifyCode;
+use keyward_engine::Verification;
+
+use crate::error::ApiError;
+
+/// Header carrying the verify code on every `/v1/auth` and gateway answer.
+pub const CODE_HEADER: &str = "x-keyward-code";
+/// Identity headers added to admitted requests.
+pub const KEY_ID_HEADER: &str = "x-keyward-key-id";
+/// The key's owner.
+pub const OWNER_HEADER: &str = "x-keyward-owner";
+/// The key's tenant (absent if it has none).
+pub const TENANT_HEADER: &str = "x-keyward-tenant";
+/// Alternative to `Authorization: Bearer` for presenting a key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// The key a client presented: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
+    bearer.or_else(|| {
+        headers
+            .get(API_KEY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    })
+}
+
+/// The problem code and status of a refused verification (`None` for VALID).
+pub fn refusal(code: VerifyCode) -> Option<ApiError> {
+    let (problem, detail) = match code {
+        VerifyCode::Valid => return None,
+        VerifyCode::Malformed => (
+            "malformed_key",
+            "the API key is not a well-formed keyward key",
+        ),
+        VerifyCode::NotFound => ("unknown_key", "the API key is not recognized"),
+        VerifyCode::Revoked => ("revoked_key", "the API key was revoked"),
+        VerifyCode::Expired => ("expired_key", "the API key has expired"),
+        VerifyCode::Disabled => ("disabled_key", "the API key is disabled"),
+        VerifyCode::InsufficientPermissions => (
+            "insufficient_permissions",
+            "the API key lacks a permission this endpoint needs",
+        ),
+        VerifyCode::RouteNotAllowed => (
+            "route_not_allowed",
+            "the API key may not call this endpoint",
+        ),
+        VerifyCode::IpNotAllowed => (
+            "ip_not_allowed",
+            "the API key may not be used from this address",
+        ),
+        VerifyCode::OriginNotAllowed => (
+            "origin_not_allowed",
+            "the API key may not be used from this origin",
+        ),
+        VerifyCode::RateLimited => (
+            "rate_limited",
+            "a rate limit of the API key was reached; retry after Retry-After seconds",
+        ),
+        VerifyCode::UsageExceeded => ("usage_exceeded", "the API key's quota is used up"),
+    };
+    Some(ApiError::new(problem, detail))
+}
+
+/// The answer for a request that presented no key.
+pub fn missing_key() -> ApiError {
+    ApiError::new(
+        "missing_key",
+        "send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+    )
+}
+
+fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+/// Adds the verify code, identity (if admitted), RateLimit fields and Retry-After.
+pub fn decorate(headers: &mut HeaderMap, v: &Verification) {
+    insert(headers, CODE_HEADER, v.code.as_str());
+    if let Some(key) = v.key.as_deref().filter(|_| v.code == VerifyCode::Valid) {
+        insert(headers, KEY_ID_HEADER, &key.key_id);
+        insert(headers, OWNER_HEADER, &key.owner);
+        if let Some(tenant) = &key.tenant {
+            insert(headers, TENANT_HEADER, tenant);
+        }
+    }
+    if !v.limits.is_empty() {
+        let policy: Vec<String> = v
+            .limits
+            .iter()
+            .map(|l| format!("\"{}\";q={};w={}", l.name, l.limit, l.period_seconds))
+            .collect();
+        let state: Vec<String> = v
+            .limits
+            .iter()
+            .map(|l| format!("\"{}\";r={};t={}", l.name, l.remaining, l.reset_seconds))
+            .collect();
+        insert(headers, "ratelimit-policy", &policy.join(", "));
+        insert(headers, "ratelimit", &state.join(", "));
+    }
+    if let Some(retry) = v.retry_after {
+        insert(headers, "retry-after", &retry.to_string());
+    }
+}
+
+/// The status a refusal gets at the edge.
+pub fn status(code: VerifyCode) -> StatusCode {
+    match code {
+        VerifyCode::Valid => StatusCode::OK,
+        VerifyCode::Malformed
+        | VerifyCode::NotFound
+        | VerifyCode::Revoked
+        | VerifyCode::Expired
+        | VerifyCode::Disabled => StatusCode::UNAUTHORIZED,
+        VerifyCode::InsufficientPermissions
+        | VerifyCode::RouteNotAllowed
+        | VerifyCode::IpNotAllowed
+        | VerifyCode::OriginNotAllowed => StatusCode::FORBIDDEN,
+        VerifyCode::RateLimited | VerifyCode::UsageExceeded => StatusCode::TOO_MANY_REQUESTS,
+    }
+}
