@@ -12,5 +12,7 @@ mod api;
 mod bad_input;
 #[path = "it/cli.rs"]
 mod cli;
+#[path = "it/limits.rs"]
+mod limits;
 #[path = "it/process.rs"]
 mod process;

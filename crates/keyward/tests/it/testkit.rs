@@ -120,6 +120,48 @@ impl Http {
         }
     }
 
+    /// A `GET /v1/auth` as nginx sends it: its root key in `X-Keyward-Root-Key`, the client's key
+    /// as a bearer token, and the original request's headers.
+    pub async fn auth_request(
+        &self,
+        root: Option<&str>,
+        key: Option<&str>,
+        extra: &[(&str, &str)],
+        query: &str,
+    ) -> Response {
+        let mut builder = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}/v1/auth{query}", self.base));
+        if let Some(root) = root {
+            builder = builder.header("x-keyward-root-key", root);
+        }
+        if let Some(key) = key {
+            builder = builder.header("authorization", format!("Bearer {key}"));
+        }
+        for (name, value) in extra {
+            builder = builder.header(*name, *value);
+        }
+        let response = self
+            .client
+            .request(builder.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
     pub async fn call(
         &self,
         method: &str,
