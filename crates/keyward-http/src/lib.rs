@@ -12,6 +12,7 @@ mod convert;
 pub mod enforce;
 pub mod error;
 pub mod extract;
+pub mod gateway;
 pub mod keys;
 pub mod plans;
 pub mod root_keys;

@@ -19,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the keyward server.
     Serve(ServeArgs),
+    /// Run the gateway: a reverse proxy that enforces keys (see --config).
+    Gateway(GatewayArgs),
     /// Manage API keys on a running server.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -33,6 +35,13 @@ pub enum Command {
     /// Manage plans (templates of limits, quota and permissions).
     #[command(subcommand)]
     Plans(PlansCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// The gateway's TOML configuration (listen, data_dir, [[route]]s).
+    #[arg(long, env = "KEYWARD_GATEWAY_CONFIG")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -4,6 +4,7 @@
 
 mod cli;
 mod client;
+mod gateway;
 mod output;
 mod serve;
 
@@ -73,6 +74,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Gateway(args) => gateway::run(&args.config).await.map(|()| ExitCode::SUCCESS),
         Command::Keys(cmd) => keys(cmd).await,
         Command::Verify(args) => {
             let (client, out) = connect(&args.client)?;

@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{LogFormat, ServeArgs};
 
-fn init_logging(format: LogFormat) {
+pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -25,7 +25,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -89,20 +89,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     tracing::info!(%local, data_dir = %args.data_dir.display(), "keyward listening");
 
-    let flusher = {
-        let engine = Arc::clone(&engine);
-        let every = Duration::from_secs(args.last_used_flush_seconds);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                if let Err(e) = engine.flush_last_used().await {
-                    tracing::warn!(error = %e, "writing last_used_at failed; will retry");
-                }
-                engine.maintain();
-            }
-        })
-    };
+    let flusher = spawn_upkeep(
+        Arc::clone(&engine),
+        Duration::from_secs(args.last_used_flush_seconds),
+    );
     let state = AppState {
         engine: Arc::clone(&engine),
     };
@@ -110,12 +100,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("serving HTTP")?;
     flusher.abort();
+    shutdown_engine(&engine).await;
+    store.close().await;
+    Ok(())
+}
+
+/// Writes buffered `last_used_at` times and sweeps idle limiter state every `every`.
+pub fn spawn_upkeep(engine: Arc<Keyward>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            if let Err(e) = engine.flush_last_used().await {
+                tracing::warn!(error = %e, "writing last_used_at failed; will retry");
+            }
+            engine.maintain();
+        }
+    })
+}
+
+/// Flushes `last_used_at` and returns unspent quota leases before the process exits.
+pub async fn shutdown_engine(engine: &Keyward) {
     if let Err(e) = engine.flush_last_used().await {
         tracing::warn!(error = %e, "writing last_used_at at shutdown failed");
     }
     if let Err(e) = engine.release_leases().await {
         tracing::warn!(error = %e, "returning unspent quota credits at shutdown failed");
     }
-    store.close().await;
-    Ok(())
 }

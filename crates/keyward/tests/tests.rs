@@ -12,6 +12,8 @@ mod api;
 mod bad_input;
 #[path = "it/cli.rs"]
 mod cli;
+#[path = "it/gateway.rs"]
+mod gateway;
 #[path = "it/limits.rs"]
 mod limits;
 #[path = "it/process.rs"]

@@ -120,6 +120,40 @@ impl Http {
         }
     }
 
+    /// A request with arbitrary headers and no body.
+    pub async fn raw_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let mut builder = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(format!("{}{}", self.base, path));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let response = self
+            .client
+            .request(builder.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
     /// A `GET /v1/auth` as nginx sends it: its root key in `X-Keyward-Root-Key`, the client's key
     /// as a bearer token, and the original request's headers.
     pub async fn auth_request(

@@ -1,0 +1,200 @@
+//! The gateway in front of a real upstream, both on port 0, sharing the test server's engine.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::routing::any;
+use keyward_core::permission::PermissionQuery;
+use keyward_http::gateway::{GatewayConfig, GatewayRoute, gateway_router};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::testkit::{Http, Server};
+
+/// An upstream that answers with the method, path, query and headers it received, or (under
+/// `/slow`) never answers.
+async fn upstream() -> std::net::SocketAddr {
+    async fn echo(request: Request) -> axum::Json<Value> {
+        let headers: serde_json::Map<String, Value> = request
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), Value::from(v.to_str().unwrap_or(""))))
+            .collect();
+        axum::Json(json!({
+            "method": request.method().as_str(),
+            "path": request.uri().path(),
+            "query": request.uri().query(),
+            "headers": headers,
+        }))
+    }
+    async fn never() -> &'static str {
+        std::future::pending::<()>().await;
+        "unreachable"
+    }
+    let app = Router::new().route("/slow", any(never)).fallback(echo);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+fn route(prefix: &str, upstream: std::net::SocketAddr, permissions: Option<&str>) -> GatewayRoute {
+    GatewayRoute {
+        prefix: prefix.into(),
+        upstream: format!("http://{upstream}").parse().unwrap(),
+        permissions: permissions.map(|p| PermissionQuery::parse(p).unwrap()),
+        cost: 1,
+        allow_query_key: false,
+        timeout: Duration::from_millis(300),
+    }
+}
+
+async fn gateway(s: &Server, routes: Vec<GatewayRoute>) -> Http {
+    let app = gateway_router(
+        Arc::clone(&s.engine),
+        GatewayConfig {
+            routes,
+            ratelimit_headers_on_success: true,
+        },
+    )
+    .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Http::new(addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admitted_requests_reach_the_upstream_without_the_key() {
+    let s = Server::start().await;
+    let up = upstream().await;
+    let mut open = route("/public", up, None);
+    open.allow_query_key = true;
+    let gw = gateway(&s, vec![route("/orders", up, Some("orders.read")), open]).await;
+    let (key, key_id) = s
+        .create(json!({"owner": "billing", "tenant": "acme", "permissions": ["orders.read"], "limits": [{"name": "per_minute", "limit": 10, "period_seconds": 60}]}))
+        .await;
+    let r = gw.raw("GET", "/orders/42?x=1", Some(&key), None).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let echoed = r.json();
+    assert_eq!(echoed["path"], "/orders/42");
+    assert_eq!(echoed["query"], "x=1");
+    assert_eq!(echoed["headers"]["x-keyward-key-id"], key_id.as_str());
+    assert_eq!(echoed["headers"]["x-keyward-owner"], "billing");
+    assert_eq!(echoed["headers"]["x-keyward-tenant"], "acme");
+    assert_eq!(echoed["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert!(
+        echoed["headers"].get("authorization").is_none(),
+        "the key is stripped"
+    );
+    assert!(!String::from_utf8_lossy(&r.body).contains(&key));
+    assert_eq!(r.header("ratelimit-policy"), "\"per_minute\";q=10;w=60");
+    assert_eq!(r.header("ratelimit"), "\"per_minute\";r=9;t=0");
+
+    // X-API-Key works too, and forged identity headers do not pass.
+    let r = gw
+        .raw_with_headers(
+            "GET",
+            "/orders/1",
+            &[("x-api-key", &key), ("x-keyward-owner", "mallory")],
+        )
+        .await;
+    assert_eq!(r.json()["headers"]["x-keyward-owner"], "billing");
+    assert!(r.json()["headers"].get("x-api-key").is_none());
+
+    // The query parameter only where a route allows it, and then removed before forwarding.
+    let r = gw
+        .raw("GET", &format!("/public/x?api_key={key}&y=2"), None, None)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["query"], "y=2");
+    gw.raw("GET", &format!("/orders/1?api_key={key}"), None, None)
+        .await
+        .problem(401, "missing_key");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_are_problems_with_stable_codes() {
+    let s = Server::start().await;
+    let up = upstream().await;
+    let gw = gateway(&s, vec![route("/orders", up, Some("orders.read"))]).await;
+    let (key, _) = s
+        .create(json!({"owner": "o", "permissions": ["orders.read"], "limits": [{"name": "per_minute", "limit": 1, "period_seconds": 60}], "ip_allowlist": ["127.0.0.0/8"]}))
+        .await;
+    let (no_perm, _) = s.create(json!({"owner": "o"})).await;
+    let (elsewhere, _) = s
+        .create(json!({"owner": "o", "permissions": ["*"], "ip_allowlist": ["10.0.0.0/8"]}))
+        .await;
+    gw.raw("GET", "/orders/1", None, None)
+        .await
+        .problem(401, "missing_key");
+    gw.raw("GET", "/orders/1", Some("kw_live_nope"), None)
+        .await
+        .problem(401, "malformed_key");
+    let r = gw.raw("GET", "/orders/1", Some(&no_perm), None).await;
+    r.problem(403, "insufficient_permissions");
+    gw.raw("GET", "/orders/1", Some(&elsewhere), None)
+        .await
+        .problem(403, "ip_not_allowed");
+    gw.raw("GET", "/nowhere", Some(&key), None)
+        .await
+        .problem(404, "not_found");
+    assert_eq!(
+        gw.raw("GET", "/orders/1", Some(&key), None).await.status,
+        200
+    );
+    let limited = gw.raw("GET", "/orders/1", Some(&key), None).await;
+    limited.problem(429, "rate_limited");
+    assert_eq!(limited.header("retry-after"), "60");
+    assert_eq!(limited.header("ratelimit"), "\"per_minute\";r=0;t=60");
+    assert_eq!(
+        limited.header("ratelimit-policy"),
+        "\"per_minute\";q=1;w=60"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_failures_are_502_and_504_without_details() {
+    let s = Server::start().await;
+    let up = upstream().await;
+    // Port 1 on loopback: nothing listens there.
+    let dead: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let gw = gateway(
+        &s,
+        vec![route("/dead", dead, None), route("/slow", up, None)],
+    )
+    .await;
+    let (key, _) = s.create(json!({"owner": "o"})).await;
+    let r = gw.raw("GET", "/dead/x", Some(&key), None).await;
+    let body = r.problem(502, "bad_gateway");
+    assert!(
+        !body.to_string().contains("127.0.0.1:1") && !body.to_string().contains("refused"),
+        "{body}"
+    );
+    gw.raw("GET", "/slow", Some(&key), None)
+        .await
+        .problem(504, "gateway_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_n_admitted_through_the_gateway() {
+    let s = Server::start().await;
+    let up = upstream().await;
+    let gw = gateway(&s, vec![route("/api", up, None)]).await;
+    let (key, _) = s.create(json!({"owner": "o", "limits": [{"name": "per_hour", "limit": 30, "period_seconds": 3600}]})).await;
+    let mut tasks = Vec::new();
+    for _ in 0..120 {
+        let (gw, key) = (gw.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            gw.raw("GET", "/api/x", Some(&key), None).await.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 30);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 90);
+}
