@@ -16,5 +16,7 @@ mod cli;
 mod gateway;
 #[path = "it/limits.rs"]
 mod limits;
+#[path = "it/nginx.rs"]
+mod nginx;
 #[path = "it/process.rs"]
 mod process;

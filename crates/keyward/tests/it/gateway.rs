@@ -15,7 +15,7 @@ use crate::testkit::{Http, Server};
 
 /// An upstream that answers with the method, path, query and headers it received, or (under
 /// `/slow`) never answers.
-async fn upstream() -> std::net::SocketAddr {
+pub(crate) async fn upstream() -> std::net::SocketAddr {
     async fn echo(request: Request) -> axum::Json<Value> {
         let headers: serde_json::Map<String, Value> = request
             .headers()

@@ -1,0 +1,157 @@
+//! The shipped nginx example (`examples/nginx/keyward.conf`) against a real nginx: auth_request
+//! to keyward's `/v1/auth`, identity headers upstream, and limit refusals turned into 429.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::json;
+
+use crate::gateway::upstream;
+use crate::testkit::{Http, Server};
+
+/// Kills nginx when the test ends, whatever happens.
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nginx_binary() -> Option<String> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .map(|p| (*p).to_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_auth_request_with_the_shipped_config() {
+    let Some(nginx) = nginx_binary() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nginx is required in CI (.ci/run installs it)"
+        );
+        eprintln!(
+            "SKIPPED nginx_auth_request_with_the_shipped_config: nginx is not installed (apt-get install nginx)"
+        );
+        return;
+    };
+    let s = Server::start().await;
+    let app = upstream().await;
+    let root = s
+        .admin(
+            "POST",
+            "/v1/root-keys",
+            Some(json!({"owner": "nginx", "permissions": ["keys.verify"]})),
+        )
+        .await;
+    let root_key = root.json()["key"].as_str().unwrap().to_owned();
+    let prefix = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let keyward = s.http.base.trim_start_matches("http://").to_owned();
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/nginx/keyward.conf"
+    ))
+    .unwrap();
+    let conf = template
+        .replace("{{LISTEN}}", &format!("127.0.0.1:{port}"))
+        .replace("{{KEYWARD}}", &keyward)
+        .replace("{{APP}}", &app.to_string())
+        .replace("{{ROOT_KEY}}", &root_key)
+        .replace("{{PREFIX}}", &prefix.path().display().to_string());
+    let conf_path = prefix.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let mut child = Command::new(&nginx)
+        .arg("-p")
+        .arg(prefix.path())
+        .arg("-c")
+        .arg(&conf_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _guard = Nginx(child);
+    // nginx logs "start worker process" once its sockets are bound; EOF means it failed.
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("nginx exited: {seen:?}"))
+            .unwrap();
+        if line.contains("start worker process") {
+            break;
+        }
+        seen.push(line);
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let (key, key_id) = s
+        .create(json!({"owner": "billing", "tenant": "acme", "permissions": ["orders.read"], "limits": [{"name": "per_minute", "limit": 2, "period_seconds": 60}]}))
+        .await;
+    let (no_perm, _) = s
+        .create(json!({"owner": "o", "permissions": ["users.read"]}))
+        .await;
+    let edge = Http::new(format!("127.0.0.1:{port}").parse().unwrap());
+
+    let r = edge.raw("GET", "/orders/7", None, None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("x-keyward-code"), "");
+    assert_eq!(r.json()["code"], "unauthenticated_key");
+    assert_eq!(
+        edge.raw("GET", "/orders/7", Some("kw_live_nope"), None)
+            .await
+            .status,
+        401
+    );
+
+    let ok = edge.raw("GET", "/orders/7?x=1", Some(&key), None).await;
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    let echoed = ok.json();
+    assert_eq!(echoed["path"], "/orders/7");
+    assert_eq!(echoed["headers"]["x-keyward-key-id"], key_id.as_str());
+    assert_eq!(echoed["headers"]["x-keyward-owner"], "billing");
+    assert_eq!(echoed["headers"]["x-keyward-tenant"], "acme");
+    assert!(
+        echoed["headers"].get("authorization").is_none(),
+        "nginx does not forward the key"
+    );
+
+    let denied = edge.raw("GET", "/orders/7", Some(&no_perm), None).await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.header("x-keyward-code"), "INSUFFICIENT_PERMISSIONS");
+    assert_eq!(denied.json()["code"], "forbidden_key");
+
+    assert_eq!(
+        edge.raw("GET", "/orders/8", Some(&key), None).await.status,
+        200
+    );
+    let limited = edge.raw("GET", "/orders/9", Some(&key), None).await;
+    assert_eq!(
+        limited.status,
+        429,
+        "{}",
+        String::from_utf8_lossy(&limited.body)
+    );
+    assert_eq!(limited.header("retry-after"), "30");
+    assert_eq!(limited.header("x-keyward-code"), "RATE_LIMITED");
+    assert_eq!(limited.header("ratelimit"), "\"per_minute\";r=0;t=30");
+    assert_eq!(
+        limited.header("ratelimit-policy"),
+        "\"per_minute\";q=2;w=60"
+    );
+    assert_eq!(limited.header("content-type"), "application/problem+json");
+    assert_eq!(limited.json()["code"], "rate_limited");
+}
