@@ -162,8 +162,9 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and the problem+json body.
+    pub fn problem(self) -> (StatusCode, Vec<u8>) {
         let (status, title) = self.status_and_title();
         let problem = Problem {
             type_: format!("urn:keyward:problem:{}", self.code),
@@ -173,7 +174,13 @@ impl IntoResponse for ApiError {
             code: self.code.to_owned(),
             field: self.field,
         };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        (status, serde_json::to_vec(&problem).unwrap_or_default())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.problem();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(

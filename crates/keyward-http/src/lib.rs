@@ -11,6 +11,7 @@ pub mod auth;
 mod convert;
 pub mod enforce;
 pub mod error;
+pub mod ext_authz;
 pub mod extract;
 pub mod gateway;
 pub mod keys;

@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// Seconds between writes of buffered last_used_at times.
     #[arg(long, env = "KEYWARD_LAST_USED_FLUSH_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub last_used_flush_seconds: u64,
+    /// Also serve Envoy's ext_authz gRPC Authorization/Check on this address.
+    #[arg(long, env = "KEYWARD_EXT_AUTHZ_LISTEN")]
+    pub ext_authz_listen: Option<SocketAddr>,
     /// Longest time a cached key is served without re-reading the store (seconds).
     #[arg(long, env = "KEYWARD_CACHE_MAX_STALENESS_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub cache_max_staleness_seconds: u64,

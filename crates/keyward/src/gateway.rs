@@ -229,7 +229,7 @@ cost = 2
     fn bad_configs_name_the_problem() {
         let base = "listen = \"127.0.0.1:0\"\ndata_dir = \"/tmp/x\"\n";
         let cases = [
-            (format!("{base}"), "at least one [[route]]"),
+            (base.to_owned(), "at least one [[route]]"),
             (
                 format!("{base}[[route]]\nprefix = \"orders\"\nupstream = \"http://a:1\"\n"),
                 "prefix must start with '/'",

@@ -93,12 +93,40 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&engine),
         Duration::from_secs(args.last_used_flush_seconds),
     );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let ext_authz = match args.ext_authz_listen {
+        Some(addr) => {
+            let grpc = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            println!(
+                "keyward: ext_authz gRPC listening on {}",
+                grpc.local_addr().context("reading the bound address")?
+            );
+            let engine = Arc::clone(&engine);
+            Some(tokio::spawn(keyward_http::ext_authz::serve_ext_authz(
+                grpc,
+                engine,
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
     let state = AppState {
         engine: Arc::clone(&engine),
     };
-    keyward_http::serve(listener, state, shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    let http = tokio::spawn(keyward_http::serve(listener, state, stopped(stop_rx)));
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    http.await.context("HTTP task")?.context("serving HTTP")?;
+    if let Some(grpc) = ext_authz {
+        grpc.await
+            .context("ext_authz task")?
+            .context("serving ext_authz")?;
+    }
     flusher.abort();
     shutdown_engine(&engine).await;
     store.close().await;

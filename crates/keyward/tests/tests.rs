@@ -12,6 +12,8 @@ mod api;
 mod bad_input;
 #[path = "it/cli.rs"]
 mod cli;
+#[path = "it/ext_authz.rs"]
+mod ext_authz;
 #[path = "it/gateway.rs"]
 mod gateway;
 #[path = "it/limits.rs"]

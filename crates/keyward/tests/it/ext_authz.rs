@@ -1,0 +1,233 @@
+//! Envoy ext_authz over a real gRPC connection: `Authorization/Check` with the envoy-types client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Peer, Request as AttrRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::testkit::Server;
+
+fn check_request(
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    ip: &str,
+    extensions: &[(&str, &str)],
+) -> CheckRequest {
+    let mut headers = HashMap::new();
+    if let Some(key) = key {
+        headers.insert("authorization".to_owned(), format!("Bearer {key}"));
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: ip.into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: extensions
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// (gRPC code, HTTP status of a denial, headers as a map, body).
+fn outcome(response: &CheckResponse) -> (i32, Option<i32>, HashMap<String, String>, String) {
+    let code = response.status.as_ref().map_or(0, |s| s.code);
+    match &response.http_response {
+        Some(HttpResponse::DeniedResponse(denied)) => {
+            let headers = denied
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect();
+            (
+                code,
+                denied.status.as_ref().map(|s| s.code),
+                headers,
+                denied.body.clone(),
+            )
+        }
+        Some(HttpResponse::OkResponse(ok)) => {
+            let mut headers: HashMap<String, String> = ok
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect();
+            for h in ok
+                .response_headers_to_add
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+            {
+                headers.insert(format!("response:{}", h.key), h.value.clone());
+            }
+            headers.insert("removed".into(), ok.headers_to_remove.join(","));
+            (code, None, headers, String::new())
+        }
+        _ => (code, None, HashMap::new(), String::new()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_over_grpc_allows_denies_and_limits() {
+    let s = Server::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(keyward_http::ext_authz::serve_ext_authz(
+        listener,
+        Arc::clone(&s.engine),
+        std::future::pending(),
+    ));
+    let mut client = AuthorizationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (key, key_id) = s
+        .create(json!({
+            "owner": "billing", "tenant": "acme", "permissions": ["orders.read"], "ip_allowlist": ["10.0.0.0/8"],
+            "limits": [{"name": "per_minute", "limit": 2, "period_seconds": 60}]
+        }))
+        .await;
+    let needs_read = [("keyward_permissions", "orders.read")];
+
+    let ok = client
+        .check(check_request(
+            Some(&key),
+            "GET",
+            "/orders/1",
+            "10.1.1.1",
+            &needs_read,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (code, status, headers, _) = outcome(&ok);
+    assert_eq!((code, status), (0, None), "gRPC OK");
+    assert_eq!(headers["x-keyward-key-id"], key_id);
+    assert_eq!(headers["x-keyward-owner"], "billing");
+    assert_eq!(headers["x-keyward-tenant"], "acme");
+    assert_eq!(headers["removed"], "authorization,x-api-key");
+    assert_eq!(headers["response:ratelimit"], "\"per_minute\";r=1;t=0");
+
+    type Case<'a> = (
+        Option<&'a str>,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        i32,
+        i32,
+        &'a str,
+    );
+    let cases: [Case<'_>; 4] = [
+        (None, "10.1.1.1", &needs_read, 16, 401, "missing_key"),
+        (
+            Some("kw_live_nope"),
+            "10.1.1.1",
+            &needs_read,
+            16,
+            401,
+            "malformed_key",
+        ),
+        (
+            Some(&key),
+            "10.1.1.1",
+            &[("keyward_permissions", "orders.write")],
+            7,
+            403,
+            "insufficient_permissions",
+        ),
+        (
+            Some(&key),
+            "192.0.2.1",
+            &needs_read,
+            7,
+            403,
+            "ip_not_allowed",
+        ),
+    ];
+    for (presented, ip, extensions, grpc, http, problem) in cases {
+        let r = client
+            .check(check_request(presented, "GET", "/orders/1", ip, extensions))
+            .await
+            .unwrap()
+            .into_inner();
+        let (code, status, headers, body) = outcome(&r);
+        assert_eq!((code, status), (grpc, Some(http)), "{problem}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["code"], problem);
+    }
+
+    let ok = client
+        .check(check_request(
+            Some(&key),
+            "GET",
+            "/orders/2",
+            "10.1.1.1",
+            &needs_read,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outcome(&ok).0, 0);
+    let limited = client
+        .check(check_request(
+            Some(&key),
+            "GET",
+            "/orders/3",
+            "10.1.1.1",
+            &needs_read,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (code, status, headers, body) = outcome(&limited);
+    assert_eq!(
+        (code, status),
+        (8, Some(429)),
+        "RESOURCE_EXHAUSTED and HTTP 429"
+    );
+    assert_eq!(headers["retry-after"], "30");
+    assert_eq!(headers["x-keyward-code"], "RATE_LIMITED");
+    assert_eq!(headers["ratelimit"], "\"per_minute\";r=0;t=30");
+    assert_eq!(headers["ratelimit-policy"], "\"per_minute\";q=2;w=60");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "rate_limited"
+    );
+
+    let bad = client
+        .check(check_request(
+            Some(&key),
+            "GET",
+            "/",
+            "10.1.1.1",
+            &[("keyward_cost", "many")],
+        ))
+        .await;
+    assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+}
