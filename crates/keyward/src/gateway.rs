@@ -40,6 +40,7 @@ struct FileConfig {
     admin_listen: Option<SocketAddr>,
     #[serde(default)]
     ratelimit_headers_on_success: bool,
+    quota_lease: Option<u64>,
     #[serde(rename = "route", default)]
     routes: Vec<FileRoute>,
 }
@@ -61,6 +62,7 @@ pub struct Loaded {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub admin_listen: Option<SocketAddr>,
+    pub quota_lease: u64,
     pub gateway: GatewayConfig,
 }
 
@@ -109,6 +111,10 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         listen: file.listen,
         data_dir: file.data_dir,
         admin_listen: file.admin_listen,
+        quota_lease: file
+            .quota_lease
+            .unwrap_or(EngineConfig::default().quota_lease)
+            .max(1),
         gateway: GatewayConfig {
             routes,
             ratelimit_headers_on_success: file.ratelimit_headers_on_success,
@@ -120,10 +126,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     crate::serve::init_logging(crate::cli::LogFormat::Text);
     let loaded = load(config_path)?;
     let store = SqliteStore::open(&loaded.data_dir).await?;
+    let config = EngineConfig {
+        quota_lease: loaded.quota_lease,
+        ..EngineConfig::default()
+    };
     let engine = Arc::new(Keyward::new(
         Arc::new(store.clone()),
         Arc::new(SystemClock),
-        EngineConfig::default(),
+        config,
     ));
     if let Some(root) = engine
         .bootstrap()
