@@ -109,6 +109,12 @@ impl fmt::Display for RoutePattern {
     }
 }
 
+/// True if `path` (without its query) is absolute and has no empty, `.` or `..` segments and
+/// no percent-encoded `/`, `\` or `.`: the paths route allowlists accept.
+pub fn is_canonical_path(path: &str) -> bool {
+    request_segments(path).is_some()
+}
+
 /// Splits a request path into segments, or `None` if it is not in canonical form.
 fn request_segments(path: &str) -> Option<Vec<&str>> {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
@@ -254,6 +260,22 @@ mod tests {
             check("* /v1/**", "GET", path, false);
         }
         check("GET /v1/orders/*", "GET", "/v1/orders/..", false);
+    }
+
+    #[test]
+    fn canonical_paths() {
+        assert!(is_canonical_path("/"));
+        assert!(is_canonical_path("/orders/1?x=../y"));
+        for bad in [
+            "/orders/../admin",
+            "//x",
+            "/a/./b",
+            "/a/%2e%2e/b",
+            "/a%2fb",
+            "relative",
+        ] {
+            assert!(!is_canonical_path(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! A clean shutdown returns unspent credits.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use keyward_core::limit::{LimitScope, RateLimit, check, nanos};
 use keyward_core::quota::QuotaConfig;
@@ -41,7 +41,11 @@ struct PoolKey {
 
 fn pool(key: &KeyRecord, limit: &RateLimit) -> PoolKey {
     let (scope, id) = match (limit.scope, &key.tenant) {
-        (LimitScope::Owner, _) => (LimitScope::Owner, key.owner.clone()),
+        // Owners are named per tenant: "admin" of one tenant is not "admin" of another.
+        (LimitScope::Owner, tenant) => (
+            LimitScope::Owner,
+            format!("{}\u{1f}{}", tenant.as_deref().unwrap_or(""), key.owner),
+        ),
         (LimitScope::Tenant, Some(tenant)) => (LimitScope::Tenant, tenant.clone()),
         // A tenant-scoped limit on a key without a tenant applies to the key alone.
         (LimitScope::Tenant, None) | (LimitScope::Key, _) => (LimitScope::Key, key.key_id.clone()),
@@ -120,6 +124,10 @@ impl Limiter {
                 let tat = rescaled(state.get(&pool(key, limit)).copied(), limit, now_nanos);
                 let status = check(limit, tat, 0, now);
                 report.remaining = status.remaining;
+                if check(limit, tat, cost, now).admitted {
+                    // This limit alone would have admitted the request.
+                    report.reset_seconds = 0;
+                }
             }
         }
         LimitDecision {
@@ -150,7 +158,10 @@ pub(crate) struct Lease {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct Leases(Mutex<HashMap<String, Lease>>);
+pub(crate) struct Leases(
+    Mutex<HashMap<String, Lease>>,
+    Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+);
 
 /// The refill period `now` falls in, for a quota.
 pub(crate) fn period_of(config: &QuotaConfig, now: OffsetDateTime) -> Option<OffsetDateTime> {
@@ -180,6 +191,26 @@ impl Leases {
         }
         lease.available -= cost;
         Some(lease.available + lease.store_remaining)
+    }
+
+    /// The per-key lock that serialises refills from the store.
+    pub fn refill_gate(&self, key_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(gates.entry(key_id.to_owned()).or_default())
+    }
+
+    /// True if the store was found empty for this period and nothing is leased.
+    pub fn exhausted(&self, key_id: &str, period: Option<OffsetDateTime>) -> bool {
+        let leases = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        leases
+            .get(key_id)
+            .is_some_and(|l| l.period == period && l.store_remaining == 0)
+    }
+
+    /// Forgets refill locks nobody holds (periodic upkeep).
+    pub fn sweep(&self) {
+        let mut gates = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        gates.retain(|_, gate| Arc::strong_count(gate) > 1);
     }
 
     /// Adds credits taken from the store.

@@ -167,6 +167,21 @@ pub struct Verification {
     pub credits_remaining: Option<u64>,
     /// For RATE_LIMITED and USAGE_EXCEEDED: seconds until a retry can succeed.
     pub retry_after: Option<u64>,
+    /// The quota as a RateLimit policy item, when the request reached the quota stage.
+    pub quota: Option<QuotaReport>,
+}
+
+/// A quota described like a rate limit, for the RateLimit header fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaReport {
+    /// Credits per refill period (or the starting balance, without a refill).
+    pub quota: u64,
+    /// Seconds between refills, if the quota refills.
+    pub window_seconds: Option<u64>,
+    /// Credits left.
+    pub remaining: u64,
+    /// Seconds until the next refill, if any.
+    pub reset_seconds: Option<u64>,
 }
 
 impl Verification {
@@ -178,6 +193,7 @@ impl Verification {
             limits: Vec::new(),
             credits_remaining: None,
             retry_after: None,
+            quota: None,
         }
     }
 }
@@ -510,6 +526,17 @@ impl Keyward {
         if policy.limits.is_empty() && policy.quota.is_none() {
             return Ok(());
         }
+        if let Some(limit) = policy.limits.iter().find(|l| l.burst < cost) {
+            // It could never pass: a client told to retry would retry forever.
+            return Err(FieldError::new(
+                "cost",
+                format!(
+                    "{cost} exceeds the burst {} of limit {:?}; it can never be admitted",
+                    limit.burst, limit.name
+                ),
+            )
+            .into());
+        }
         let peek = self.limiter.decide(record, cost, now, false);
         if !peek.admitted {
             verification.code = VerifyCode::RateLimited;
@@ -518,7 +545,27 @@ impl Keyward {
             return Ok(());
         }
         if let Some(quota) = &policy.quota {
-            match self.spend_credits(&record.key_id, quota, cost, now).await? {
+            let refill = quota.refill.and_then(|r| {
+                let last = r.schedule.last_at_or_before(now)?;
+                let next = r.schedule.next_after(now)?;
+                Some((r.amount, (next - last).whole_seconds(), next))
+            });
+            let seconds_until = |t: OffsetDateTime| {
+                let nanos = (t - now).whole_nanoseconds().max(0);
+                u64::try_from((nanos + 999_999_999) / 1_000_000_000).unwrap_or(u64::MAX)
+            };
+            let report = |remaining: u64| QuotaReport {
+                quota: refill.map_or(quota.credits, |(amount, _, _)| amount),
+                window_seconds: refill.and_then(|(_, window, _)| u64::try_from(window).ok()),
+                remaining,
+                reset_seconds: refill.map(|(_, _, next)| seconds_until(next)),
+            };
+            let spent = self.spend_credits(&record.key_id, quota, cost, now).await?;
+            verification.quota =
+                Some(report(spent.unwrap_or_else(|| {
+                    self.leases.reported_remaining(&record.key_id).unwrap_or(0)
+                })));
+            match spent {
                 Some(remaining) => verification.credits_remaining = Some(remaining),
                 None => {
                     verification.code = VerifyCode::UsageExceeded;
@@ -527,7 +574,10 @@ impl Keyward {
                     let next_refill = quota.refill.and_then(|r| r.schedule.next_after(now));
                     verification.retry_after =
                         Some(next_refill.map_or(EXHAUSTED_QUOTA_RETRY_SECONDS, |t| {
-                            u64::try_from((t - now).whole_seconds()).unwrap_or(0).max(1)
+                            let nanos = (t - now).whole_nanoseconds().max(0);
+                            u64::try_from((nanos + 999_999_999) / 1_000_000_000)
+                                .unwrap_or(u64::MAX)
+                                .max(1)
                         }));
                     // Nothing was consumed: report the limits as they stand.
                     verification.limits = self.limiter.decide(record, 0, now, false).reports;
@@ -559,6 +609,18 @@ impl Keyward {
         let period = period_of(quota, now);
         if let Some(remaining) = self.leases.try_spend(key_id, cost, period) {
             return Ok(Some(remaining));
+        }
+        // One refill per key at a time: concurrent misses wait for it instead of each taking a
+        // block, which keeps at most one block per key in memory (the crash bound) and one
+        // store write per block.
+        let gate = self.leases.refill_gate(key_id);
+        let _refilling = gate.lock().await;
+        if let Some(remaining) = self.leases.try_spend(key_id, cost, period) {
+            return Ok(Some(remaining));
+        }
+        if self.leases.exhausted(key_id, period) {
+            // The store had nothing left for this period: no write per refused request.
+            return Ok(None);
         }
         let want = cost.max(self.config.quota_lease);
         let (granted, balance) = self.store.take_credits(key_id, quota, want, now).await?;
@@ -622,11 +684,14 @@ impl Keyward {
         let plan = match cached {
             Some(plan) => plan,
             None => {
+                let generation = self.cache.generation();
                 let plan = self.store.get_plan(&plan_id).await?.map(Arc::new);
-                self.plans
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(plan_id, plan.clone());
+                let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+                // A plan change since the read bumped the generation: do not cache what it
+                // replaced (the plan map is cleared under the same lock order by forget_plans).
+                if self.cache.generation() == generation {
+                    plans.insert(plan_id, plan.clone());
+                }
                 plan
             }
         };
@@ -989,8 +1054,10 @@ impl Keyward {
 
     /// A plan changed: every cached record may have inherited from it.
     fn forget_plans(&self) {
-        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        // Bump the generation first, then clear: a plan read that raced with the change either
+        // sees the new generation and does not cache, or cached before the clear.
         self.cache.invalidate_all_records();
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Sets, increases or decreases a key's credits; unspent leased credits are returned to
@@ -1049,6 +1116,7 @@ impl Keyward {
 
     /// Periodic upkeep: forgets rate-limit state of full buckets.
     pub fn maintain(&self) -> usize {
+        self.leases.sweep();
         self.limiter.sweep(self.clock.now())
     }
 

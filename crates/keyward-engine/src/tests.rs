@@ -1082,3 +1082,78 @@ async fn plans_apply_to_their_keys_and_changes_reach_them_at_once() {
     let actions: Vec<_> = audit.items.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["plan.create", "plan.update"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_lease_one_block_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let config = EngineConfig {
+        quota_lease: 5,
+        ..EngineConfig::default()
+    };
+    let engine = Arc::new(Keyward::new(
+        Arc::new(SqliteStore::open(dir.path()).await.unwrap()),
+        clock.clone(),
+        config,
+    ));
+    let boot = engine.bootstrap().await.unwrap().unwrap();
+    let root = Principal {
+        key_id: boot.record.key_id.clone(),
+    };
+    let spec = NewKey {
+        owner: "o".into(),
+        quota: Some(QuotaSpec {
+            credits: 100,
+            ..QuotaSpec::default()
+        }),
+        ..NewKey::default()
+    };
+    let created = engine.create_key(&root, spec).await.unwrap();
+    let key = Arc::new(created.key.expose().to_owned());
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (engine, key) = (Arc::clone(&engine), Arc::clone(&key));
+        tasks.push(tokio::spawn(async move {
+            engine
+                .verify(&key, &VerifyRequest::default())
+                .await
+                .unwrap()
+                .code
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), VerifyCode::Valid);
+    }
+    drop(engine);
+    let after_crash = Keyward::new(
+        Arc::new(SqliteStore::open(dir.path()).await.unwrap()),
+        clock,
+        config,
+    );
+    let left = after_crash.credits(&created.record).await.unwrap().unwrap();
+    assert!(left <= 100 - 8, "never refunds: {left}");
+    assert!(
+        100 - 8 - left < 5,
+        "concurrent misses did not each take a block: {left}"
+    );
+}
+
+#[tokio::test]
+async fn owner_pools_are_per_tenant() {
+    let f = fixture().await;
+    let spec = |tenant: &str| NewKey {
+        owner: "admin".into(),
+        tenant: Some(tenant.into()),
+        limits: vec![limit("per_hour", 1, 3600, Some("owner"))],
+        ..NewKey::default()
+    };
+    let a = create_with(&f, spec("acme")).await.key;
+    let b = create_with(&f, spec("globex")).await.key;
+    assert_eq!(f.code(a.expose()).await, VerifyCode::Valid);
+    assert_eq!(
+        f.code(b.expose()).await,
+        VerifyCode::Valid,
+        "another tenant's admin is another pool"
+    );
+    assert_eq!(f.code(a.expose()).await, VerifyCode::RateLimited);
+}

@@ -60,14 +60,28 @@ pub async fn nginx_auth(
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<AuthParams>,
 ) -> Result<Response, ApiError> {
-    state
+    // nginx's own credential failing is a misconfiguration, not a bad client key: answer 500
+    // (nginx passes it on as 500) so it shows, instead of telling every client its key is bad.
+    if let Err(e) = state
         .engine
         .authenticate(
             header(&headers, ROOT_KEY_HEADER),
             "keys.verify",
             remote.as_deref(),
         )
-        .await?;
+        .await
+    {
+        return Err(match e {
+            keyward_engine::AuthError::Engine(engine) => engine.into(),
+            refused => {
+                tracing::error!(error = %refused, "the auth_request caller's X-Keyward-Root-Key does not authorize keys.verify");
+                ApiError::new(
+                    "auth_misconfigured",
+                    "the X-Keyward-Root-Key sent by the proxy is not a valid root key with keys.verify",
+                )
+            }
+        });
+    }
     let Some(key) = presented_key(&headers) else {
         return Ok(missing_key().into_response());
     };

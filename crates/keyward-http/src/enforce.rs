@@ -97,17 +97,40 @@ pub fn decorate(headers: &mut HeaderMap, v: &Verification) {
             insert(headers, TENANT_HEADER, tenant);
         }
     }
-    if !v.limits.is_empty() {
-        let policy: Vec<String> = v
-            .limits
-            .iter()
-            .map(|l| format!("\"{}\";q={};w={}", l.name, l.limit, l.period_seconds))
-            .collect();
-        let state: Vec<String> = v
-            .limits
-            .iter()
-            .map(|l| format!("\"{}\";r={};t={}", l.name, l.remaining, l.reset_seconds))
-            .collect();
+    // Each limit is a policy item; `r` is capped at `q` (a burst above the steady rate is
+    // spendable at once, but the field's quota is the steady `limit` per window).
+    let mut policy: Vec<String> = v
+        .limits
+        .iter()
+        .map(|l| format!("\"{}\";q={};w={}", l.name, l.limit, l.period_seconds))
+        .collect();
+    let mut state: Vec<String> = v
+        .limits
+        .iter()
+        .map(|l| {
+            format!(
+                "\"{}\";r={};t={}",
+                l.name,
+                l.remaining.min(l.limit),
+                l.reset_seconds
+            )
+        })
+        .collect();
+    if let Some(q) = &v.quota {
+        policy.push(match q.window_seconds {
+            Some(w) => format!("\"quota\";q={};w={w}", q.quota),
+            None => format!("\"quota\";q={}", q.quota),
+        });
+        let reset = match (v.code, v.retry_after) {
+            (VerifyCode::UsageExceeded, Some(retry)) => Some(retry),
+            _ => q.reset_seconds,
+        };
+        state.push(match reset {
+            Some(t) => format!("\"quota\";r={};t={t}", q.remaining.min(q.quota)),
+            None => format!("\"quota\";r={}", q.remaining.min(q.quota)),
+        });
+    }
+    if !policy.is_empty() {
         insert(headers, "ratelimit-policy", &policy.join(", "));
         insert(headers, "ratelimit", &state.join(", "));
     }

@@ -83,6 +83,11 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
         "The request body must be application/json",
     ),
     ("internal", 500, "Internal error"),
+    (
+        "auth_misconfigured",
+        500,
+        "The proxy's keyward root key is invalid",
+    ),
     ("store_unavailable", 503, "The key store is unavailable"),
 ];
 

@@ -10,6 +10,9 @@
 //! Denied: 401/403/429 with a problem+json body, `x-keyward-code`, `Retry-After` and the
 //! RateLimit fields, under the gRPC status UNAUTHENTICATED, PERMISSION_DENIED or
 //! RESOURCE_EXHAUSTED.
+//!
+//! The gRPC listener has no authentication of its own (Envoy's ext_authz filter sends none by
+//! default): bind it to loopback or a private interface that only Envoy reaches.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -125,6 +128,7 @@ impl Authorization for ExtAuthz {
         let request = request.into_inner();
         let empty = HashMap::new();
         let headers = request.get_client_headers().unwrap_or(&empty);
+        let client_headers = headers;
         let http = request
             .attributes
             .as_ref()
@@ -162,11 +166,18 @@ impl Authorization for ExtAuthz {
                 .or_else(|| headers.get("referer"))
                 .map(String::as_str),
         };
-        let v = self
-            .engine
-            .verify_cost(key, &verify, cost)
-            .await
-            .map_err(|e| Status::unavailable(format!("keyward could not verify: {e}")))?;
+        let v = match self.engine.verify_cost(key, &verify, cost).await {
+            Ok(v) => v,
+            Err(keyward_engine::EngineError::Invalid(field)) => {
+                return Err(Status::invalid_argument(field.to_string()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ext_authz check failed");
+                return Err(Status::unavailable(
+                    "keyward could not verify the key; retry",
+                ));
+            }
+        };
         if let Some(problem) = refusal(v.code) {
             return Ok(Response::new(denied(v.code, problem, Some(&v))));
         }
@@ -185,6 +196,16 @@ impl Authorization for ExtAuthz {
         }
         ok.remove_header("authorization");
         ok.remove_header("x-api-key");
+        // Identity headers the client sent itself must not reach the upstream: the ones set
+        // above overwrite theirs, any other x-keyward-* (a tenant for a key without one) goes.
+        for name in client_headers
+            .keys()
+            .filter(|n| n.starts_with("x-keyward-"))
+        {
+            if !headers.contains_key(name.as_str()) {
+                ok.remove_header(name.clone());
+            }
+        }
         for name in ["ratelimit-policy", "ratelimit"] {
             if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
                 ok.add_response_header(

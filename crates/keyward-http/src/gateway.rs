@@ -169,6 +169,15 @@ async fn forward(
 ) -> Result<Response, Response> {
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
+    if !keyward_core::route::is_canonical_path(&path) {
+        // Routes are chosen by prefix: a path an upstream would normalise differently (dot
+        // segments, empty segments, encoded separators) could reach another route's endpoint.
+        return Err(ApiError::new(
+            "invalid_request",
+            "the request path is not in canonical form",
+        )
+        .into_response());
+    }
     let route = route_for(&state.config, &path).ok_or_else(|| {
         ApiError::new("not_found", "no gateway route matches this path").into_response()
     })?;

@@ -220,6 +220,31 @@ async fn check_over_grpc_allows_denies_and_limits() {
         "rate_limited"
     );
 
+    // A key without a tenant: a client-sent x-keyward-tenant must be removed, not passed on.
+    let (plain, _) = s.create(json!({"owner": "o"})).await;
+    let mut forged = check_request(Some(&plain), "GET", "/x", "10.1.1.1", &[]);
+    let http = forged
+        .attributes
+        .as_mut()
+        .unwrap()
+        .request
+        .as_mut()
+        .unwrap()
+        .http
+        .as_mut()
+        .unwrap();
+    http.headers
+        .insert("x-keyward-tenant".into(), "victim".into());
+    let ok = client.check(forged).await.unwrap().into_inner();
+    let (_, _, headers, _) = outcome(&ok);
+    assert!(
+        headers["removed"]
+            .split(',')
+            .any(|h| h == "x-keyward-tenant"),
+        "{headers:?}"
+    );
+    assert!(!headers.contains_key("x-keyward-tenant"));
+
     let bad = client
         .check(check_request(
             Some(&key),

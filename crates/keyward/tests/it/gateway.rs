@@ -141,6 +141,11 @@ async fn refusals_are_problems_with_stable_codes() {
     gw.raw("GET", "/nowhere", Some(&key), None)
         .await
         .problem(404, "not_found");
+    for sneaky in ["/orders/../admin", "/orders//1", "/orders/%2e%2e/admin"] {
+        gw.raw("GET", sneaky, Some(&key), None)
+            .await
+            .problem(400, "invalid_request");
+    }
     assert_eq!(
         gw.raw("GET", "/orders/1", Some(&key), None).await.status,
         200
@@ -197,4 +202,22 @@ async fn exactly_n_admitted_through_the_gateway() {
     }
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 30);
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 90);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spent_quota_is_a_429_with_its_ratelimit_item() {
+    let s = Server::start().await;
+    let up = upstream().await;
+    let gw = gateway(&s, vec![route("/api", up, None)]).await;
+    let (key, _) = s
+        .create(json!({"owner": "o", "quota": {"credits": 1}}))
+        .await;
+    let ok = gw.raw("GET", "/api/x", Some(&key), None).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("ratelimit-policy"), "\"quota\";q=1");
+    assert_eq!(ok.header("ratelimit"), "\"quota\";r=0");
+    let spent = gw.raw("GET", "/api/x", Some(&key), None).await;
+    spent.problem(429, "usage_exceeded");
+    assert_eq!(spent.header("retry-after"), "3600");
+    assert_eq!(spent.header("ratelimit"), "\"quota\";r=0;t=3600");
 }

@@ -47,6 +47,18 @@ async fn verify_reports_limits_and_refuses_with_retry_after() {
         .admin(
             "POST",
             "/v1/keys/verify",
+            Some(json!({"key": key, "cost": 3})),
+        )
+        .await;
+    let problem = r.problem(400, "invalid_field");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("burst 2"),
+        "a cost above the burst can never pass: {problem}"
+    );
+    let r = s
+        .admin(
+            "POST",
+            "/v1/keys/verify",
             Some(json!({"key": key, "cost": 2_000_000_000u64})),
         )
         .await;
@@ -293,9 +305,10 @@ async fn nginx_auth_endpoint_answers_204_401_403_with_headers() {
     assert_eq!(ok.header("ratelimit-policy"), "\"per_minute\";q=2;w=60");
     assert_eq!(ok.header("ratelimit"), "\"per_minute\";r=1;t=0");
 
+    // nginx's own root key missing is a misconfiguration: 500, not a client-facing 401.
     auth(&s, None, Some(&key), &original, "")
         .await
-        .problem(401, "unauthenticated");
+        .problem(500, "auth_misconfigured");
     auth(&s, Some(&nginx), None, &original, "")
         .await
         .problem(401, "missing_key");
