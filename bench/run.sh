@@ -63,7 +63,7 @@ prefix = "/orders"
 upstream = "http://$UP"
 permissions = "orders.read"
 TOML
-KEYWARD_LOG=warn "$KEYWARD" gateway --config "$WORK/gateway.toml" >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
+KEYWARD_LOG=warn KEYWARD_WORKER_THREADS=${KEYWARD_WORKER_THREADS:-} "$KEYWARD" gateway --config "$WORK/gateway.toml" >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
 PIDS+=($!)
 wait_for "$GATEWAY"
 wait_for "$ADMIN"
@@ -105,12 +105,13 @@ curl -sf -o /dev/null -H "Authorization: Bearer $KEY" "http://$NGINX_AUTH/orders
 
 export KEYWARD_BENCH_KEY=$KEY KEYWARD_BENCH_ROOT=$ROOT
 declare -A RPS P99 NON2XX
-run_case() { # run_case NAME wrk-args...
+run_case() { # run_case NAME wrk-args... (C and T override connections and threads)
   local name=$1
   shift
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d1s "$@" >/dev/null 2>&1 || true # warm-up
+  local c=${C:-$CONNECTIONS} t=${T:-$THREADS}
+  wrk -t"$t" -c"$c" -d1s "$@" >/dev/null 2>&1 || true # warm-up
   local out
-  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@")
+  out=$(wrk -t"$t" -c"$c" -d"$DURATION" --latency "$@")
   RPS[$name]=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   P99[$name]=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}' <<<"$out")
   NON2XX[$name]=$(awk '/Non-2xx or 3xx responses/ {print $5}' <<<"$out")
@@ -121,6 +122,10 @@ run_case gateway -H "Authorization: Bearer $KEY" "http://$GATEWAY/orders/x"
 run_case nginx_auth -H "Authorization: Bearer $KEY" "http://$NGINX_AUTH/orders/x"
 run_case verify -s bench/verify.lua "http://$ADMIN/v1/keys/verify"
 run_case json -s bench/json.lua "http://$JSON/"
+# Added latency is measured without queueing: one connection, one request at a time.
+C=1 T=1 run_case direct_1 "http://$UP/orders/x"
+C=1 T=1 run_case gateway_1 -H "Authorization: Bearer $KEY" "http://$GATEWAY/orders/x"
+C=1 T=1 run_case nginx_proxy_1 "http://$NGINX_PROXY/orders/x"
 
 ratio() { python3 -c "print(f'{float($1)/float($2):.2f}x')"; }
 diff_ms() { python3 -c "print(f'{float($1)-float($2):+.3f} ms')"; }
@@ -129,7 +134,7 @@ echo "keyward HTTP benchmark: $(date -u +%Y-%m-%d), $(nproc) CPUs ($(grep -m1 'm
 echo
 printf '| %-52s | %12s | %10s | %s\n' "case" "requests/s" "p99 (ms)" "non-2xx"
 printf '|%s|%s|%s|%s\n' "------------------------------------------------------" "--------------" "------------" "--------"
-for c in direct nginx_proxy gateway nginx_auth verify json; do
+for c in direct nginx_proxy gateway nginx_auth verify json direct_1 nginx_proxy_1 gateway_1; do
   case $c in
     direct) label="upstream directly (no proxy)" ;;
     nginx_proxy) label="nginx bare reverse proxy" ;;
@@ -137,12 +142,16 @@ for c in direct nginx_proxy gateway nginx_auth verify json; do
     nginx_auth) label="nginx + auth_request to keyward /v1/auth" ;;
     verify) label="keyward POST /v1/keys/verify" ;;
     json) label="trivial hyper server, same-size JSON" ;;
+    direct_1) label="upstream directly, 1 connection" ;;
+    nginx_proxy_1) label="nginx bare reverse proxy, 1 connection" ;;
+    gateway_1) label="keyward gateway, 1 connection" ;;
   esac
   printf '| %-52s | %12s | %10s | %s\n' "$label" "${RPS[$c]}" "${P99[$c]}" "${NON2XX[$c]:-0}"
 done
 echo
 echo "gateway vs nginx bare proxy (target >= 0.9x):      $(ratio "${RPS[gateway]}" "${RPS[nginx_proxy]}")"
-echo "gateway p99 added over the upstream (target < 1 ms): $(diff_ms "${P99[gateway]}" "${P99[direct]}")"
-echo "gateway p99 minus nginx bare proxy p99:             $(diff_ms "${P99[gateway]}" "${P99[nginx_proxy]}")"
+echo "gateway p99 added over the upstream, 1 connection (target < 1 ms): $(diff_ms "${P99[gateway_1]}" "${P99[direct_1]}")"
+echo "nginx p99 added over the upstream, 1 connection:                    $(diff_ms "${P99[nginx_proxy_1]}" "${P99[direct_1]}")"
+echo "gateway p99 minus nginx p99 at $CONNECTIONS connections:          $(diff_ms "${P99[gateway]}" "${P99[nginx_proxy]}")"
 echo "gateway vs nginx + auth_request (several x):        $(ratio "${RPS[gateway]}" "${RPS[nginx_auth]}")"
 echo "verify vs trivial JSON server (target >= 0.8x):     $(ratio "${RPS[verify]}" "${RPS[json]}")"

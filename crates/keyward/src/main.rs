@@ -28,6 +28,11 @@ use crate::cli::{AuditCommand, Cli, ClientArgs, Command, KeysCommand, PlansComma
 use crate::client::Client;
 use crate::output::Printer;
 
+/// mimalloc: the edge allocates a few small objects per request (headers, strings); glibc's
+/// allocator showed up as about a tenth of the gateway's CPU profile under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status when a verified key is not valid, or the audit chain is broken.
 const EXIT_NOT_VALID: u8 = 3;
 
@@ -43,10 +48,16 @@ fn main() -> ExitCode {
         );
     }));
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    // KEYWARD_WORKER_THREADS sizes the async runtime (default: one thread per core).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = std::env::var("KEYWARD_WORKER_THREADS")
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+        .filter(|t| *t > 0)
     {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
