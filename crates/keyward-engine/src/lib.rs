@@ -122,6 +122,9 @@ impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict => Self::Conflict,
+            StoreError::PlanMissing(plan) => {
+                Self::Invalid(FieldError::new("plan", format!("no plan named {plan:?}")))
+            }
             other => Self::Store(other),
         }
     }

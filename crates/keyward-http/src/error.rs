@@ -218,6 +218,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict | StoreError::Duplicate => Self::new("conflict", e.to_string()),
+            StoreError::PlanMissing(plan) => Self::field("plan", format!("no plan named {plan:?}")),
             StoreError::Backend(_) => {
                 tracing::error!(error = %redact(&error_chain(&e)), "store unavailable");
                 Self::new(

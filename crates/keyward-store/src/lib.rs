@@ -36,6 +36,10 @@ pub enum StoreError {
     /// A key_id or secret hash already exists.
     #[error("a key with this identifier or secret already exists")]
     Duplicate,
+    /// The key names a plan that does not exist (checked inside the write's transaction, so a
+    /// concurrent plan deletion cannot leave a key pointing at nothing).
+    #[error("no plan named {0}")]
+    PlanMissing(String),
     /// The store could not be opened at startup.
     #[error("cannot open the store at {location}: {reason}")]
     Open {

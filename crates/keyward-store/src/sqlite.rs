@@ -436,6 +436,16 @@ impl KeyStore for SqliteStore {
                  WHERE key_id = ?1 AND version = ?21"
             }
         };
+        if let Some(plan) = &r.policy.plan {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM plans WHERE plan_id = ?1")
+                .bind(plan)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            if exists.is_none() {
+                return Err(StoreError::PlanMissing(plan.clone()));
+            }
+        }
         let result = sqlx::query(sql)
             .bind(&r.key_id)
             .bind(r.kind.as_str())

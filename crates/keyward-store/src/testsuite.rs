@@ -98,20 +98,9 @@ async fn policy_and_plans(store: &dyn KeyStore) {
         burst: 5,
         scope: LimitScope::Owner,
     };
-    let mut write = new_key_write(&id(50), "kw_live_policy");
-    write.record.policy.plan = Some("pro".into());
-    write.record.policy.limits = vec![limit.clone()];
-    write.record.policy.ip_allowlist =
-        vec![keyward_core::binding::parse_cidr("10.0.0.0/8").unwrap()];
-    store.write_key(write.clone()).await.unwrap();
-    assert_eq!(
-        store.get_key(&id(50), T0).await.unwrap().unwrap().policy,
-        write.record.policy
-    );
-
     let plan = Plan {
         plan_id: "pro".into(),
-        limits: vec![limit],
+        limits: vec![limit.clone()],
         quota: Some(keyward_core::quota::QuotaConfig {
             credits: 100,
             refill: None,
@@ -131,6 +120,17 @@ async fn policy_and_plans(store: &dyn KeyStore) {
         .write_plan(plan_write(plan.clone(), None, false))
         .await
         .unwrap();
+    let mut write = new_key_write(&id(50), "kw_live_policy");
+    write.record.policy.plan = Some("pro".into());
+    write.record.policy.limits = vec![limit.clone()];
+    write.record.policy.ip_allowlist =
+        vec![keyward_core::binding::parse_cidr("10.0.0.0/8").unwrap()];
+    store.write_key(write.clone()).await.unwrap();
+    assert_eq!(
+        store.get_key(&id(50), T0).await.unwrap().unwrap().policy,
+        write.record.policy
+    );
+
     assert!(matches!(
         store
             .write_plan(plan_write(plan.clone(), None, false))
@@ -160,6 +160,13 @@ async fn policy_and_plans(store: &dyn KeyStore) {
         Err(StoreError::Conflict)
     ));
     assert!(store.get_plan("pro").await.unwrap().is_some());
+    // A key cannot be written pointing at a plan that does not exist.
+    let mut orphan = new_key_write(&id(51), "kw_live_orphan");
+    orphan.record.policy.plan = Some("gold".into());
+    assert!(
+        matches!(store.write_key(orphan).await, Err(StoreError::PlanMissing(p)) if p == "gold")
+    );
+    assert!(store.get_key(&id(51), T0).await.unwrap().is_none());
 }
 
 async fn credits(store: &dyn KeyStore) {
