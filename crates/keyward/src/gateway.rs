@@ -30,7 +30,7 @@ use keyward_http::AppState;
 use keyward_http::gateway::{GatewayConfig, GatewayRoute, serve_gateway};
 use keyward_store::SqliteStore;
 use serde::Deserialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +41,7 @@ struct FileConfig {
     #[serde(default)]
     ratelimit_headers_on_success: bool,
     quota_lease: Option<u64>,
+    threads: Option<usize>,
     #[serde(rename = "route", default)]
     routes: Vec<FileRoute>,
 }
@@ -63,6 +64,7 @@ pub struct Loaded {
     pub data_dir: PathBuf,
     pub admin_listen: Option<SocketAddr>,
     pub quota_lease: u64,
+    pub threads: usize,
     pub gateway: GatewayConfig,
 }
 
@@ -115,6 +117,10 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             .quota_lease
             .unwrap_or(EngineConfig::default().quota_lease)
             .max(1),
+        threads: file
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .clamp(1, 256),
         gateway: GatewayConfig {
             routes,
             ratelimit_headers_on_success: file.ratelimit_headers_on_success,
@@ -149,13 +155,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         println!();
         println!("This root key will not be shown again. Store it now.");
     }
-    let listener = TcpListener::bind(loaded.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", loaded.listen))?;
-    println!(
-        "keyward: gateway listening on http://{}",
-        listener.local_addr()?
-    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -181,18 +180,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         None => None,
     };
     let upkeep = crate::serve::spawn_upkeep(Arc::clone(&engine), Duration::from_secs(5));
-    let gateway = tokio::spawn(serve_gateway(
-        listener,
-        Arc::clone(&engine),
-        loaded.gateway,
-        stopped(stop_rx),
-    ));
+    let workers = spawn_gateway_threads(&loaded, &engine, &stop_rx)?;
     crate::serve::shutdown_signal().await;
     let _ = stop_tx.send(true);
-    gateway
-        .await
-        .context("gateway task")?
-        .context("serving the gateway")?;
+    for worker in workers {
+        tokio::task::spawn_blocking(move || worker.join())
+            .await
+            .context("gateway thread")?
+            .map_err(|_| anyhow::anyhow!("a gateway thread panicked"))??;
+    }
     if let Some(admin) = admin {
         admin
             .await
@@ -203,6 +199,70 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     crate::serve::shutdown_engine(&engine).await;
     store.close().await;
     Ok(())
+}
+
+/// Runs the gateway thread-per-core: each thread has its own single-threaded runtime, its own
+/// `SO_REUSEPORT` listener on the same address and its own upstream connection pool, so a
+/// request never hops between threads (a profile of the multi-threaded runtime showed about a
+/// fifth of the CPU in cross-thread wake-ups). The engine (cache, limits, quota leases) is
+/// shared by all threads.
+fn spawn_gateway_threads(
+    loaded: &Loaded,
+    engine: &Arc<Keyward>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<anyhow::Result<()>>>> {
+    let mut addr = loaded.listen;
+    let mut workers = Vec::with_capacity(loaded.threads);
+    for i in 0..loaded.threads {
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let (engine, config, mut stop) = (Arc::clone(engine), loaded.gateway.clone(), stop.clone());
+        let worker = std::thread::Builder::new()
+            .name(format!("keyward-gateway-{i}"))
+            .spawn(move || -> anyhow::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let socket = if addr.is_ipv4() {
+                        TcpSocket::new_v4()?
+                    } else {
+                        TcpSocket::new_v6()?
+                    };
+                    socket.set_reuseport(true)?;
+                    socket.set_reuseaddr(true)?;
+                    socket
+                        .bind(addr)
+                        .with_context(|| format!("cannot listen on {addr}"))?;
+                    let listener = socket
+                        .listen(1024)
+                        .with_context(|| format!("cannot listen on {addr}"))?;
+                    let _ = bound_tx.send(listener.local_addr()?);
+                    let stopped = async move {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    };
+                    serve_gateway(listener, engine, config, stopped)
+                        .await
+                        .context("serving the gateway")
+                })
+            })
+            .context("starting a gateway thread")?;
+        match bound_rx.recv() {
+            Ok(bound) => addr = bound,
+            // The thread ended before binding: its result says why.
+            Err(_) => {
+                return Err(match worker.join() {
+                    Ok(Err(e)) => e,
+                    _ => anyhow::anyhow!("a gateway thread failed to start"),
+                });
+            }
+        }
+        workers.push(worker);
+    }
+    println!(
+        "keyward: gateway listening on http://{addr} ({} threads)",
+        loaded.threads
+    );
+    Ok(workers)
 }
 
 #[cfg(test)]

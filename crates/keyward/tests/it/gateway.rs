@@ -221,3 +221,87 @@ async fn a_spent_quota_is_a_429_with_its_ratelimit_item() {
     assert_eq!(spent.header("retry-after"), "3600");
     assert_eq!(spent.header("ratelimit"), "\"quota\";r=0;t=3600");
 }
+
+/// `keyward gateway --config` as a process: thread-per-core listeners plus the admin API.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_command_serves_routes_and_the_admin_api() {
+    use std::io::{BufRead, BufReader};
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nadmin_listen = \"127.0.0.1:0\"\nthreads = 2\n\n[[route]]\nprefix = \"/orders\"\nupstream = \"http://{up}\"\npermissions = \"orders.read\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(crate::testkit::binary())
+        .args(["gateway", "--config"])
+        .arg(&config)
+        .env("KEYWARD_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("gateway listening on");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    let addr_after = |marker: &str| -> std::net::SocketAddr {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(marker))
+            .unwrap_or_else(|| panic!("{marker}: {lines:?}"));
+        line.split("http://")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let admin = Http::new(addr_after("admin API listening on"));
+    let gw = Http::new(addr_after("gateway listening on"));
+    let root = lines
+        .iter()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("kwroot_")
+                .map(|r| format!("kwroot_{r}"))
+        })
+        .unwrap();
+    assert!(lines.iter().any(|l| l.contains("(2 threads)")), "{lines:?}");
+    let created = admin
+        .call(
+            "POST",
+            "/v1/keys",
+            Some(&root),
+            Some(json!({"owner": "o", "permissions": ["orders.read"]})),
+        )
+        .await;
+    let key = created.json()["key"].as_str().unwrap().to_owned();
+    for _ in 0..4 {
+        let r = gw.raw("GET", "/orders/1", Some(&key), None).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["headers"]["x-keyward-owner"], "o");
+    }
+    gw.raw("GET", "/orders/1", None, None)
+        .await
+        .problem(401, "missing_key");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
