@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::serve::{join_per_core, serve_per_core, server_threads, stopped};
 use anyhow::{Context, bail};
 use keyward_core::permission::PermissionQuery;
 use keyward_engine::clock::SystemClock;
@@ -30,7 +31,6 @@ use keyward_http::AppState;
 use keyward_http::gateway::{GatewayConfig, GatewayRoute, serve_gateway};
 use keyward_store::SqliteStore;
 use serde::Deserialize;
-use tokio::net::{TcpListener, TcpSocket};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,113 +156,58 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         println!("This root key will not be shown again. Store it now.");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     let admin = match loaded.admin_listen {
         Some(addr) => {
-            let admin_listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            println!(
-                "keyward: admin API listening on http://{}",
-                admin_listener.local_addr()?
-            );
             let state = AppState {
                 engine: Arc::clone(&engine),
             };
-            Some(tokio::spawn(keyward_http::serve(
-                admin_listener,
-                state,
-                stopped(stop_rx.clone()),
-            )))
+            let (bound, workers) = serve_per_core(
+                addr,
+                server_threads(),
+                "admin",
+                &stop_rx,
+                move |listener, stop| {
+                    let state = state.clone();
+                    async move {
+                        keyward_http::serve(listener, state, stopped(stop))
+                            .await
+                            .context("serving the admin API")
+                    }
+                },
+            )?;
+            println!("keyward: admin API listening on http://{bound}");
+            workers
         }
-        None => None,
+        None => Vec::new(),
     };
     let upkeep = crate::serve::spawn_upkeep(Arc::clone(&engine), Duration::from_secs(5));
-    let workers = spawn_gateway_threads(&loaded, &engine, &stop_rx)?;
+    let (gateway_engine, config) = (Arc::clone(&engine), loaded.gateway.clone());
+    let (bound, gateway) = serve_per_core(
+        loaded.listen,
+        loaded.threads,
+        "gateway",
+        &stop_rx,
+        move |listener, stop| {
+            let (engine, config) = (Arc::clone(&gateway_engine), config.clone());
+            async move {
+                serve_gateway(listener, engine, config, stopped(stop))
+                    .await
+                    .context("serving the gateway")
+            }
+        },
+    )?;
+    println!(
+        "keyward: gateway listening on http://{bound} ({} threads)",
+        loaded.threads
+    );
     crate::serve::shutdown_signal().await;
     let _ = stop_tx.send(true);
-    for worker in workers {
-        tokio::task::spawn_blocking(move || worker.join())
-            .await
-            .context("gateway thread")?
-            .map_err(|_| anyhow::anyhow!("a gateway thread panicked"))??;
-    }
-    if let Some(admin) = admin {
-        admin
-            .await
-            .context("admin task")?
-            .context("serving the admin API")?;
-    }
+    join_per_core(gateway).await?;
+    join_per_core(admin).await?;
     upkeep.abort();
     crate::serve::shutdown_engine(&engine).await;
     store.close().await;
     Ok(())
-}
-
-/// Runs the gateway thread-per-core: each thread has its own single-threaded runtime, its own
-/// `SO_REUSEPORT` listener on the same address and its own upstream connection pool, so a
-/// request never hops between threads (a profile of the multi-threaded runtime showed about a
-/// fifth of the CPU in cross-thread wake-ups). The engine (cache, limits, quota leases) is
-/// shared by all threads.
-fn spawn_gateway_threads(
-    loaded: &Loaded,
-    engine: &Arc<Keyward>,
-    stop: &tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<Vec<std::thread::JoinHandle<anyhow::Result<()>>>> {
-    let mut addr = loaded.listen;
-    let mut workers = Vec::with_capacity(loaded.threads);
-    for i in 0..loaded.threads {
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-        let (engine, config, mut stop) = (Arc::clone(engine), loaded.gateway.clone(), stop.clone());
-        let worker = std::thread::Builder::new()
-            .name(format!("keyward-gateway-{i}"))
-            .spawn(move || -> anyhow::Result<()> {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    let socket = if addr.is_ipv4() {
-                        TcpSocket::new_v4()?
-                    } else {
-                        TcpSocket::new_v6()?
-                    };
-                    socket.set_reuseport(true)?;
-                    socket.set_reuseaddr(true)?;
-                    socket
-                        .bind(addr)
-                        .with_context(|| format!("cannot listen on {addr}"))?;
-                    let listener = socket
-                        .listen(1024)
-                        .with_context(|| format!("cannot listen on {addr}"))?;
-                    let _ = bound_tx.send(listener.local_addr()?);
-                    let stopped = async move {
-                        let _ = stop.wait_for(|stop| *stop).await;
-                    };
-                    serve_gateway(listener, engine, config, stopped)
-                        .await
-                        .context("serving the gateway")
-                })
-            })
-            .context("starting a gateway thread")?;
-        match bound_rx.recv() {
-            Ok(bound) => addr = bound,
-            // The thread ended before binding: its result says why.
-            Err(_) => {
-                return Err(match worker.join() {
-                    Ok(Err(e)) => e,
-                    _ => anyhow::anyhow!("a gateway thread failed to start"),
-                });
-            }
-        }
-        workers.push(worker);
-    }
-    println!(
-        "keyward: gateway listening on http://{addr} ({} threads)",
-        loaded.threads
-    );
-    Ok(workers)
 }
 
 #[cfg(test)]
