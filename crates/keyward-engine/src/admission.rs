@@ -181,9 +181,14 @@ impl Leases {
     ) -> Option<u64> {
         let mut leases = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let lease = leases.get_mut(key_id)?;
-        if lease.period != period {
+        if period > lease.period {
             // The balance was refilled since: credits of the old period are gone.
             leases.remove(key_id);
+            return None;
+        }
+        if period < lease.period {
+            // A request that read the clock just before a refill must not throw away the new
+            // period's lease; it goes to the store like a miss.
             return None;
         }
         if lease.available < cost {

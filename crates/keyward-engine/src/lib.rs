@@ -709,7 +709,7 @@ impl Keyward {
         &self,
         presented: Option<&str>,
         permission: &'static str,
-        remote: Option<&str>,
+        remote: Option<std::net::IpAddr>,
     ) -> Result<Principal, AuthError> {
         let (reason, actor) = match presented {
             None => ("MISSING", None),
@@ -745,7 +745,7 @@ impl Keyward {
         reason: &str,
         actor: Option<String>,
         permission: &str,
-        remote: Option<&str>,
+        remote: Option<std::net::IpAddr>,
     ) -> Result<(), EngineError> {
         let now = self.write_time();
         let suppressed = {
@@ -781,7 +781,7 @@ impl Keyward {
                 summary: json!({
                     "reason": reason,
                     "permission": permission,
-                    "remote_addr": remote,
+                    "remote_addr": remote.map(|ip| ip.to_string()),
                     "suppressed_before": suppressed,
                 }),
             })

@@ -497,7 +497,11 @@ async fn root_keys_and_api_keys_do_not_mix() {
     assert_eq!(f.code(f.root_key.expose()).await, VerifyCode::NotFound);
     assert!(matches!(
         f.engine
-            .authenticate(Some(api.key.expose()), "keys.read", Some("127.0.0.1"))
+            .authenticate(
+                Some(api.key.expose()),
+                "keys.read",
+                Some([127, 0, 0, 1].into())
+            )
             .await,
         Err(AuthError::Unauthenticated)
     ));

@@ -64,11 +64,7 @@ pub async fn nginx_auth(
     // (nginx passes it on as 500) so it shows, instead of telling every client its key is bad.
     if let Err(e) = state
         .engine
-        .authenticate(
-            header(&headers, ROOT_KEY_HEADER),
-            "keys.verify",
-            remote.as_deref(),
-        )
+        .authenticate(header(&headers, ROOT_KEY_HEADER), "keys.verify", remote)
         .await
     {
         return Err(match e {

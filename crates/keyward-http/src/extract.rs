@@ -102,7 +102,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 }
 
 /// The peer address of the connection, when the server was started with connect info.
-pub struct RemoteAddr(pub Option<String>);
+pub struct RemoteAddr(pub Option<std::net::IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for RemoteAddr {
     type Rejection = std::convert::Infallible;
@@ -112,11 +112,11 @@ impl<S: Send + Sync> FromRequestParts<S> for RemoteAddr {
     }
 }
 
-fn remote_of(parts: &Parts) -> Option<String> {
+fn remote_of(parts: &Parts) -> Option<std::net::IpAddr> {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string())
+        .map(|ConnectInfo(addr)| addr.ip())
 }
 
 /// A permission a handler requires of the root key.
@@ -173,7 +173,7 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for Authorized<P> {
         let remote = remote_of(parts);
         let principal = state
             .engine
-            .authenticate(bearer(parts), P::NAME, remote.as_deref())
+            .authenticate(bearer(parts), P::NAME, remote)
             .await?;
         Ok(Self {
             principal,

@@ -168,7 +168,7 @@ async fn proxy(
 
 async fn forward(
     state: &GatewayState,
-    remote: Option<String>,
+    remote: Option<std::net::IpAddr>,
     request: Request,
 ) -> Result<Response, Response> {
     let (mut parts, body) = request.into_parts();
@@ -201,7 +201,7 @@ async fn forward(
         .or_else(|| parts.headers.get(header::REFERER))
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let ip = remote.as_deref().and_then(|ip| ip.parse().ok());
+    let ip = remote;
     let verify = VerifyRequest {
         query: route.permissions.as_ref(),
         method: Some(parts.method.as_str()),
@@ -250,7 +250,7 @@ async fn forward(
             .and_then(|v| v.to_str().ok())
         {
             Some(previous) => format!("{previous}, {ip}"),
-            None => ip.clone(),
+            None => ip.to_string(),
         };
         if let Ok(value) = HeaderValue::from_str(&forwarded) {
             parts
