@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::serve::{join_per_core, serve_per_core, server_threads, stopped};
+use crate::serve::{join_per_core, serve_per_core, stopped};
 use anyhow::{Context, bail};
 use keyward_core::permission::PermissionQuery;
 use keyward_engine::clock::SystemClock;
@@ -158,27 +158,23 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin = match loaded.admin_listen {
         Some(addr) => {
+            let admin_listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            println!(
+                "keyward: admin API listening on http://{}",
+                admin_listener.local_addr()?
+            );
             let state = AppState {
                 engine: Arc::clone(&engine),
             };
-            let (bound, workers) = serve_per_core(
-                addr,
-                server_threads(),
-                "admin",
-                &stop_rx,
-                move |listener, stop| {
-                    let state = state.clone();
-                    async move {
-                        keyward_http::serve(listener, state, stopped(stop))
-                            .await
-                            .context("serving the admin API")
-                    }
-                },
-            )?;
-            println!("keyward: admin API listening on http://{bound}");
-            workers
+            Some(tokio::spawn(keyward_http::serve(
+                admin_listener,
+                state,
+                stopped(stop_rx.clone()),
+            )))
         }
-        None => Vec::new(),
+        None => None,
     };
     let upkeep = crate::serve::spawn_upkeep(Arc::clone(&engine), Duration::from_secs(5));
     let (gateway_engine, config) = (Arc::clone(&engine), loaded.gateway.clone());
@@ -203,7 +199,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     crate::serve::shutdown_signal().await;
     let _ = stop_tx.send(true);
     join_per_core(gateway).await?;
-    join_per_core(admin).await?;
+    if let Some(admin) = admin {
+        admin
+            .await
+            .context("admin task")?
+            .context("serving the admin API")?;
+    }
     upkeep.abort();
     crate::serve::shutdown_engine(&engine).await;
     store.close().await;

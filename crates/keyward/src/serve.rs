@@ -105,20 +105,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState {
         engine: Arc::clone(&engine),
     };
-    let (local, http) = serve_per_core(
-        args.listen,
-        server_threads(),
-        "http",
-        &stop_rx,
-        move |listener, stop| {
-            let state = state.clone();
-            async move {
-                keyward_http::serve(listener, state, stopped(stop))
-                    .await
-                    .context("serving HTTP")
-            }
-        },
-    )?;
+    // The admin API stays on the work-stealing runtime: its requests vary in cost, and a
+    // per-core split measured a worse tail (one thread can get most connections).
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    let http = tokio::spawn(keyward_http::serve(
+        listener,
+        state,
+        stopped(stop_rx.clone()),
+    ));
     println!(
         "keyward: listening on http://{local} (data in {})",
         args.data_dir.display()
@@ -126,7 +123,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%local, data_dir = %args.data_dir.display(), "keyward listening");
     shutdown_signal().await;
     let _ = stop_tx.send(true);
-    join_per_core(http).await?;
+    http.await.context("HTTP task")?.context("serving HTTP")?;
     if let Some(grpc) = ext_authz {
         grpc.await
             .context("ext_authz task")?
@@ -248,14 +245,4 @@ pub async fn join_per_core(
             .map_err(|_| anyhow::anyhow!("a server thread panicked"))??;
     }
     Ok(())
-}
-
-/// Threads for per-core servers: `KEYWARD_WORKER_THREADS`, else one per core.
-pub fn server_threads() -> usize {
-    std::env::var("KEYWARD_WORKER_THREADS")
-        .ok()
-        .and_then(|t| t.parse::<usize>().ok())
-        .filter(|t| *t > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .min(256)
 }
