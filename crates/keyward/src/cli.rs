@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// Seconds between writes of buffered last_used_at times.
     #[arg(long, env = "KEYWARD_LAST_USED_FLUSH_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub last_used_flush_seconds: u64,
+    /// Quota credits leased from the store per write: larger means fewer writes on busy keys,
+    /// and is also the most a crash can overcharge a key by.
+    #[arg(long, env = "KEYWARD_QUOTA_LEASE", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub quota_lease: u64,
     /// Also serve Envoy's ext_authz gRPC Authorization/Check on this address.
     #[arg(long, env = "KEYWARD_EXT_AUTHZ_LISTEN")]
     pub ext_authz_listen: Option<SocketAddr>,

@@ -4,9 +4,12 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8081"          # where clients connect
-//! data_dir = "./keyward-data"         # the same store `keyward serve` uses
+//! data_dir = "./keyward-data"         # the store (do not run a second keyward on it: limits
+//!                                     # and quota leases live in each process's memory)
 //! admin_listen = "127.0.0.1:8080"     # optional: the admin API in this process too
 //! ratelimit_headers_on_success = true # RateLimit fields on admitted responses as well
+//! quota_lease = 20                    # credits leased per store write (the crash overcharge bound)
+//! threads = 2                         # gateway threads, one runtime each (default: one per core)
 //!
 //! [[route]]
 //! prefix = "/orders"                  # path prefix, matched at segment boundaries
@@ -141,20 +144,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         Arc::new(SystemClock),
         config,
     ));
-    if let Some(root) = engine
-        .bootstrap()
-        .await
-        .context("creating the first root key")?
-    {
-        println!(
-            "keyward: created the first root key ({}), with all permissions:",
-            root.record.key_id
-        );
-        println!();
-        println!("    {}", root.key.expose());
-        println!();
-        println!("This root key will not be shown again. Store it now.");
-    }
+    crate::serve::print_bootstrap(&engine).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin = match loaded.admin_listen {
         Some(addr) => {

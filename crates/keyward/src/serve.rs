@@ -56,29 +56,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_staleness: Duration::from_secs(args.cache_max_staleness_seconds),
             ..CacheConfig::default()
         },
-        ..EngineConfig::default()
+        quota_lease: args.quota_lease,
     };
     let engine = Arc::new(Keyward::new(
         Arc::new(store.clone()),
         Arc::new(SystemClock),
         config,
     ));
-    if let Some(root) = engine
-        .bootstrap()
-        .await
-        .context("creating the first root key")?
-    {
-        // Printed to stdout, never logged: this is the only time the root key exists in clear.
-        println!(
-            "keyward: created the first root key ({}), with all permissions:",
-            root.record.key_id
-        );
-        println!();
-        println!("    {}", root.key.expose());
-        println!();
-        println!("This root key will not be shown again. Store it now, for example:");
-        println!("    export KEYWARD_ROOT_KEY=<the key above>");
-    }
+    print_bootstrap(&engine).await?;
     let flusher = spawn_upkeep(
         Arc::clone(&engine),
         Duration::from_secs(args.last_used_flush_seconds),
@@ -243,6 +228,27 @@ pub async fn join_per_core(
             .await
             .context("joining a server thread")?
             .map_err(|_| anyhow::anyhow!("a server thread panicked"))??;
+    }
+    Ok(())
+}
+
+/// Creates the first root key of an empty store and prints it, once, to standard output (never
+/// to the log: this is the only time it exists in clear).
+pub async fn print_bootstrap(engine: &Keyward) -> anyhow::Result<()> {
+    if let Some(root) = engine
+        .bootstrap()
+        .await
+        .context("creating the first root key")?
+    {
+        println!(
+            "keyward: created the first root key ({}), with all permissions:",
+            root.record.key_id
+        );
+        println!();
+        println!("    {}", root.key.expose());
+        println!();
+        println!("This root key will not be shown again. Store it now, for example:");
+        println!("    export KEYWARD_ROOT_KEY=<the key above>");
     }
     Ok(())
 }

@@ -76,6 +76,32 @@ impl Http {
         }
     }
 
+    /// Sends a built request and reads the whole response.
+    async fn send(&self, builder: hyper::http::request::Builder, body: Vec<u8>) -> Response {
+        let request = builder.body(Full::new(Bytes::from(body))).unwrap();
+        let response = self.client.request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn builder(&self, method: &str, path: &str) -> hyper::http::request::Builder {
+        Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(format!("{}{}", self.base, path))
+    }
+
     /// Sends a request with an optional bearer token and raw body with content type.
     pub async fn raw(
         &self,
@@ -84,9 +110,7 @@ impl Http {
         bearer: Option<&str>,
         body: Option<(&str, Vec<u8>)>,
     ) -> Response {
-        let mut builder = Request::builder()
-            .method(Method::from_bytes(method.as_bytes()).unwrap())
-            .uri(format!("{}{}", self.base, path));
+        let mut builder = self.builder(method, path);
         if let Some(token) = bearer {
             builder = builder.header("authorization", format!("Bearer {token}"));
         }
@@ -99,25 +123,7 @@ impl Http {
             }
             None => Vec::new(),
         };
-        let response = self
-            .client
-            .request(builder.body(Full::new(Bytes::from(bytes))).unwrap())
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec();
-        Response {
-            status,
-            headers,
-            body,
-        }
+        self.send(builder, bytes).await
     }
 
     /// A request with arbitrary headers and no body.
@@ -127,31 +133,11 @@ impl Http {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Response {
-        let mut builder = Request::builder()
-            .method(Method::from_bytes(method.as_bytes()).unwrap())
-            .uri(format!("{}{}", self.base, path));
+        let mut builder = self.builder(method, path);
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let response = self
-            .client
-            .request(builder.body(Full::new(Bytes::new())).unwrap())
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec();
-        Response {
-            status,
-            headers,
-            body,
-        }
+        self.send(builder, Vec::new()).await
     }
 
     /// A `GET /v1/auth` as nginx sends it: its root key in `X-Keyward-Root-Key`, the client's key
@@ -163,37 +149,17 @@ impl Http {
         extra: &[(&str, &str)],
         query: &str,
     ) -> Response {
-        let mut builder = Request::builder()
-            .method(Method::GET)
-            .uri(format!("{}/v1/auth{query}", self.base));
+        let mut headers: Vec<(&str, String)> =
+            extra.iter().map(|(n, v)| (*n, (*v).to_owned())).collect();
         if let Some(root) = root {
-            builder = builder.header("x-keyward-root-key", root);
+            headers.push(("x-keyward-root-key", root.to_owned()));
         }
         if let Some(key) = key {
-            builder = builder.header("authorization", format!("Bearer {key}"));
+            headers.push(("authorization", format!("Bearer {key}")));
         }
-        for (name, value) in extra {
-            builder = builder.header(*name, *value);
-        }
-        let response = self
-            .client
-            .request(builder.body(Full::new(Bytes::new())).unwrap())
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        self.raw_with_headers("GET", &format!("/v1/auth{query}"), &pairs)
             .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec();
-        Response {
-            status,
-            headers,
-            body,
-        }
     }
 
     pub async fn call(
