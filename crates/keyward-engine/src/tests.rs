@@ -946,25 +946,7 @@ async fn daily_refill_follows_the_clock() {
 async fn a_crash_overcharges_at_most_one_lease_and_never_refunds() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
-    let config = EngineConfig {
-        quota_lease: 5,
-        ..EngineConfig::default()
-    };
-    let open = || async { Arc::new(SqliteStore::open(dir.path()).await.unwrap()) };
-    let engine = Keyward::new(open().await, clock.clone(), config);
-    let boot = engine.bootstrap().await.unwrap().unwrap();
-    let root = Principal {
-        key_id: boot.record.key_id.clone(),
-    };
-    let spec = NewKey {
-        owner: "o".into(),
-        quota: Some(QuotaSpec {
-            credits: 100,
-            ..QuotaSpec::default()
-        }),
-        ..NewKey::default()
-    };
-    let created = engine.create_key(&root, spec).await.unwrap();
+    let (engine, created) = quota_engine(dir.path(), clock.clone()).await;
     for _ in 0..13 {
         let v = engine
             .verify(created.key.expose(), &VerifyRequest::default())
@@ -974,7 +956,7 @@ async fn a_crash_overcharges_at_most_one_lease_and_never_refunds() {
     }
     // The process dies: no shutdown code runs, the unspent lease is lost.
     drop(engine);
-    let after_crash = Keyward::new(open().await, clock.clone(), config);
+    let after_crash = reopened(dir.path(), clock.clone()).await;
     let left = after_crash.credits(&created.record).await.unwrap().unwrap();
     assert!(left <= 100 - 13, "never refunds: {left}");
     assert!(100 - 13 - left < 5, "overcharge below one lease: {left}");
@@ -1091,28 +1073,7 @@ async fn plans_apply_to_their_keys_and_changes_reach_them_at_once() {
 async fn concurrent_first_requests_lease_one_block_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
-    let config = EngineConfig {
-        quota_lease: 5,
-        ..EngineConfig::default()
-    };
-    let engine = Arc::new(Keyward::new(
-        Arc::new(SqliteStore::open(dir.path()).await.unwrap()),
-        clock.clone(),
-        config,
-    ));
-    let boot = engine.bootstrap().await.unwrap().unwrap();
-    let root = Principal {
-        key_id: boot.record.key_id.clone(),
-    };
-    let spec = NewKey {
-        owner: "o".into(),
-        quota: Some(QuotaSpec {
-            credits: 100,
-            ..QuotaSpec::default()
-        }),
-        ..NewKey::default()
-    };
-    let created = engine.create_key(&root, spec).await.unwrap();
+    let (engine, created) = quota_engine(dir.path(), clock.clone()).await;
     let key = Arc::new(created.key.expose().to_owned());
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -1129,11 +1090,7 @@ async fn concurrent_first_requests_lease_one_block_at_a_time() {
         assert_eq!(t.await.unwrap(), VerifyCode::Valid);
     }
     drop(engine);
-    let after_crash = Keyward::new(
-        Arc::new(SqliteStore::open(dir.path()).await.unwrap()),
-        clock,
-        config,
-    );
+    let after_crash = reopened(dir.path(), clock).await;
     let left = after_crash.credits(&created.record).await.unwrap().unwrap();
     assert!(left <= 100 - 8, "never refunds: {left}");
     assert!(
@@ -1160,4 +1117,44 @@ async fn owner_pools_are_per_tenant() {
         "another tenant's admin is another pool"
     );
     assert_eq!(f.code(a.expose()).await, VerifyCode::RateLimited);
+}
+
+/// An engine over the store in `dir` with a quota lease of 5, and a key with 100 credits.
+async fn quota_engine(dir: &std::path::Path, clock: Arc<ManualClock>) -> (Arc<Keyward>, Created) {
+    let config = EngineConfig {
+        quota_lease: 5,
+        ..EngineConfig::default()
+    };
+    let engine = Arc::new(Keyward::new(
+        Arc::new(SqliteStore::open(dir).await.unwrap()),
+        clock,
+        config,
+    ));
+    let boot = engine.bootstrap().await.unwrap().unwrap();
+    let root = Principal {
+        key_id: boot.record.key_id.clone(),
+    };
+    let spec = NewKey {
+        owner: "o".into(),
+        quota: Some(QuotaSpec {
+            credits: 100,
+            ..QuotaSpec::default()
+        }),
+        ..NewKey::default()
+    };
+    let created = engine.create_key(&root, spec).await.unwrap();
+    (engine, created)
+}
+
+/// The engine after a crash: a new one over the same store, nothing handed back.
+async fn reopened(dir: &std::path::Path, clock: Arc<ManualClock>) -> Keyward {
+    let config = EngineConfig {
+        quota_lease: 5,
+        ..EngineConfig::default()
+    };
+    Keyward::new(
+        Arc::new(SqliteStore::open(dir).await.unwrap()),
+        clock,
+        config,
+    )
 }

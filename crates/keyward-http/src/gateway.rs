@@ -104,8 +104,11 @@ fn route_for<'a>(config: &'a GatewayConfig, path: &str) -> Option<&'a GatewayRou
         .routes
         .iter()
         .filter(|r| {
+            // A prefix matches at a segment boundary: `/orders` covers `/orders` and
+            // `/orders/1`, not `/ordersx`.
             let prefix = r.prefix.trim_end_matches('/');
-            path == prefix || path.starts_with(&format!("{prefix}/")) || prefix.is_empty()
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         })
         .max_by_key(|r| r.prefix.len())
 }
