@@ -94,7 +94,9 @@ pub fn nanos(t: OffsetDateTime) -> i128 {
     t.unix_timestamp_nanos()
 }
 
-fn ceil_seconds(nanos: i128) -> u64 {
+/// Whole seconds covering `nanos`, rounded up (0 for a past instant): a client told to retry
+/// after this many seconds is never early.
+pub fn ceil_seconds(nanos: i128) -> u64 {
     if nanos <= 0 {
         0
     } else {

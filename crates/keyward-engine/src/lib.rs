@@ -24,6 +24,7 @@ use keyward_core::key::{
     EntropyError, KeyHash, PREFIX_ROOT, ParsedKey, PlaintextKey, Prefix, generate_key,
     generate_key_id, is_key_id,
 };
+use keyward_core::limit::ceil_seconds;
 use keyward_core::permission::{Permission, PermissionQuery};
 use keyward_core::quota::QuotaConfig;
 use keyward_core::record::{KeyKind, KeyPolicy, KeyRecord, KeyStatus, Plan, SecretInfo};
@@ -553,10 +554,7 @@ impl Keyward {
                 let next = r.schedule.next_after(now)?;
                 Some((r.amount, (next - last).whole_seconds(), next))
             });
-            let seconds_until = |t: OffsetDateTime| {
-                let nanos = (t - now).whole_nanoseconds().max(0);
-                u64::try_from((nanos + 999_999_999) / 1_000_000_000).unwrap_or(u64::MAX)
-            };
+            let seconds_until = |t: OffsetDateTime| ceil_seconds((t - now).whole_nanoseconds());
             let report = |remaining: u64| QuotaReport {
                 quota: refill.map_or(quota.credits, |(amount, _, _)| amount),
                 window_seconds: refill.and_then(|(_, window, _)| u64::try_from(window).ok()),
@@ -574,14 +572,11 @@ impl Keyward {
                     verification.code = VerifyCode::UsageExceeded;
                     verification.credits_remaining =
                         self.leases.reported_remaining(&record.key_id).or(Some(0));
-                    let next_refill = quota.refill.and_then(|r| r.schedule.next_after(now));
-                    verification.retry_after =
-                        Some(next_refill.map_or(EXHAUSTED_QUOTA_RETRY_SECONDS, |t| {
-                            let nanos = (t - now).whole_nanoseconds().max(0);
-                            u64::try_from((nanos + 999_999_999) / 1_000_000_000)
-                                .unwrap_or(u64::MAX)
-                                .max(1)
-                        }));
+                    verification.retry_after = Some(
+                        refill.map_or(EXHAUSTED_QUOTA_RETRY_SECONDS, |(_, _, next)| {
+                            seconds_until(next).max(1)
+                        }),
+                    );
                     // Nothing was consumed: report the limits as they stand.
                     verification.limits = self.limiter.decide(record, 0, now, false).reports;
                     return Ok(());
