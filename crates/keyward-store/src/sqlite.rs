@@ -108,6 +108,15 @@ impl SqliteStore {
         Ok(Self { writer, readers })
     }
 
+    /// A write transaction that holds the write lock from its first statement (`BEGIN
+    /// IMMEDIATE`), so concurrent writers queue instead of failing to upgrade a read lock.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)
+    }
+
     /// Closes the pools, flushing the WAL.
     pub async fn close(&self) {
         self.readers.close().await;
@@ -415,11 +424,7 @@ impl KeyStore for SqliteStore {
             secret_ends,
             audit,
         } = write;
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
+        let mut tx = self.write_tx().await?;
         let permissions: Vec<&str> = r.permissions.iter().map(Permission::as_str).collect();
         let routes: Vec<&str> = r.routes.iter().map(RoutePattern::as_str).collect();
         let sql = match expected_version {
@@ -504,11 +509,7 @@ impl KeyStore for SqliteStore {
     }
 
     async fn append_audit(&self, draft: AuditDraft) -> Result<i64, StoreError> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
+        let mut tx = self.write_tx().await?;
         let seq = append_in(&mut tx, draft).await?;
         tx.commit().await.map_err(backend)?;
         Ok(seq)
@@ -545,11 +546,7 @@ impl KeyStore for SqliteStore {
         if uses.is_empty() {
             return Ok(());
         }
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
+        let mut tx = self.write_tx().await?;
         for (key_id, at) in uses {
             sqlx::query(
                 "UPDATE keys SET last_used_at = ?1 WHERE key_id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1)",
@@ -603,11 +600,7 @@ impl KeyStore for SqliteStore {
             delete,
             audit,
         } = write;
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
+        let mut tx = self.write_tx().await?;
         let permissions: Vec<&str> = p.permissions.iter().map(Permission::as_str).collect();
         let result = if delete {
             let in_use: i64 = sqlx::query_scalar(
@@ -670,11 +663,7 @@ impl KeyStore for SqliteStore {
         want: u64,
         now: OffsetDateTime,
     ) -> Result<(u64, Balance), StoreError> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
+        let mut tx = self.write_tx().await?;
         let balance = read_balance(&mut tx, key_id, config, now).await?;
         let granted = want.min(balance.remaining);
         let after = Balance {
@@ -695,11 +684,7 @@ impl KeyStore for SqliteStore {
         audit: AuditDraft,
         now: OffsetDateTime,
     ) -> Result<Balance, StoreError> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
+        let mut tx = self.write_tx().await?;
         let before = read_balance(&mut tx, key_id, config, now).await?;
         let returned = before.remaining.saturating_add(unspent);
         let remaining = match op {
@@ -730,11 +715,7 @@ impl KeyStore for SqliteStore {
         period: Option<OffsetDateTime>,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
+        let mut tx = self.write_tx().await?;
         let balance = read_balance(&mut tx, key_id, config, now).await?;
         if balance.period == period {
             let after = Balance {
