@@ -237,10 +237,11 @@ async fn forward(
         .parse()
         .map_err(|_| ApiError::new("bad_gateway", "the upstream URL is invalid").into_response())?;
     clean_forward_headers(&mut parts.headers);
-    let mut identity = HeaderMap::new();
-    decorate(&mut identity, &v);
+    // The edge headers are built once: identity goes upstream, RateLimit fields back down.
+    let mut edge = HeaderMap::new();
+    decorate(&mut edge, &v);
     for name in ["x-keyward-key-id", "x-keyward-owner", "x-keyward-tenant"] {
-        if let Some(value) = identity.get(name) {
+        if let Some(value) = edge.get(name) {
             parts
                 .headers
                 .insert(HeaderName::from_static(name), value.clone());
@@ -284,10 +285,8 @@ async fn forward(
         parts.headers.remove(name);
     }
     if state.config.ratelimit_headers_on_success && v.code == VerifyCode::Valid {
-        let mut limits = HeaderMap::new();
-        decorate(&mut limits, &v);
         for name in ["ratelimit-policy", "ratelimit"] {
-            if let Some(value) = limits.get(name) {
+            if let Some(value) = edge.get(name) {
                 parts
                     .headers
                     .insert(HeaderName::from_static(name), value.clone());
