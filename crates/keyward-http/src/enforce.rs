@@ -3,7 +3,7 @@
 //! (draft-ietf-httpapi-ratelimit-headers) plus `Retry-After`. Shared by `/v1/auth` (nginx
 //! `auth_request`) and the gateway.
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use keyward_core::verify::VerifyCode;
 use keyward_engine::Verification;
 
@@ -22,18 +22,16 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// The key a client presented: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    presented_key_in(|name| headers.get(name).and_then(|v| v.to_str().ok()))
+}
+
+/// The same rule over any header lookup (`name` is lower-case), for Envoy's header map.
+pub fn presented_key_in<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<&'a str> {
+    let bearer = header("authorization")
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, key)| key.trim());
-    bearer.or_else(|| {
-        headers
-            .get(API_KEY_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    })
+    bearer.or_else(|| header(API_KEY_HEADER).map(str::trim))
 }
 
 /// The problem code and status of a refused verification (`None` for VALID).

@@ -31,7 +31,7 @@ use keyward_engine::{Keyward, Verification};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
-use crate::enforce::{decorate, refusal, status};
+use crate::enforce::{decorate, presented_key_in, refusal, status};
 
 /// Context extension carrying the route's permission query.
 pub const PERMISSIONS_EXTENSION: &str = "keyward_permissions";
@@ -63,15 +63,6 @@ pub async fn serve_ext_authz(
             shutdown,
         )
         .await
-}
-
-fn key_from(headers: &HashMap<String, String>) -> Option<&str> {
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key.trim());
-    bearer.or_else(|| headers.get("x-api-key").map(|k| k.trim()))
 }
 
 fn denied(
@@ -135,7 +126,7 @@ impl Authorization for ExtAuthz {
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
         let extensions = request.attributes.as_ref().map(|a| &a.context_extensions);
-        let Some(key) = key_from(headers) else {
+        let Some(key) = presented_key_in(|name| headers.get(name).map(String::as_str)) else {
             return Ok(Response::new(denied(
                 VerifyCode::Malformed,
                 crate::enforce::missing_key(),
