@@ -146,9 +146,53 @@ pub enum CreditOp {
     Decrease(u64),
 }
 
+/// A committed change to how keys verify, as seen by every node sharing a store.
+///
+/// Sequence numbers are the audit log's: every write that changes how a key verifies appends
+/// an audit event in the same transaction, so the audit head is the store's change head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A key's record or secrets changed (created, updated, rotated, revoked, disabled).
+    Key {
+        /// The key.
+        key_id: String,
+    },
+    /// A plan changed or was deleted: any key may inherit from it.
+    Plan {
+        /// The plan.
+        plan_id: String,
+    },
+    /// A key's credit balance was adjusted through the API.
+    Credits {
+        /// The key.
+        key_id: String,
+    },
+    /// Notifications may have been missed (the feed was disconnected and is back): nothing
+    /// cached before this point may be trusted.
+    Resync,
+}
+
+/// A subscription to the changes every process commits to a shared store.
+#[async_trait]
+pub trait ChangeFeed: Send {
+    /// Waits for the next change. An error means the backend is unreachable now; the caller
+    /// waits and calls again, and the first change after an error is always [`Change::Resync`].
+    async fn next(&mut self) -> Result<Change, StoreError>;
+}
+
 /// Where keys, secrets and the audit log live.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
+    /// Subscribes to changes committed by every process sharing this store, or `None` when
+    /// this process is the store's only writer (the embedded SQLite store), so its own writes
+    /// are all there is to see.
+    async fn changes(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        Ok(None)
+    }
+
+    /// The store's change head: the sequence number of the latest audit event (0 when empty).
+    async fn change_head(&self) -> Result<i64, StoreError>;
+
     /// Finds the key owning the secret with `hash`; the record carries its secrets live at `now`.
     async fn find_by_hash(
         &self,

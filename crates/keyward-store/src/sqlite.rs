@@ -568,6 +568,14 @@ impl KeyStore for SqliteStore {
         Ok(count.max(0) as u64)
     }
 
+    async fn change_head(&self) -> Result<i64, StoreError> {
+        let head: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_log")
+            .fetch_one(&self.readers)
+            .await
+            .map_err(backend)?;
+        Ok(head.unwrap_or(0))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.readers)

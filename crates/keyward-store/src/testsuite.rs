@@ -466,7 +466,8 @@ async fn last_used(store: &dyn KeyStore) {
 }
 
 async fn audit_chain(store: &dyn KeyStore) {
-    store
+    let head_before = store.change_head().await.unwrap();
+    let appended = store
         .append_audit(AuditDraft {
             time: T0,
             actor: None,
@@ -476,6 +477,9 @@ async fn audit_chain(store: &dyn KeyStore) {
         })
         .await
         .unwrap();
+    // The change head is the latest audit event's sequence number, and it moves forward.
+    assert!(appended > head_before);
+    assert_eq!(store.change_head().await.unwrap(), appended);
     let mut verifier = ChainVerifier::default();
     let mut filter = AuditFilter {
         limit: 4,
