@@ -72,6 +72,9 @@ impl KeyStore for CountingStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+    async fn change_head(&self) -> Result<i64, StoreError> {
+        self.inner.change_head().await
+    }
     async fn get_plan(&self, plan_id: &str) -> Result<Option<Plan>, StoreError> {
         self.inner.get_plan(plan_id).await
     }
