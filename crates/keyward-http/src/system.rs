@@ -18,7 +18,11 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// Readiness: the store answers. 503 otherwise, so a load balancer stops sending traffic.
+/// Readiness, per dependency: `store` (`ok` or `unavailable`) and `change_feed` (`ok`, or
+/// `disconnected` while this node cannot hear other nodes' changes and reads the store for
+/// every verification). 503 when the store does not answer, so a load balancer prefers nodes
+/// that can reach it; a lost change feed alone keeps 200 with status `degraded`, since the
+/// node still answers correctly, only more slowly.
 #[utoipa::path(get, path = "/readyz", tag = "system",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
@@ -29,18 +33,23 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             false
         }
     };
+    let feed_ok = state.engine.change_feed_trusted();
     let mut checks = Map::new();
     checks.insert(
         "store".into(),
         Value::from(if store_ok { "ok" } else { "unavailable" }),
     );
-    let status = if store_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    checks.insert(
+        "change_feed".into(),
+        Value::from(if feed_ok { "ok" } else { "disconnected" }),
+    );
+    let (status, word) = match (store_ok, feed_ok) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (true, false) => (StatusCode::OK, "degraded"),
+        (true, true) => (StatusCode::OK, "ok"),
     };
     let body = Health {
-        status: if store_ok { "ok" } else { "unavailable" }.into(),
+        status: word.into(),
         checks: Some(checks),
     };
     (status, Json(body)).into_response()

@@ -424,6 +424,22 @@ pub struct VerifyKeyResponse {
     /// For RATE_LIMITED and USAGE_EXCEEDED: seconds until a retry can succeed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// Present when the answer was given without the store, because it could not be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<DegradedAnswer>,
+}
+
+/// How a verify answer was given while the store was unreachable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DegradedAnswer {
+    /// `store_unavailable_stale_cache` (a cached entry past the staleness bound, within
+    /// stale-if-error) or `store_unavailable_fail_open` (an unknown key admitted because
+    /// `fail_open_unknown_keys` is on).
+    pub reason: String,
+    /// Age of the cached entry used, for `store_unavailable_stale_cache`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<u64>,
 }
 
 /// One rate limit's state in a verify response.
