@@ -22,3 +22,6 @@ mod limits;
 mod nginx;
 #[path = "it/process.rs"]
 mod process;
+#[path = "it/proxy.rs"]
+#[allow(dead_code)] // Used by the cluster tests.
+mod proxy;
