@@ -107,6 +107,8 @@ impl Default for PostgresOptions {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Where the store is, for messages (no credentials).
+    location: String,
     /// How the change feed connects (the store's options, another application_name).
     feed_connect: PgConnectOptions,
     channel: String,
@@ -179,6 +181,30 @@ fn check_schema(schema: &str) -> Result<(), String> {
     }
 }
 
+/// Takes the `schema` query parameter out of a URL (sqlx would ignore it with a warning).
+fn split_schema(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut schema = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.strip_prefix("schema=") {
+            Some(name) => {
+                schema = Some(name.to_owned());
+                false
+            }
+            None => !pair.is_empty(),
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, schema)
+}
+
 /// `host:port/database` of a connection, without credentials, for error messages.
 fn location(connect: &PgConnectOptions, schema: Option<&str>) -> String {
     let mut text = format!(
@@ -198,9 +224,16 @@ impl PostgresStore {
     /// if `options.schema` names one, and runs the migrations (taking sqlx's migration lock,
     /// so nodes starting together migrate once).
     ///
+    /// The URL may carry the schema as a `schema=NAME` query parameter (for example
+    /// `postgres://host/db?schema=keyward`); `options.schema`, when set, wins.
+    ///
     /// Errors are [`StoreError::Open`] naming the server (never the password) and what failed.
-    pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
-        let parsed = PgConnectOptions::from_str(url).map_err(|e| StoreError::Open {
+    pub async fn connect(url: &str, mut options: PostgresOptions) -> Result<Self, StoreError> {
+        let (url, url_schema) = split_schema(url);
+        if options.schema.is_none() {
+            options.schema = url_schema;
+        }
+        let parsed = PgConnectOptions::from_str(&url).map_err(|e| StoreError::Open {
             location: "the --store URL".into(),
             reason: format!("not a PostgreSQL URL: {e}"),
         })?;
@@ -240,10 +273,16 @@ impl PostgresStore {
         let feed_connect = base.application_name(&format!("{}-feed", options.application_name));
         Ok(Self {
             pool,
+            location: location(&parsed, schema),
             feed_connect,
             channel,
             options,
         })
+    }
+
+    /// Where the store is, without credentials: `postgres://host:port/database (schema s)`.
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     /// Runs the migrations and closes: `keyward migrate`.

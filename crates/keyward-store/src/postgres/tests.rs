@@ -508,6 +508,42 @@ async fn bad_urls_and_schemas_are_clear_open_errors() {
         })
     );
     assert_eq!(parse_payload("nonsense"), None);
+    assert_eq!(
+        split_schema("postgres://h/db?sslmode=disable&schema=kw&application_name=x"),
+        (
+            "postgres://h/db?sslmode=disable&application_name=x".to_owned(),
+            Some("kw".to_owned())
+        )
+    );
+    assert_eq!(
+        split_schema("postgres://h/db?schema=kw"),
+        ("postgres://h/db".to_owned(), Some("kw".to_owned()))
+    );
+    assert_eq!(
+        split_schema("postgres://h/db"),
+        ("postgres://h/db".to_owned(), None)
+    );
+}
+
+#[tokio::test]
+async fn the_schema_can_come_from_the_url() {
+    let Some(db) = TestDb::new("the_schema_can_come_from_the_url") else {
+        return;
+    };
+    let store = PostgresStore::connect(
+        &format!("{}?schema={}", db.url, db.schema),
+        PostgresOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        store.location().contains(&db.schema),
+        "{}",
+        store.location()
+    );
+    assert_eq!(store.channel(), format!("keyward_changes_{}", db.schema));
+    store.close().await;
+    db.drop().await;
 }
 
 #[tokio::test]
