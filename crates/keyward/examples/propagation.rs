@@ -40,7 +40,10 @@ async fn call(http: &Http, root: &str, method: &str, url: String, body: Value) -
     let response = http.request(request).await.unwrap();
     let status = response.status().as_u16();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
