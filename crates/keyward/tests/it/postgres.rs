@@ -1,5 +1,6 @@
 //! The server on PostgreSQL (`--store`): a key created through one node verifies through
-//! another, nodes starting together mint one root key, and `keyward migrate`.
+//! another and its revocation reaches the other, nodes starting together mint one root key,
+//! and `keyward migrate`.
 //!
 //! These need a server: set `KEYWARD_TEST_POSTGRES_URL` (for example
 //! `postgres://postgres@127.0.0.1:5432/test`). Without it they say they were skipped; with
@@ -117,6 +118,42 @@ async fn serve_on_postgres_creates_and_verifies_a_key_across_nodes() {
         assert_eq!(verified.status, 200);
         assert_eq!(verified.json()["code"], "VALID", "{}", verified.json());
     }
+    // Node b has the key cached; a revoke through node a reaches it through the change feed
+    // long before the cache's 30 s staleness bound.
+    let key_id = created.json()["record"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoked = http_a
+        .call(
+            "POST",
+            &format!("/v1/keys/{key_id}/revoke"),
+            Some(&root),
+            Some(json!({"reason": "leaked"})),
+        )
+        .await;
+    assert_eq!(revoked.status, 200);
+    let http_b = Http::new(b.addr);
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            let verified = http_b
+                .call(
+                    "POST",
+                    "/v1/keys/verify",
+                    Some(&root),
+                    Some(json!({"key": key})),
+                )
+                .await;
+            if verified.json()["code"] == "REVOKED" {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "node b still accepts the revoked key after 5 s"
+    );
     drop((a, b));
     schema.drop().await;
 }
