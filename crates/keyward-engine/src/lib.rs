@@ -896,7 +896,16 @@ impl Keyward {
             permissions: vec!["*".into()],
             ..NewKey::default()
         };
-        self.create(None, KeyKind::Root, spec).await.map(Some)
+        let (write, created) = self.prepare_create(None, KeyKind::Root, spec).await?;
+        let hash = write.new_secret.as_ref().map(|s| s.hash);
+        // Nodes starting together on an empty shared store all get here; the store writes the
+        // key only if no root key exists yet, atomically, so exactly one of them mints one.
+        if self.store.create_first_root_key(write).await?.is_none() {
+            return Ok(None);
+        }
+        self.cache.invalidate(&created.record.key_id, &hash);
+        tracing::info!(key_id = %created.record.key_id, kind = "root", "key created");
+        Ok(Some(created))
     }
 
     /// Creates an API key.
@@ -923,6 +932,22 @@ impl Keyward {
         kind: KeyKind,
         spec: NewKey,
     ) -> Result<Created, EngineError> {
+        let (write, created) = self.prepare_create(actor, kind, spec).await?;
+        let hash = write.new_secret.as_ref().map(|s| s.hash);
+        self.store.write_key(write).await?;
+        self.cache.invalidate(&created.record.key_id, &hash);
+        tracing::info!(key_id = %created.record.key_id, kind = kind.as_str(), "key created");
+        Ok(created)
+    }
+
+    /// Validates `spec` and generates the key: the write that stores it, and what the caller
+    /// gets back once it committed.
+    async fn prepare_create(
+        &self,
+        actor: Option<&Principal>,
+        kind: KeyKind,
+        spec: NewKey,
+    ) -> Result<(KeyWrite, Created), EngineError> {
         let now = self.clock.now();
         let environment =
             validate::ident("environment", spec.environment.as_deref().unwrap_or("live"))?;
@@ -1005,24 +1030,20 @@ impl Keyward {
             KeyKind::Api => AuditAction::KeyCreate,
             KeyKind::Root => AuditAction::RootCreate,
         };
-        self.store
-            .write_key(KeyWrite {
-                record: record.clone(),
-                expected_version: None,
-                new_secret: Some(secret.clone()),
-                secret_ends: Vec::new(),
-                audit: AuditDraft {
-                    time: now,
-                    actor: actor.map(|a| a.key_id.clone()),
-                    action,
-                    target: Some(record.key_id.clone()),
-                    summary: record.audit_summary(),
-                },
-            })
-            .await?;
-        self.cache.invalidate(&record.key_id, [&secret.hash]);
-        tracing::info!(key_id = %record.key_id, kind = kind.as_str(), "key created");
-        Ok(Created { key, record })
+        let write = KeyWrite {
+            record: record.clone(),
+            expected_version: None,
+            new_secret: Some(secret),
+            secret_ends: Vec::new(),
+            audit: AuditDraft {
+                time: now,
+                actor: actor.map(|a| a.key_id.clone()),
+                action,
+                target: Some(record.key_id.clone()),
+                summary: record.audit_summary(),
+            },
+        };
+        Ok((write, Created { key, record }))
     }
 
     /// Validates the policy part of a new key.

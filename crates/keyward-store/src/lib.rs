@@ -1,8 +1,8 @@
-//! Storage for keyward: the [`KeyStore`] trait and its embedded SQLite implementation.
+//! Storage for keyward: the [`KeyStore`] trait, its embedded SQLite implementation
+//! ([`SqliteStore`]) and its PostgreSQL implementation for clusters ([`PostgresStore`]).
 //!
 //! The trait speaks only domain types from `keyward-core`; no SQL type or SQL error crosses
-//! it, so a backend can be swapped (PostgreSQL arrives in a later issue) without touching the
-//! layers above. Every write is a [`KeyWrite`]: the new state of one key, the version it
+//! it, so a backend can be swapped without touching the layers above. Every write is a [`KeyWrite`]: the new state of one key, the version it
 //! expects to replace (optimistic concurrency), the secret changes, and the audit event that
 //! commits atomically with it.
 //!
@@ -14,6 +14,7 @@
 //! # use keyward_store::KeyStore;
 //! ```
 
+mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod testsuite;
@@ -25,6 +26,7 @@ use keyward_core::quota::{Balance, QuotaConfig};
 use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, Plan, SecretInfo};
 use time::OffsetDateTime;
 
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 
 /// Errors from a store. Backend errors are carried as opaque sources, never as SQL types.
@@ -224,6 +226,20 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Number of root keys ever created (revoked ones included).
     async fn count_root_keys(&self) -> Result<u64, StoreError>;
+
+    /// Writes `write` (a new root key) only if the store has never had a root key, with the
+    /// check and the write in one serialised transaction, so two nodes bootstrapping an empty
+    /// shared store at once mint one root key between them. Returns the audit sequence
+    /// number, or `None` when a root key already exists (nothing is written).
+    ///
+    /// The default checks [`count_root_keys`](Self::count_root_keys) and then writes, which is
+    /// only exact for a store with a single writer; every backend here overrides it.
+    async fn create_first_root_key(&self, write: KeyWrite) -> Result<Option<i64>, StoreError> {
+        if self.count_root_keys().await? > 0 {
+            return Ok(None);
+        }
+        self.write_key(write).await.map(Some)
+    }
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

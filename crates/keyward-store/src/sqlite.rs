@@ -338,6 +338,96 @@ async fn append_in(conn: &mut SqliteConnection, draft: AuditDraft) -> Result<i64
     Ok(seq)
 }
 
+/// Applies a key write and appends its audit event inside the caller's write transaction.
+async fn write_key_in(conn: &mut SqliteConnection, write: KeyWrite) -> Result<i64, StoreError> {
+    let KeyWrite {
+        record: r,
+        expected_version,
+        new_secret,
+        secret_ends,
+        audit,
+    } = write;
+    let permissions: Vec<&str> = r.permissions.iter().map(Permission::as_str).collect();
+    let routes: Vec<&str> = r.routes.iter().map(RoutePattern::as_str).collect();
+    let sql = match expected_version {
+        None => {
+            "INSERT INTO keys (key_id, kind, owner, name, tenant, environment, purpose, tags, meta, permissions, routes,
+                expires_at, enabled, created_at, created_by, updated_at, revoked_at, revoked_reason, rotated_at, version, policy)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22)"
+        }
+        Some(_) => {
+            "UPDATE keys SET kind = ?2, owner = ?3, name = ?4, tenant = ?5, environment = ?6, purpose = ?7, tags = ?8,
+                meta = ?9, permissions = ?10, routes = ?11, expires_at = ?12, enabled = ?13, created_at = ?14,
+                created_by = ?15, updated_at = ?16, revoked_at = ?17, revoked_reason = ?18, rotated_at = ?19, version = ?20,
+                policy = ?22
+             WHERE key_id = ?1 AND version = ?21"
+        }
+    };
+    if let Some(plan) = &r.policy.plan {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM plans WHERE plan_id = ?1")
+            .bind(plan)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(backend)?;
+        if exists.is_none() {
+            return Err(StoreError::PlanMissing(plan.clone()));
+        }
+    }
+    let result = sqlx::query(sql)
+        .bind(&r.key_id)
+        .bind(r.kind.as_str())
+        .bind(&r.owner)
+        .bind(&r.name)
+        .bind(&r.tenant)
+        .bind(&r.environment)
+        .bind(&r.purpose)
+        .bind(json_text(&r.tags))
+        .bind(json_text(&r.meta))
+        .bind(json_text(&permissions))
+        .bind(json_text(&routes))
+        .bind(r.expires_at.map(to_millis))
+        .bind(r.enabled)
+        .bind(to_millis(r.created_at))
+        .bind(&r.created_by)
+        .bind(to_millis(r.updated_at))
+        .bind(r.revoked_at.map(to_millis))
+        .bind(&r.revoked_reason)
+        .bind(r.rotated_at.map(to_millis))
+        .bind(r.version)
+        .bind(expected_version)
+        .bind(json_text(&r.policy))
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    if result.rows_affected() != 1 {
+        return Err(StoreError::Conflict);
+    }
+    if let Some(s) = new_secret {
+        sqlx::query(
+            "INSERT INTO secrets (hash, hash_version, key_id, start, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(s.hash.to_hex())
+        .bind(s.hash.version())
+        .bind(&r.key_id)
+        .bind(&s.start)
+        .bind(to_millis(s.created_at))
+        .bind(s.expires_at.map(to_millis))
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    }
+    for (hash, ends) in secret_ends {
+        sqlx::query("UPDATE secrets SET expires_at = ?1 WHERE hash = ?2 AND key_id = ?3")
+            .bind(to_millis(ends))
+            .bind(hash.to_hex())
+            .bind(&r.key_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+    }
+    append_in(conn, audit).await
+}
+
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn find_by_hash(
@@ -417,95 +507,26 @@ impl KeyStore for SqliteStore {
     }
 
     async fn write_key(&self, write: KeyWrite) -> Result<i64, StoreError> {
-        let KeyWrite {
-            record: r,
-            expected_version,
-            new_secret,
-            secret_ends,
-            audit,
-        } = write;
         let mut tx = self.write_tx().await?;
-        let permissions: Vec<&str> = r.permissions.iter().map(Permission::as_str).collect();
-        let routes: Vec<&str> = r.routes.iter().map(RoutePattern::as_str).collect();
-        let sql = match expected_version {
-            None => {
-                "INSERT INTO keys (key_id, kind, owner, name, tenant, environment, purpose, tags, meta, permissions, routes,
-                    expires_at, enabled, created_at, created_by, updated_at, revoked_at, revoked_reason, rotated_at, version, policy)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22)"
-            }
-            Some(_) => {
-                "UPDATE keys SET kind = ?2, owner = ?3, name = ?4, tenant = ?5, environment = ?6, purpose = ?7, tags = ?8,
-                    meta = ?9, permissions = ?10, routes = ?11, expires_at = ?12, enabled = ?13, created_at = ?14,
-                    created_by = ?15, updated_at = ?16, revoked_at = ?17, revoked_reason = ?18, rotated_at = ?19, version = ?20,
-                    policy = ?22
-                 WHERE key_id = ?1 AND version = ?21"
-            }
-        };
-        if let Some(plan) = &r.policy.plan {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM plans WHERE plan_id = ?1")
-                .bind(plan)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-            if exists.is_none() {
-                return Err(StoreError::PlanMissing(plan.clone()));
-            }
-        }
-        let result = sqlx::query(sql)
-            .bind(&r.key_id)
-            .bind(r.kind.as_str())
-            .bind(&r.owner)
-            .bind(&r.name)
-            .bind(&r.tenant)
-            .bind(&r.environment)
-            .bind(&r.purpose)
-            .bind(json_text(&r.tags))
-            .bind(json_text(&r.meta))
-            .bind(json_text(&permissions))
-            .bind(json_text(&routes))
-            .bind(r.expires_at.map(to_millis))
-            .bind(r.enabled)
-            .bind(to_millis(r.created_at))
-            .bind(&r.created_by)
-            .bind(to_millis(r.updated_at))
-            .bind(r.revoked_at.map(to_millis))
-            .bind(&r.revoked_reason)
-            .bind(r.rotated_at.map(to_millis))
-            .bind(r.version)
-            .bind(expected_version)
-            .bind(json_text(&r.policy))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if result.rows_affected() != 1 {
-            return Err(StoreError::Conflict);
-        }
-        if let Some(s) = new_secret {
-            sqlx::query(
-                "INSERT INTO secrets (hash, hash_version, key_id, start, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .bind(s.hash.to_hex())
-            .bind(s.hash.version())
-            .bind(&r.key_id)
-            .bind(&s.start)
-            .bind(to_millis(s.created_at))
-            .bind(s.expires_at.map(to_millis))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        }
-        for (hash, ends) in secret_ends {
-            sqlx::query("UPDATE secrets SET expires_at = ?1 WHERE hash = ?2 AND key_id = ?3")
-                .bind(to_millis(ends))
-                .bind(hash.to_hex())
-                .bind(&r.key_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        let seq = append_in(&mut tx, audit).await?;
+        let seq = write_key_in(&mut tx, write).await?;
         tx.commit().await.map_err(backend)?;
         Ok(seq)
+    }
+
+    async fn create_first_root_key(&self, write: KeyWrite) -> Result<Option<i64>, StoreError> {
+        // BEGIN IMMEDIATE holds the write lock, so the check and the insert cannot interleave
+        // with another process bootstrapping the same file.
+        let mut tx = self.write_tx().await?;
+        let roots: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE kind = 'root'")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if roots > 0 {
+            return Ok(None);
+        }
+        let seq = write_key_in(&mut tx, write).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(seq))
     }
 
     async fn append_audit(&self, draft: AuditDraft) -> Result<i64, StoreError> {

@@ -52,7 +52,7 @@ fn secret(plaintext: &str, created_at: OffsetDateTime) -> SecretInfo {
     }
 }
 
-fn draft(action: AuditAction, target: &str) -> AuditDraft {
+pub(crate) fn draft(action: AuditAction, target: &str) -> AuditDraft {
     AuditDraft {
         time: T0,
         actor: Some("key_root".into()),
@@ -86,6 +86,34 @@ pub(crate) async fn run_all(store: &dyn KeyStore) {
     audit_chain(store).await;
     policy_and_plans(store).await;
     credits(store).await;
+    first_root_key_once(store).await;
+}
+
+/// Bootstrap writes a root key only into a store that never had one.
+async fn first_root_key_once(store: &dyn KeyStore) {
+    let root = |key_id: &str, plaintext: &str| {
+        let mut write = new_key_write(key_id, plaintext);
+        write.record.kind = KeyKind::Root;
+        write.record.policy = Default::default();
+        write.audit.action = AuditAction::RootCreate;
+        write
+    };
+    assert_eq!(store.count_root_keys().await.unwrap(), 0);
+    let first = store
+        .create_first_root_key(root(&id(90), "kwroot_first"))
+        .await
+        .unwrap();
+    assert!(first.is_some());
+    assert_eq!(
+        store
+            .create_first_root_key(root(&id(91), "kwroot_second"))
+            .await
+            .unwrap(),
+        None,
+        "a second bootstrap writes nothing"
+    );
+    assert_eq!(store.count_root_keys().await.unwrap(), 1);
+    assert!(store.get_key(&id(91), T0).await.unwrap().is_none());
 }
 
 async fn policy_and_plans(store: &dyn KeyStore) {

@@ -21,6 +21,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run the gateway: a reverse proxy that enforces keys (see --config).
     Gateway(GatewayArgs),
+    /// Create or upgrade the PostgreSQL schema, then exit (serve and gateway also do this on
+    /// start).
+    Migrate(MigrateArgs),
     /// Manage API keys on a running server.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -39,9 +42,20 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
-    /// The gateway's TOML configuration (listen, data_dir, [[route]]s).
+    /// The gateway's TOML configuration (listen, data_dir or store, [[route]]s).
     #[arg(long, env = "KEYWARD_GATEWAY_CONFIG")]
     pub config: PathBuf,
+    /// The shared PostgreSQL store (postgres://user:password@host:port/db[?schema=NAME]);
+    /// overrides the config's `store` and `data_dir`.
+    #[arg(long, env = "KEYWARD_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The PostgreSQL store to migrate (postgres://user:password@host:port/db[?schema=NAME]).
+    #[arg(long, env = "KEYWARD_STORE", hide_env_values = true)]
+    pub store: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,9 +69,13 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "KEYWARD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Directory of the embedded store (created if missing).
+    /// Directory of the embedded store (created if missing); not used with --store.
     #[arg(long, env = "KEYWARD_DATA_DIR", default_value = "./keyward-data")]
     pub data_dir: PathBuf,
+    /// Use a shared PostgreSQL store instead of the embedded one, so several nodes can serve
+    /// the same keys: postgres://user:password@host:port/db[?schema=NAME].
+    #[arg(long, env = "KEYWARD_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// Log line format (logs go to standard error).
     #[arg(long, env = "KEYWARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

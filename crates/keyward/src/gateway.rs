@@ -4,8 +4,10 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8081"          # where clients connect
-//! data_dir = "./keyward-data"         # the store (do not run a second keyward on it: limits
-//!                                     # and quota leases live in each process's memory)
+//! data_dir = "./keyward-data"         # the embedded store (do not run a second keyward on it:
+//!                                     # limits and quota leases live in each process's memory)
+//! # store = "postgres://keyward@db/keyward"  # or a shared PostgreSQL store instead of
+//!                                     # data_dir (--store / KEYWARD_STORE override it)
 //! admin_listen = "127.0.0.1:8080"     # optional: the admin API in this process too
 //! ratelimit_headers_on_success = true # RateLimit fields on admitted responses as well
 //! quota_lease = 20                    # credits leased per store write (the crash overcharge bound)
@@ -32,14 +34,14 @@ use keyward_engine::clock::SystemClock;
 use keyward_engine::{EngineConfig, Keyward};
 use keyward_http::AppState;
 use keyward_http::gateway::{GatewayConfig, GatewayRoute, serve_gateway};
-use keyward_store::SqliteStore;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: SocketAddr,
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
+    store: Option<String>,
     admin_listen: Option<SocketAddr>,
     #[serde(default)]
     ratelimit_headers_on_success: bool,
@@ -64,7 +66,10 @@ struct FileRoute {
 /// The parsed configuration.
 pub struct Loaded {
     pub listen: SocketAddr,
-    pub data_dir: PathBuf,
+    /// The embedded store's directory (one of this and `store` is needed to run).
+    pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL URL: the shared store instead of `data_dir`.
+    pub store: Option<String>,
     pub admin_listen: Option<SocketAddr>,
     pub quota_lease: u64,
     pub threads: usize,
@@ -79,6 +84,12 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         .with_context(|| format!("{} is not a valid gateway config", path.display()))?;
     if file.routes.is_empty() {
         bail!("{}: define at least one [[route]]", path.display());
+    }
+    if file.data_dir.is_some() && file.store.is_some() {
+        bail!(
+            "{}: set data_dir (the embedded store) or store (PostgreSQL), not both",
+            path.display()
+        );
     }
     let routes = file
         .routes
@@ -115,6 +126,7 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     Ok(Loaded {
         listen: file.listen,
         data_dir: file.data_dir,
+        store: file.store,
         admin_listen: file.admin_listen,
         quota_lease: file
             .quota_lease
@@ -131,19 +143,25 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     })
 }
 
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+pub async fn run(config_path: &Path, store_url: Option<&str>) -> anyhow::Result<()> {
     crate::serve::init_logging(crate::cli::LogFormat::Text);
     let loaded = load(config_path)?;
-    let store = SqliteStore::open(&loaded.data_dir).await?;
+    // --store (or KEYWARD_STORE) wins over the file's store and data_dir.
+    let store_url = store_url.or(loaded.store.as_deref());
+    let data_dir = match (&loaded.data_dir, store_url) {
+        (_, Some(_)) => PathBuf::new(),
+        (Some(dir), None) => dir.clone(),
+        (None, None) => bail!(
+            "{}: set data_dir (the embedded store) or store (a postgres:// URL), or pass --store",
+            config_path.display()
+        ),
+    };
+    let store = crate::store::Store::open(store_url, &data_dir).await?;
     let config = EngineConfig {
         quota_lease: loaded.quota_lease,
         ..EngineConfig::default()
     };
-    let engine = Arc::new(Keyward::new(
-        Arc::new(store.clone()),
-        Arc::new(SystemClock),
-        config,
-    ));
+    let engine = Arc::new(Keyward::new(store.shared(), Arc::new(SystemClock), config));
     crate::serve::print_bootstrap(&engine).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin = match loaded.admin_listen {
@@ -251,6 +269,12 @@ cost = 2
                 "permissions",
             ),
             (format!("{base}colour = 1\n"), "not a valid gateway config"),
+            (
+                format!(
+                    "{base}store = \"postgres://h/db\"\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n"
+                ),
+                "not both",
+            ),
         ];
         for (text, expected) in cases {
             let err = format!("{:#}", load_text(&text).err().unwrap());

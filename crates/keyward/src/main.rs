@@ -7,6 +7,7 @@ mod client;
 mod gateway;
 mod output;
 mod serve;
+mod store;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -85,7 +86,14 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Gateway(args) => gateway::run(&args.config).await.map(|()| ExitCode::SUCCESS),
+        Command::Gateway(args) => gateway::run(&args.config, args.store.as_deref())
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Migrate(args) => {
+            store::migrate(&args.store).await?;
+            println!("keyward: the store's schema is up to date");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keys(cmd) => keys(cmd).await,
         Command::Verify(args) => {
             let (client, out) = connect(&args.client)?;

@@ -7,7 +7,6 @@ use anyhow::Context;
 use keyward_engine::clock::SystemClock;
 use keyward_engine::{CacheConfig, EngineConfig, Keyward};
 use keyward_http::AppState;
-use keyward_store::SqliteStore;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -50,7 +49,7 @@ pub async fn shutdown_signal() {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
-    let store = SqliteStore::open(&args.data_dir).await?;
+    let store = crate::store::Store::open(args.store.as_deref(), &args.data_dir).await?;
     let config = EngineConfig {
         cache: CacheConfig {
             max_staleness: Duration::from_secs(args.cache_max_staleness_seconds),
@@ -60,11 +59,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         quota_lease: args.quota_lease,
         fail_open_unknown_keys: args.fail_open_unknown_keys,
     };
-    let engine = Arc::new(Keyward::new(
-        Arc::new(store.clone()),
-        Arc::new(SystemClock),
-        config,
-    ));
+    let engine = Arc::new(Keyward::new(store.shared(), Arc::new(SystemClock), config));
     print_bootstrap(&engine).await?;
     let flusher = spawn_upkeep(
         Arc::clone(&engine),
@@ -103,11 +98,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         state,
         stopped(stop_rx.clone()),
     ));
-    println!(
-        "keyward: listening on http://{local} (data in {})",
-        args.data_dir.display()
-    );
-    tracing::info!(%local, data_dir = %args.data_dir.display(), "keyward listening");
+    let location = store.describe(&args.data_dir);
+    println!("keyward: listening on http://{local} ({location})");
+    tracing::info!(%local, %location, "keyward listening");
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     http.await.context("HTTP task")?.context("serving HTTP")?;

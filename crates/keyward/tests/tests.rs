@@ -20,6 +20,8 @@ mod gateway;
 mod limits;
 #[path = "it/nginx.rs"]
 mod nginx;
+#[path = "it/postgres.rs"]
+mod postgres;
 #[path = "it/process.rs"]
 mod process;
 #[path = "it/proxy.rs"]

@@ -290,6 +290,7 @@ fn committed_help_text_is_current() {
     let commands: &[&[&str]] = &[
         &[],
         &["serve"],
+        &["migrate"],
         &["keys"],
         &["keys", "create"],
         &["keys", "list"],

@@ -259,16 +259,23 @@ pub struct Process {
 impl Process {
     /// Starts `keyward serve` on port 0 in `data_dir` and waits for its "listening on" line.
     pub fn start(data_dir: &Path) -> Self {
-        std::fs::create_dir_all(data_dir).unwrap();
-        let log_path = data_dir.join("serve.log");
+        let dir = data_dir.to_str().unwrap();
+        Self::start_with(&["--data-dir", dir], data_dir)
+    }
+
+    /// Starts `keyward serve` on port 0 with `args` (for example `--store URL`), its log in
+    /// `log_dir`, and waits for its "listening on" line.
+    pub fn start_with(args: &[&str], log_dir: &Path) -> Self {
+        std::fs::create_dir_all(log_dir).unwrap();
+        let log_path = log_dir.join("serve.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .unwrap();
         let mut child = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .env("KEYWARD_LOG", "debug")
             .stdout(Stdio::piped())
             .stderr(log)
