@@ -18,11 +18,14 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// Readiness: the store answers. 503 otherwise, so a load balancer stops sending traffic.
+/// Readiness: the store answers (503 otherwise, so a load balancer stops sending traffic).
+/// With Redis configured, `checks.redis` says whether it answers; a Redis outage leaves the node
+/// ready but `degraded` (limits and quotas fall back to node-local enforcement).
 #[utoipa::path(get, path = "/readyz", tag = "system",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let store_ok = match state.engine.ready().await {
+    let (store, redis) = tokio::join!(state.engine.ready(), state.engine.redis_health());
+    let store_ok = match store {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: store unavailable");
@@ -34,13 +37,26 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         "store".into(),
         Value::from(if store_ok { "ok" } else { "unavailable" }),
     );
-    let status = if store_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let redis_ok = match redis {
+        None => true,
+        Some(health) => {
+            if let Some(error) = &health.error {
+                tracing::warn!(%error, "readiness check: Redis unavailable");
+            }
+            checks.insert(
+                "redis".into(),
+                Value::from(if health.up { "ok" } else { "unavailable" }),
+            );
+            health.up
+        }
+    };
+    let (status, word) = match (store_ok, redis_ok) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (true, false) => (StatusCode::OK, "degraded"),
+        (true, true) => (StatusCode::OK, "ok"),
     };
     let body = Health {
-        status: if store_ok { "ok" } else { "unavailable" }.into(),
+        status: word.into(),
         checks: Some(checks),
     };
     (status, Json(body)).into_response()

@@ -42,6 +42,9 @@ pub struct GatewayArgs {
     /// The gateway's TOML configuration (listen, data_dir, [[route]]s).
     #[arg(long, env = "KEYWARD_GATEWAY_CONFIG")]
     pub config: PathBuf,
+    /// Overrides the config file's Redis settings when `--redis` (or KEYWARD_REDIS) is given.
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,6 +77,43 @@ pub struct ServeArgs {
     /// Longest time a cached key is served without re-reading the store (seconds).
     #[arg(long, env = "KEYWARD_CACHE_MAX_STALENESS_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub cache_max_staleness_seconds: u64,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+}
+
+/// Shared limits and quotas (every node with the same Redis and namespace shares them).
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Share rate limits and quotas with other nodes through this Redis (redis://host:port/db).
+    #[arg(long, env = "KEYWARD_REDIS")]
+    pub redis: Option<String>,
+    /// Prefix of every Redis key keyward writes; nodes that share limits use the same one.
+    #[arg(long, env = "KEYWARD_REDIS_NAMESPACE", default_value = "keyward")]
+    pub redis_namespace: String,
+    /// Bound on each Redis call (milliseconds); past it the node decides locally.
+    #[arg(long, env = "KEYWARD_REDIS_TIMEOUT_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub redis_timeout_ms: u64,
+    /// While Redis is down, divide each limit by this many nodes instead of the live-node count
+    /// of the last heartbeat.
+    #[arg(long, env = "KEYWARD_REDIS_FALLBACK_NODES", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub redis_fallback_nodes: Option<u64>,
+    /// While Redis is down, credits each key may spend on this node (settled with Redis later).
+    #[arg(long, env = "KEYWARD_REDIS_FALLBACK_CREDITS", default_value_t = 10)]
+    pub redis_fallback_credits: u64,
+}
+
+impl RedisArgs {
+    /// The engine's Redis settings, if a Redis is configured.
+    pub fn config(&self) -> Option<keyward_engine::RedisConfig> {
+        let url = self.redis.as_ref()?;
+        Some(keyward_engine::RedisConfig {
+            namespace: self.redis_namespace.clone(),
+            timeout: std::time::Duration::from_millis(self.redis_timeout_ms),
+            fallback_nodes: self.redis_fallback_nodes,
+            fallback_credits: self.redis_fallback_credits,
+            ..keyward_engine::RedisConfig::new(url.clone())
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -85,7 +85,9 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Gateway(args) => gateway::run(&args.config).await.map(|()| ExitCode::SUCCESS),
+        Command::Gateway(args) => gateway::run(&args.config, args.redis.config())
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Keys(cmd) => keys(cmd).await,
         Command::Verify(args) => {
             let (client, out) = connect(&args.client)?;

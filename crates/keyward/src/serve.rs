@@ -58,11 +58,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         quota_lease: args.quota_lease,
     };
-    let engine = Arc::new(Keyward::new(
-        Arc::new(store.clone()),
-        Arc::new(SystemClock),
-        config,
-    ));
+    let engine = Arc::new(with_redis(
+        Keyward::new(Arc::new(store.clone()), Arc::new(SystemClock), config),
+        args.redis.config(),
+    )?);
     print_bootstrap(&engine).await?;
     let flusher = spawn_upkeep(
         Arc::clone(&engine),
@@ -120,7 +119,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes buffered `last_used_at` times and sweeps idle limiter state every `every`.
+/// Adds shared limits and quotas on Redis to an engine, if configured.
+pub fn with_redis(
+    engine: Keyward,
+    redis: Option<keyward_engine::RedisConfig>,
+) -> anyhow::Result<Keyward> {
+    match redis {
+        None => Ok(engine),
+        Some(config) => {
+            let namespace = config.namespace.clone();
+            let engine = engine
+                .with_redis(config)
+                .context("configuring Redis (--redis)")?;
+            tracing::info!(%namespace, "limits and quotas are shared through Redis");
+            Ok(engine)
+        }
+    }
+}
+
+/// Writes buffered `last_used_at` times, sweeps idle limiter state and, with Redis, beats the
+/// node's heartbeat and writes spent credits behind to the store, every `every`.
 pub fn spawn_upkeep(engine: Arc<Keyward>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -130,6 +148,9 @@ pub fn spawn_upkeep(engine: Arc<Keyward>, every: Duration) -> tokio::task::JoinH
                 tracing::warn!(error = %e, "writing last_used_at failed; will retry");
             }
             engine.maintain();
+            if let Err(e) = engine.sync_shared().await {
+                tracing::warn!(error = %e, "writing spent credits behind to the store failed; will retry");
+            }
         }
     })
 }

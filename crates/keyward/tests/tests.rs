@@ -22,3 +22,5 @@ mod limits;
 mod nginx;
 #[path = "it/process.rs"]
 mod process;
+#[path = "it/shared_limits.rs"]
+mod shared_limits;
