@@ -1,11 +1,16 @@
 //! The verify cache: bounded, in-process, invalidated by every write.
 //!
-//! Two positive maps and one negative map, all bounded by entry count and by a maximum age:
+//! Two positive maps and one negative map, all bounded by entry count:
 //! - `secrets`: secret hash → (key_id, secret): which key a secret belongs to, and when the
 //!   secret ends;
 //! - `records`: key_id → key record;
 //! - `not_found`: secret hashes the store does not know, so a flood of random well-formed
 //!   keys costs one store lookup per distinct key and a bounded amount of memory.
+//!
+//! Every entry carries the time it was filled (by the engine's clock). The engine serves an
+//! entry without a store read only while it is fresh: younger than `max_staleness` and filled
+//! while the change feed was trusted. An older entry is kept until `stale_if_error`, for use
+//! only when the store cannot be reached.
 //!
 //! Splitting secrets from records lets a write evict exactly one record and the secrets it
 //! changed, without scanning. A generation counter closes the race between a cache fill that
@@ -20,8 +25,9 @@ use std::time::Duration;
 use keyward_core::key::KeyHash;
 use keyward_core::record::{KeyRecord, SecretInfo};
 use moka::sync::Cache;
+use time::OffsetDateTime;
 
-/// Cache sizing.
+/// Cache sizing and freshness.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheConfig {
     /// Most key records held.
@@ -30,9 +36,13 @@ pub struct CacheConfig {
     pub max_secrets: u64,
     /// Most NOT_FOUND hashes remembered.
     pub max_not_found: u64,
-    /// Longest time an entry is served without a store read (a backstop; writes through this
-    /// process evict at once).
+    /// Longest time an entry is served without a store read: a backstop behind the
+    /// invalidations (this process's writes evict at once, other nodes' through the store's
+    /// change feed).
     pub max_staleness: Duration,
+    /// Longest time an entry may still be served when the store cannot be reached
+    /// (stale-if-error). Unknown keys are never answered from this: they fail closed.
+    pub stale_if_error: Duration,
 }
 
 impl Default for CacheConfig {
@@ -42,6 +52,7 @@ impl Default for CacheConfig {
             max_secrets: 200_000,
             max_not_found: 100_000,
             max_staleness: Duration::from_secs(30),
+            stale_if_error: Duration::from_secs(300),
         }
     }
 }
@@ -51,12 +62,21 @@ impl Default for CacheConfig {
 pub(crate) struct CachedSecret {
     pub key_id: String,
     pub secret: SecretInfo,
+    pub filled_at: OffsetDateTime,
+}
+
+/// A cached record (the effective one, its plan applied).
+#[derive(Debug, Clone)]
+pub(crate) struct CachedRecord {
+    pub record: Arc<KeyRecord>,
+    pub filled_at: OffsetDateTime,
 }
 
 /// What the cache knows about a hash.
 pub(crate) enum SecretLookup {
     Known(Arc<CachedSecret>),
-    NotFound,
+    /// The store did not know the hash when it was asked at this time.
+    NotFound(OffsetDateTime),
     Unknown,
 }
 
@@ -73,8 +93,8 @@ pub struct CacheSizes {
 
 pub(crate) struct VerifyCache {
     secrets: Cache<KeyHash, Arc<CachedSecret>>,
-    records: Cache<String, Arc<KeyRecord>>,
-    not_found: Cache<KeyHash, ()>,
+    records: Cache<String, CachedRecord>,
+    not_found: Cache<KeyHash, OffsetDateTime>,
     generation: AtomicU64,
     /// Fills hold it shared for their check-then-insert; an invalidation holds it exclusively
     /// for its bump-then-evict, so the two never interleave. Cache reads never take it.
@@ -83,18 +103,23 @@ pub(crate) struct VerifyCache {
 
 impl VerifyCache {
     pub fn new(config: CacheConfig) -> Self {
+        // Entries live (in real time) as long as either rule may still use them; the engine
+        // decides by its own clock whether an entry is fresh or only usable on a store error.
+        let keep = config.max_staleness.max(config.stale_if_error);
         Self {
             secrets: Cache::builder()
                 .max_capacity(config.max_secrets)
-                .time_to_live(config.max_staleness)
+                .time_to_live(keep)
+                // Another node's change to a key evicts that key's secrets by key_id.
+                .support_invalidation_closures()
                 .build(),
             records: Cache::builder()
                 .max_capacity(config.max_keys)
-                .time_to_live(config.max_staleness)
+                .time_to_live(keep)
                 .build(),
             not_found: Cache::builder()
                 .max_capacity(config.max_not_found)
-                .time_to_live(config.max_staleness)
+                .time_to_live(keep)
                 .build(),
             generation: AtomicU64::new(0),
             fill_gate: RwLock::new(()),
@@ -109,14 +134,14 @@ impl VerifyCache {
     pub fn secret(&self, hash: &KeyHash) -> SecretLookup {
         if let Some(found) = self.secrets.get(hash) {
             SecretLookup::Known(found)
-        } else if self.not_found.contains_key(hash) {
-            SecretLookup::NotFound
+        } else if let Some(at) = self.not_found.get(hash) {
+            SecretLookup::NotFound(at)
         } else {
             SecretLookup::Unknown
         }
     }
 
-    pub fn record(&self, key_id: &str) -> Option<Arc<KeyRecord>> {
+    pub fn record(&self, key_id: &str) -> Option<CachedRecord> {
         self.records.get(key_id)
     }
 
@@ -137,12 +162,17 @@ impl VerifyCache {
         self.fill(&self.secrets, hash, Arc::new(secret), generation);
     }
 
-    pub fn fill_record(&self, record: Arc<KeyRecord>, generation: u64) {
-        self.fill(&self.records, record.key_id.clone(), record, generation);
+    pub fn fill_record(&self, record: CachedRecord, generation: u64) {
+        self.fill(
+            &self.records,
+            record.record.key_id.clone(),
+            record,
+            generation,
+        );
     }
 
-    pub fn fill_not_found(&self, hash: KeyHash, generation: u64) {
-        self.fill(&self.not_found, hash, (), generation);
+    pub fn fill_not_found(&self, hash: KeyHash, at: OffsetDateTime, generation: u64) {
+        self.fill(&self.not_found, hash, at, generation);
     }
 
     /// Evicts a key's record and the given secret hashes (changed or new secrets).
@@ -154,6 +184,32 @@ impl VerifyCache {
             self.secrets.invalidate(hash);
             self.not_found.invalidate(hash);
         }
+    }
+
+    /// Evicts a key changed elsewhere: its record and every secret of it (which ones changed
+    /// is not known here).
+    pub fn invalidate_key(&self, key_id: &str) {
+        let _exclusive = self.fill_gate.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.records.invalidate(key_id);
+        let owner = key_id.to_owned();
+        if let Err(e) = self
+            .secrets
+            .invalidate_entries_if(move |_, cached| cached.key_id == owner)
+        {
+            // Cannot happen (the secrets map is built with closure support); be safe anyway.
+            tracing::error!(error = %e, "cannot evict a key's secrets; evicting all");
+            self.secrets.invalidate_all();
+        }
+    }
+
+    /// Evicts everything (notifications may have been missed).
+    pub fn invalidate_everything(&self) {
+        let _exclusive = self.fill_gate.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.records.invalidate_all();
+        self.secrets.invalidate_all();
+        self.not_found.invalidate_all();
     }
 
     /// Evicts every key record (a plan changed, and any record may inherit from it).
@@ -183,13 +239,53 @@ mod tests {
     fn a_fill_that_started_before_a_write_is_dropped() {
         let cache = VerifyCache::new(CacheConfig::default());
         let hash = KeyHash::sha256_of("kw_live_x");
+        let at = OffsetDateTime::UNIX_EPOCH;
         let generation = cache.generation();
         // A write commits and invalidates while the fill's store read was in flight.
         cache.invalidate("key_x", [&hash]);
-        cache.fill_not_found(hash, generation);
+        cache.fill_not_found(hash, at, generation);
         assert!(matches!(cache.secret(&hash), SecretLookup::Unknown));
         // A fill that started after the write is kept.
-        cache.fill_not_found(hash, cache.generation());
-        assert!(matches!(cache.secret(&hash), SecretLookup::NotFound));
+        cache.fill_not_found(hash, at, cache.generation());
+        assert!(matches!(cache.secret(&hash), SecretLookup::NotFound(t) if t == at));
+    }
+
+    #[test]
+    fn invalidating_a_key_evicts_its_record_and_all_its_secrets_only() {
+        let cache = VerifyCache::new(CacheConfig::default());
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let secret = |plaintext: &str| SecretInfo {
+            hash: KeyHash::sha256_of(plaintext),
+            start: "kw_live_x".into(),
+            created_at: at,
+            expires_at: None,
+        };
+        let fill = |key_id: &str, plaintext: &str| {
+            cache.fill_secret(
+                KeyHash::sha256_of(plaintext),
+                CachedSecret {
+                    key_id: key_id.into(),
+                    secret: secret(plaintext),
+                    filled_at: at,
+                },
+                cache.generation(),
+            );
+        };
+        fill("key_a", "kw_live_a1");
+        fill("key_a", "kw_live_a2");
+        fill("key_b", "kw_live_b1");
+        let known = |plaintext: &str| {
+            matches!(
+                cache.secret(&KeyHash::sha256_of(plaintext)),
+                SecretLookup::Known(_)
+            )
+        };
+        assert!(known("kw_live_a1") && known("kw_live_a2") && known("kw_live_b1"));
+        cache.invalidate_key("key_a");
+        assert!(!known("kw_live_a1"));
+        assert!(!known("kw_live_a2"));
+        assert!(known("kw_live_b1"));
+        cache.invalidate_everything();
+        assert!(!known("kw_live_b1"));
     }
 }

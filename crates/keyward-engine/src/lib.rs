@@ -15,6 +15,7 @@ pub mod clock;
 mod shared;
 mod usage;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use keyward_core::audit::{
@@ -32,14 +33,16 @@ use keyward_core::record::{KeyKind, KeyPolicy, KeyRecord, KeyStatus, Plan, Secre
 use keyward_core::rotation::{MAX_GRACE, RotationPlan, plan_rotation};
 use keyward_core::validate::{self, FieldError};
 use keyward_core::verify::{VerifyCode, VerifyRequest, decide};
-use keyward_store::{AuditFilter, KeyFilter, KeyStore, KeyWrite, Page, PlanWrite, StoreError};
+use keyward_store::{
+    AuditFilter, Change, KeyFilter, KeyStore, KeyWrite, Page, PlanWrite, StoreError,
+};
 use serde_json::{Map, Value, json};
 use time::{Duration, OffsetDateTime};
 
 pub use admission::LimitReport;
 use admission::{Leases, Limiter, period_of};
 pub use cache::{CacheConfig, CacheSizes};
-use cache::{CachedSecret, SecretLookup, VerifyCache};
+use cache::{CachedRecord, CachedSecret, SecretLookup, VerifyCache};
 pub use keyward_core::validate::{LimitSpec, QuotaSpec};
 pub use keyward_store::CreditOp;
 pub use shared::{Enforcement, EnforcementSource, RedisConfig, RedisHealth, SyncReport};
@@ -177,6 +180,32 @@ pub struct Verification {
     pub quota: Option<QuotaReport>,
     /// Where the limit and quota decision was made and why, when the request reached it.
     pub enforcement: Option<Enforcement>,
+    /// Set when the answer did not come from fresh data because the store was unreachable.
+    pub degraded: Option<Degraded>,
+}
+
+/// Why a verification was answered without the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Degraded {
+    /// The key was answered from a cache entry older than the staleness bound (but within
+    /// stale-if-error) because the store could not be reached.
+    StaleCache {
+        /// Age of the cached entry.
+        age_seconds: u64,
+    },
+    /// The key is unknown here and the store could not be reached; it was admitted because
+    /// `fail_open_unknown_keys` is on (no identity, permissions, limits or quota applied).
+    FailOpenUnknownKey,
+}
+
+impl Degraded {
+    /// Stable name for responses and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::StaleCache { .. } => "store_unavailable_stale_cache",
+            Self::FailOpenUnknownKey => "store_unavailable_fail_open",
+        }
+    }
 }
 
 /// A quota described like a rate limit, for the RateLimit header fields.
@@ -203,6 +232,7 @@ impl Verification {
             retry_after: None,
             quota: None,
             enforcement: None,
+            degraded: None,
         }
     }
 }
@@ -339,6 +369,10 @@ pub struct EngineConfig {
     /// Credits leased from the store at a time per key: one durable write per this many
     /// credits spent, and the most a crash can overcharge a key by.
     pub quota_lease: u64,
+    /// Admit well-formed keys this node does not know while the store is unreachable.
+    /// Dangerous: any string with a valid checksum passes, with no identity, permissions,
+    /// limits or quota. Off by default (unknown keys fail closed with STORE_UNAVAILABLE).
+    pub fail_open_unknown_keys: bool,
 }
 
 impl Default for EngineConfig {
@@ -346,6 +380,7 @@ impl Default for EngineConfig {
         Self {
             cache: CacheConfig::default(),
             quota_lease: 20,
+            fail_open_unknown_keys: false,
         }
     }
 }
@@ -380,6 +415,9 @@ pub struct Keyward {
     config: EngineConfig,
     /// Shared limits and quotas, when a Redis is configured.
     shared: Option<shared::Shared>,
+    /// False while the store's change feed is down: notifications may be missed, so the cache
+    /// is not served without a store read until the feed is back and the cache is cleared.
+    feed_trusted: AtomicBool,
 }
 
 fn plan_summary(plan: &Plan) -> Value {
@@ -448,6 +486,7 @@ impl Keyward {
             plans: Mutex::new(std::collections::HashMap::new()),
             config,
             shared: None,
+            feed_trusted: AtomicBool::new(true),
         }
     }
 
@@ -508,7 +547,22 @@ impl Keyward {
         };
         let hash = parsed.hash();
         let now = self.clock.now();
-        let Some((record, secret)) = self.lookup(&hash, now).await? else {
+        let mut degraded = None;
+        let found = match self.lookup(&hash, now, &mut degraded).await {
+            Err(EngineError::Store(StoreError::Backend(source)))
+                if kind == KeyKind::Api && self.config.fail_open_unknown_keys =>
+            {
+                tracing::warn!(
+                    error = %source,
+                    "store unavailable: admitting a well-formed unknown key (fail_open_unknown_keys)"
+                );
+                let mut v = Verification::without_key(VerifyCode::Valid);
+                v.degraded = Some(Degraded::FailOpenUnknownKey);
+                return Ok(v);
+            }
+            other => other?,
+        };
+        let Some((record, secret)) = found else {
             return Ok(Verification::without_key(VerifyCode::NotFound));
         };
         // Root keys and API keys live in separate worlds; the constant-time comparison is a
@@ -520,6 +574,7 @@ impl Keyward {
         let mut verification = Verification {
             code: decision.code,
             deprecated_until: decision.deprecated_until,
+            degraded,
             ..Verification::without_key(decision.code)
         };
         if decision.code == VerifyCode::Valid && kind == KeyKind::Api {
@@ -659,58 +714,104 @@ impl Keyward {
         Ok(self.leases.try_spend(key_id, cost, balance.period))
     }
 
+    /// True if an entry filled at `filled_at` may be served without a store read: the change
+    /// feed is trusted (no notification may have been missed) and the entry is younger than
+    /// the staleness bound.
+    fn fresh(&self, filled_at: OffsetDateTime, now: OffsetDateTime, trusted: bool) -> bool {
+        trusted && now - filled_at <= self.config.cache.max_staleness
+    }
+
+    /// Finds the key of a secret hash: from the cache while its entries are fresh, else from
+    /// the store; if the store cannot be reached, from entries still within stale-if-error
+    /// (reported in `fallback`), else the store's error (unknown keys fail closed).
     async fn lookup(
         &self,
         hash: &KeyHash,
         now: OffsetDateTime,
+        fallback: &mut Option<Degraded>,
     ) -> Result<Option<(Arc<KeyRecord>, SecretInfo)>, EngineError> {
         let generation = self.cache.generation();
-        let cached = match self.cache.secret(hash) {
-            SecretLookup::NotFound => return Ok(None),
-            SecretLookup::Known(cached) => cached,
-            SecretLookup::Unknown => {
-                let Some(found) = self.store.find_by_hash(hash, now).await? else {
-                    self.cache.fill_not_found(*hash, generation);
-                    return Ok(None);
-                };
-                let record = Arc::new(self.effective(found.record).await?);
-                self.cache.fill_record(Arc::clone(&record), generation);
-                self.cache.fill_secret(
-                    *hash,
-                    CachedSecret {
-                        key_id: record.key_id.clone(),
-                        secret: found.secret.clone(),
-                    },
-                    generation,
-                );
-                return Ok(Some((record, found.secret)));
-            }
-        };
-        let record = match self.cache.record(&cached.key_id) {
-            Some(record) => record,
-            None => match self.store.get_key(&cached.key_id, now).await? {
-                Some(record) => {
-                    let record = Arc::new(self.effective(record).await?);
-                    self.cache.fill_record(Arc::clone(&record), generation);
-                    record
+        let trusted = self.feed_trusted.load(Ordering::Acquire);
+        let cached = self.cache.secret(hash);
+        let cached_record = match &cached {
+            SecretLookup::NotFound(at) if self.fresh(*at, now, trusted) => return Ok(None),
+            SecretLookup::Known(secret) => {
+                let record = self.cache.record(&secret.key_id);
+                if let Some(record) = &record
+                    && self.fresh(secret.filled_at, now, trusted)
+                    && self.fresh(record.filled_at, now, trusted)
+                {
+                    return Ok(Some((Arc::clone(&record.record), secret.secret.clone())));
                 }
-                None => return Ok(None),
-            },
+                record
+            }
+            SecretLookup::NotFound(_) | SecretLookup::Unknown => None,
         };
-        Ok(Some((record, cached.secret.clone())))
+        match self.lookup_in_store(hash, now, generation, trusted).await {
+            Err(EngineError::Store(StoreError::Backend(source))) => {
+                let usable = |at: OffsetDateTime| now - at <= self.config.cache.stale_if_error;
+                if let (SecretLookup::Known(secret), Some(record)) = (&cached, cached_record)
+                    && usable(secret.filled_at)
+                    && usable(record.filled_at)
+                {
+                    let age = now - secret.filled_at.min(record.filled_at);
+                    *fallback = Some(Degraded::StaleCache {
+                        age_seconds: u64::try_from(age.whole_seconds()).unwrap_or(0),
+                    });
+                    return Ok(Some((record.record, secret.secret.clone())));
+                }
+                Err(EngineError::Store(StoreError::Backend(source)))
+            }
+            other => other,
+        }
+    }
+
+    async fn lookup_in_store(
+        &self,
+        hash: &KeyHash,
+        now: OffsetDateTime,
+        generation: u64,
+        trusted: bool,
+    ) -> Result<Option<(Arc<KeyRecord>, SecretInfo)>, EngineError> {
+        let Some(found) = self.store.find_by_hash(hash, now).await? else {
+            self.cache.fill_not_found(*hash, now, generation);
+            return Ok(None);
+        };
+        let record = Arc::new(self.effective(found.record, trusted).await?);
+        self.cache.fill_record(
+            CachedRecord {
+                record: Arc::clone(&record),
+                filled_at: now,
+            },
+            generation,
+        );
+        self.cache.fill_secret(
+            *hash,
+            CachedSecret {
+                key_id: record.key_id.clone(),
+                secret: found.secret.clone(),
+                filled_at: now,
+            },
+            generation,
+        );
+        Ok(Some((record, found.secret)))
     }
 
     /// The record as verification sees it: its plan's settings filled in.
-    async fn effective(&self, record: KeyRecord) -> Result<KeyRecord, EngineError> {
+    /// While the change feed is not trusted, plans are read from the store, not the plan map.
+    async fn effective(&self, record: KeyRecord, trusted: bool) -> Result<KeyRecord, EngineError> {
         let Some(plan_id) = record.policy.plan.clone() else {
             return Ok(record);
         };
-        let cached = self
-            .plans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&plan_id)
-            .cloned();
+        let cached = if trusted {
+            self.plans
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&plan_id)
+                .cloned()
+        } else {
+            None
+        };
         let plan = match cached {
             Some(plan) => plan,
             None => {
@@ -1099,7 +1200,10 @@ impl Keyward {
         op: CreditOp,
     ) -> Result<u64, EngineError> {
         let record = self
-            .effective(self.get_key(KeyKind::Api, key_id).await?)
+            .effective(
+                self.get_key(KeyKind::Api, key_id).await?,
+                self.feed_trusted.load(Ordering::Acquire),
+            )
             .await?;
         let Some(quota) = record.policy.quota else {
             return Err(FieldError::new(
@@ -1137,7 +1241,9 @@ impl Keyward {
 
     /// Credits left for a key with a quota (durable balance plus this process's lease).
     pub async fn credits(&self, record: &KeyRecord) -> Result<Option<u64>, EngineError> {
-        let record = self.effective(record.clone()).await?;
+        let record = self
+            .effective(record.clone(), self.feed_trusted.load(Ordering::Acquire))
+            .await?;
         let Some(quota) = record.policy.quota else {
             return Ok(None);
         };
@@ -1179,7 +1285,12 @@ impl Keyward {
             let Ok(record) = self.get_key(KeyKind::Api, &key_id).await else {
                 continue;
             };
-            if let Some(quota) = self.effective(record).await?.policy.quota {
+            if let Some(quota) = self
+                .effective(record, self.feed_trusted.load(Ordering::Acquire))
+                .await?
+                .policy
+                .quota
+            {
                 let now = self.clock.now();
                 self.store
                     .give_back_credits(&key_id, &quota, lease.available, lease.period, now)
@@ -1584,6 +1695,95 @@ impl Keyward {
     pub fn cache_sizes(&self) -> CacheSizes {
         self.cache.sizes()
     }
+
+    /// True while the store's change feed is connected (or the store has no other writers),
+    /// so the cache may answer without a store read.
+    pub fn change_feed_trusted(&self) -> bool {
+        self.feed_trusted.load(Ordering::Acquire)
+    }
+
+    /// Follows the store's change feed, evicting what other nodes change, until the process
+    /// stops; returns at once for a store with no other writers (the embedded SQLite store).
+    ///
+    /// While the feed is down the cache is not trusted: verifications read the store (and
+    /// fall back to stale-if-error entries only if the store fails too). When the feed is
+    /// back the whole cache is cleared before it is trusted again, since any notification of
+    /// the outage may have been missed.
+    pub async fn follow_changes(self: Arc<Self>) {
+        // The first retry after a success is immediate; repeated failures back off.
+        let mut backoff = std::time::Duration::ZERO;
+        let mut feed = loop {
+            match self.store.changes().await {
+                Ok(None) => return,
+                Ok(Some(feed)) => break feed,
+                Err(e) => {
+                    self.distrust(&e);
+                    backoff = next_backoff(backoff).await;
+                }
+            }
+        };
+        // Changes committed before the subscription began were not seen.
+        self.apply_change(Change::Resync);
+        backoff = std::time::Duration::ZERO;
+        loop {
+            match feed.next().await {
+                Ok(change) => {
+                    backoff = std::time::Duration::ZERO;
+                    self.apply_change(change);
+                }
+                Err(e) => {
+                    self.distrust(&e);
+                    backoff = next_backoff(backoff).await;
+                }
+            }
+        }
+    }
+
+    fn distrust(&self, error: &StoreError) {
+        if self.feed_trusted.swap(false, Ordering::AcqRel) {
+            tracing::warn!(
+                error = %error,
+                "change feed lost: verifying from the store until it is back"
+            );
+        }
+    }
+
+    /// Applies one change seen on the feed (this node's own writes arrive too; evicting
+    /// twice is harmless).
+    fn apply_change(&self, change: Change) {
+        match change {
+            Change::Key { key_id } => self.cache.invalidate_key(&key_id),
+            Change::Plan { .. } => self.forget_plans(),
+            Change::Credits { key_id } => {
+                // The balance was changed elsewhere: credits leased before the change are
+                // dropped (at most one lease block, the same bound as a crash).
+                let dropped = self.leases.take(&key_id);
+                if dropped > 0 {
+                    tracing::debug!(key_id, dropped, "credits changed elsewhere; lease dropped");
+                }
+            }
+            Change::Resync => {
+                self.cache.invalidate_everything();
+                self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                if !self.feed_trusted.swap(true, Ordering::AcqRel) {
+                    tracing::info!("change feed connected; cache cleared and trusted again");
+                }
+            }
+        }
+    }
+}
+
+/// Waits between attempts to reach a lost change feed.
+const FEED_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(50);
+const FEED_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits `current` (nothing the first time) and returns the next wait, doubling to a cap.
+async fn next_backoff(current: std::time::Duration) -> std::time::Duration {
+    if current.is_zero() {
+        return FEED_BACKOFF_MIN;
+    }
+    tokio::time::sleep(current).await;
+    (current * 2).min(FEED_BACKOFF_MAX)
 }
 
 #[cfg(test)]

@@ -669,7 +669,7 @@ impl Keyward {
         now: OffsetDateTime,
     ) -> Result<bool, EngineError> {
         let record = match self.get_key(KeyKind::Api, key_id).await {
-            Ok(record) => self.effective(record).await?,
+            Ok(record) => self.effective(record, false).await?,
             Err(EngineError::NotFound { .. }) => return Ok(true),
             Err(e) => return Err(e),
         };
@@ -761,7 +761,7 @@ impl Keyward {
         now: OffsetDateTime,
     ) -> Result<(), EngineError> {
         let record = match self.get_key(KeyKind::Api, key_id).await {
-            Ok(record) => self.effective(record).await?,
+            Ok(record) => self.effective(record, false).await?,
             Err(EngineError::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };

@@ -25,6 +25,32 @@ struct CountingStore {
     finds: AtomicUsize,
     gets: AtomicUsize,
     gate: tokio::sync::Mutex<Option<Gate>>,
+    /// When set, reads fail as if the backend could not be reached.
+    down: std::sync::atomic::AtomicBool,
+    /// The change feed `changes()` hands out (once), as a shared store would.
+    feed: std::sync::Mutex<Option<ChannelFeed>>,
+}
+
+impl CountingStore {
+    fn check_up(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("connection refused (test)".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A change feed driven by the test.
+struct ChannelFeed(tokio::sync::mpsc::UnboundedReceiver<Result<Change, StoreError>>);
+
+#[async_trait]
+impl keyward_store::ChangeFeed for ChannelFeed {
+    async fn next(&mut self) -> Result<Change, StoreError> {
+        match self.0.recv().await {
+            Some(item) => item,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 #[async_trait]
@@ -35,6 +61,7 @@ impl KeyStore for CountingStore {
         now: OffsetDateTime,
     ) -> Result<Option<FoundKey>, StoreError> {
         self.finds.fetch_add(1, Ordering::SeqCst);
+        self.check_up()?;
         let found = self.inner.find_by_hash(hash, now).await;
         let gate = self.gate.lock().await.take();
         if let Some((reached, release)) = gate {
@@ -49,6 +76,7 @@ impl KeyStore for CountingStore {
         now: OffsetDateTime,
     ) -> Result<Option<KeyRecord>, StoreError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
+        self.check_up()?;
         self.inner.get_key(key_id, now).await
     }
     async fn list_keys(&self, filter: &KeyFilter) -> Result<Page<KeyRecord>, StoreError> {
@@ -70,12 +98,18 @@ impl KeyStore for CountingStore {
         self.inner.count_root_keys().await
     }
     async fn ping(&self) -> Result<(), StoreError> {
+        self.check_up()?;
         self.inner.ping().await
+    }
+    async fn changes(&self) -> Result<Option<Box<dyn keyward_store::ChangeFeed>>, StoreError> {
+        let feed = self.feed.lock().unwrap().take();
+        Ok(feed.map(|f| Box::new(f) as Box<dyn keyward_store::ChangeFeed>))
     }
     async fn change_head(&self) -> Result<i64, StoreError> {
         self.inner.change_head().await
     }
     async fn get_plan(&self, plan_id: &str) -> Result<Option<Plan>, StoreError> {
+        self.check_up()?;
         self.inner.get_plan(plan_id).await
     }
     async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
@@ -168,6 +202,8 @@ async fn fixture_with(config: EngineConfig) -> Fixture {
         finds: AtomicUsize::new(0),
         gets: AtomicUsize::new(0),
         gate: tokio::sync::Mutex::new(None),
+        down: std::sync::atomic::AtomicBool::new(false),
+        feed: std::sync::Mutex::new(None),
     });
     let clock = Arc::new(ManualClock::new(T0));
     let engine = Keyward::new(store.clone(), clock.clone(), config);
@@ -1160,4 +1196,260 @@ async fn reopened(dir: &std::path::Path, clock: Arc<ManualClock>) -> Keyward {
         clock,
         config,
     )
+}
+
+// ---- Store outages and the change feed (issue 4) ----
+
+fn unknown_key() -> PlaintextKey {
+    generate_key(&Prefix::new("kw_live").unwrap(), &mut rand::rngs::SysRng).unwrap()
+}
+
+#[tokio::test]
+async fn a_store_outage_serves_cached_keys_until_stale_if_error_and_fails_unknown_keys_closed() {
+    let f = fixture().await;
+    let created = f.create(&["orders.read"]).await;
+    let key = created.key.expose();
+    let unknown = unknown_key();
+    assert_eq!(f.code(key).await, VerifyCode::Valid);
+    f.store.down.store(true, Ordering::SeqCst);
+
+    // Fresh entries need no store at all.
+    let v = f
+        .engine
+        .verify(key, &VerifyRequest::default())
+        .await
+        .unwrap();
+    assert_eq!((v.code, v.degraded), (VerifyCode::Valid, None));
+
+    // Past the staleness bound the store is asked; it fails, so the stale entry answers.
+    f.clock.advance(Duration::seconds(31));
+    let v = f
+        .engine
+        .verify(key, &VerifyRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(v.code, VerifyCode::Valid);
+    assert_eq!(v.degraded, Some(Degraded::StaleCache { age_seconds: 31 }));
+    // Permissions still come from the cached record.
+    let admin = PermissionQuery::parse("orders.admin").unwrap();
+    let request = VerifyRequest {
+        query: Some(&admin),
+        ..VerifyRequest::default()
+    };
+    let v = f.engine.verify(key, &request).await.unwrap();
+    assert_eq!(v.code, VerifyCode::InsufficientPermissions);
+
+    // An unknown key fails closed with the store's error.
+    let err = f
+        .engine
+        .verify(unknown.expose(), &VerifyRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Store(StoreError::Backend(_))),
+        "{err:?}"
+    );
+    // Malformed keys need no store.
+    assert_eq!(f.code("kw_live_garbage").await, VerifyCode::Malformed);
+
+    // Beyond stale-if-error (5 minutes by default) even known keys fail closed.
+    f.clock.advance(Duration::seconds(300));
+    let err = f
+        .engine
+        .verify(key, &VerifyRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Store(StoreError::Backend(_))),
+        "{err:?}"
+    );
+
+    // The store is back: fresh answers again, without a degraded marker.
+    f.store.down.store(false, Ordering::SeqCst);
+    let v = f
+        .engine
+        .verify(key, &VerifyRequest::default())
+        .await
+        .unwrap();
+    assert_eq!((v.code, v.degraded), (VerifyCode::Valid, None));
+    assert_eq!(f.code(unknown.expose()).await, VerifyCode::NotFound);
+}
+
+#[tokio::test]
+async fn fail_open_admits_unknown_keys_only_when_configured_and_only_while_the_store_is_down() {
+    let f = fixture_with(EngineConfig {
+        fail_open_unknown_keys: true,
+        ..EngineConfig::default()
+    })
+    .await;
+    let unknown = unknown_key();
+    assert_eq!(f.code(unknown.expose()).await, VerifyCode::NotFound);
+    f.clock.advance(Duration::seconds(31));
+    f.store.down.store(true, Ordering::SeqCst);
+    let v = f
+        .engine
+        .verify(unknown.expose(), &VerifyRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(v.code, VerifyCode::Valid);
+    assert_eq!(v.degraded, Some(Degraded::FailOpenUnknownKey));
+    assert!(v.key.is_none(), "no identity is invented");
+    assert_eq!(f.code("kw_live_garbage").await, VerifyCode::Malformed);
+    // Root keys never fail open: the admin API needs the store.
+    let err = f
+        .engine
+        .authenticate(Some(unknown_root().expose()), "keys.read", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AuthError::Engine(_)), "{err:?}");
+    f.store.down.store(false, Ordering::SeqCst);
+    assert_eq!(f.code(unknown.expose()).await, VerifyCode::NotFound);
+}
+
+fn unknown_root() -> PlaintextKey {
+    generate_key(&Prefix::new("kwroot").unwrap(), &mut rand::rngs::SysRng).unwrap()
+}
+
+/// Two engines over one store: `f.engine` is node A (it writes), `node_b` only verifies and
+/// learns of A's writes through the change feed the test drives.
+async fn node_b(
+    f: &Fixture,
+) -> (
+    Arc<Keyward>,
+    tokio::sync::mpsc::UnboundedSender<Result<Change, StoreError>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    *f.store.feed.lock().unwrap() = Some(ChannelFeed(rx));
+    let b = Arc::new(Keyward::new(
+        f.store.clone(),
+        f.clock.clone(),
+        EngineConfig::default(),
+    ));
+    tokio::spawn(Arc::clone(&b).follow_changes());
+    // Once the follower has taken the feed it has also cleared the cache (no await between).
+    until(|| f.store.feed.lock().unwrap().is_none()).await;
+    (b, tx)
+}
+
+/// Lets the feed follower run until `done` holds (bounded: the follower needs a few polls).
+async fn until(mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition not reached");
+}
+
+#[tokio::test]
+async fn other_nodes_changes_evict_this_nodes_cache_through_the_feed() {
+    let f = fixture().await;
+    let created = f.create(&["orders.read"]).await;
+    let key = created.key.expose();
+    let id = created.record.key_id.clone();
+    let (b, feed) = node_b(&f).await;
+    let verify_b = |b: Arc<Keyward>| async move {
+        b.verify(key, &VerifyRequest::default()).await.unwrap().code
+    };
+    assert_eq!(verify_b(b.clone()).await, VerifyCode::Valid);
+    let reads = f.store_reads();
+    assert_eq!(verify_b(b.clone()).await, VerifyCode::Valid);
+    assert_eq!(f.store_reads(), reads, "node B answers from its cache");
+
+    // Node A revokes. Without a notification node B's cache would still say VALID.
+    f.engine
+        .revoke_key(&f.root, KeyKind::Api, &id, "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        verify_b(b.clone()).await,
+        VerifyCode::Valid,
+        "not yet notified"
+    );
+    feed.send(Ok(Change::Key { key_id: id.clone() })).unwrap();
+    until(|| b.cache.record(&id).is_none()).await;
+    assert_eq!(verify_b(b.clone()).await, VerifyCode::Revoked);
+}
+
+#[tokio::test]
+async fn a_rotation_elsewhere_evicts_the_old_secret_too() {
+    let f = fixture().await;
+    let created = f.create(&[]).await;
+    let old = created.key.expose().to_owned();
+    let id = created.record.key_id.clone();
+    let (b, feed) = node_b(&f).await;
+    assert_eq!(
+        b.verify(&old, &VerifyRequest::default())
+            .await
+            .unwrap()
+            .code,
+        VerifyCode::Valid
+    );
+    // Rotated with no grace: the old secret ends now.
+    f.engine
+        .rotate_key(&f.root, &id, Duration::ZERO)
+        .await
+        .unwrap();
+    f.clock.advance(Duration::seconds(1));
+    feed.send(Ok(Change::Key { key_id: id.clone() })).unwrap();
+    until(|| b.cache.record(&id).is_none()).await;
+    assert_eq!(
+        b.verify(&old, &VerifyRequest::default())
+            .await
+            .unwrap()
+            .code,
+        VerifyCode::Expired
+    );
+}
+
+#[tokio::test]
+async fn a_lost_feed_stops_cache_answers_until_it_is_back_and_resynced() {
+    let f = fixture().await;
+    let created = f.create(&[]).await;
+    let key = created.key.expose();
+    let id = created.record.key_id.clone();
+    let (b, feed) = node_b(&f).await;
+    assert!(b.change_feed_trusted());
+    assert_eq!(
+        b.verify(key, &VerifyRequest::default()).await.unwrap().code,
+        VerifyCode::Valid
+    );
+    // The feed breaks: node B no longer trusts its cache and reads the store every time.
+    feed.send(Err(StoreError::Backend("listener lost (test)".into())))
+        .unwrap();
+    until(|| !b.change_feed_trusted()).await;
+    let reads = f.store_reads();
+    assert_eq!(
+        b.verify(key, &VerifyRequest::default()).await.unwrap().code,
+        VerifyCode::Valid
+    );
+    assert!(f.store_reads() > reads, "an untrusted cache is not served");
+    // A revoke made while the feed was down (its notification lost) is seen at once.
+    f.engine
+        .revoke_key(&f.root, KeyKind::Api, &id, "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        b.verify(key, &VerifyRequest::default()).await.unwrap().code,
+        VerifyCode::Revoked
+    );
+    // The feed is back: the cache is cleared and trusted again.
+    feed.send(Ok(Change::Resync)).unwrap();
+    until(|| b.change_feed_trusted()).await;
+    assert_eq!(b.cache_sizes().keys, 0);
+    let reads = f.store_reads();
+    assert_eq!(
+        b.verify(key, &VerifyRequest::default()).await.unwrap().code,
+        VerifyCode::Revoked
+    );
+    assert_eq!(
+        b.verify(key, &VerifyRequest::default()).await.unwrap().code,
+        VerifyCode::Revoked
+    );
+    assert_eq!(
+        f.store_reads(),
+        reads + 1,
+        "filled once, then served from the cache"
+    );
 }

@@ -6,11 +6,11 @@ use axum::http::StatusCode;
 use keyward_core::permission::PermissionQuery;
 use keyward_core::record::{KeyKind, KeyStatus};
 use keyward_core::verify::{VerifyCode, VerifyRequest};
-use keyward_engine::{Created, CreditOp, KeyPatch, ListKeys, NewKey};
+use keyward_engine::{Created, CreditOp, Degraded, KeyPatch, ListKeys, NewKey};
 use keyward_wire::{
-    CreateKeyRequest, CreatedKey, Credits, CreditsRequest, KeyList, KeyView, Problem,
-    RevokeKeyRequest, RotateKeyRequest, RotatedKey, RotationHint, Timestamp, UpdateKeyRequest,
-    VerifyKeyRequest, VerifyKeyResponse,
+    CreateKeyRequest, CreatedKey, Credits, CreditsRequest, DegradedAnswer, KeyList, KeyView,
+    Problem, RevokeKeyRequest, RotateKeyRequest, RotatedKey, RotationHint, Timestamp,
+    UpdateKeyRequest, VerifyKeyRequest, VerifyKeyResponse,
 };
 use serde::Deserialize;
 use time::Duration;
@@ -325,6 +325,13 @@ pub(crate) fn verify_response(v: &keyward_engine::Verification) -> VerifyKeyResp
         enforcement: v.enforcement.as_ref().map(|e| keyward_wire::Enforcement {
             source: e.source.as_str().to_owned(),
             reason: e.reason.clone(),
+        }),
+        degraded: v.degraded.map(|d| DegradedAnswer {
+            reason: d.reason().to_owned(),
+            age_seconds: match d {
+                Degraded::StaleCache { age_seconds } => Some(age_seconds),
+                Degraded::FailOpenUnknownKey => None,
+            },
         }),
     }
 }

@@ -18,9 +18,13 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// Readiness: the store answers (503 otherwise, so a load balancer stops sending traffic).
-/// With Redis configured, `checks.redis` says whether it answers; a Redis outage leaves the node
-/// ready but `degraded` (limits and quotas fall back to node-local enforcement).
+/// Readiness, per dependency: `store` (`ok` or `unavailable`) and `change_feed` (`ok`, or
+/// `disconnected` while this node cannot hear other nodes' changes and reads the store for
+/// every verification). 503 when the store does not answer, so a load balancer prefers nodes
+/// that can reach it; a lost change feed alone keeps 200 with status `degraded`, since the
+/// node still answers correctly, only more slowly. With Redis configured, `redis` (`ok` or
+/// `unavailable`): a Redis outage also keeps 200 with status `degraded`, since limits and quotas
+/// fall back to node-local enforcement.
 #[utoipa::path(get, path = "/readyz", tag = "system",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
@@ -32,10 +36,15 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             false
         }
     };
+    let feed_ok = state.engine.change_feed_trusted();
     let mut checks = Map::new();
     checks.insert(
         "store".into(),
         Value::from(if store_ok { "ok" } else { "unavailable" }),
+    );
+    checks.insert(
+        "change_feed".into(),
+        Value::from(if feed_ok { "ok" } else { "disconnected" }),
     );
     let redis_ok = match redis {
         None => true,
@@ -50,7 +59,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             health.up
         }
     };
-    let (status, word) = match (store_ok, redis_ok) {
+    let (status, word) = match (store_ok, feed_ok && redis_ok) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         (true, false) => (StatusCode::OK, "degraded"),
         (true, true) => (StatusCode::OK, "ok"),

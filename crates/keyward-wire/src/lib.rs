@@ -427,6 +427,9 @@ pub struct VerifyKeyResponse {
     /// Where the limits and quota were decided, when the request reached them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforcement: Option<Enforcement>,
+    /// Present when the answer was given without the store, because it could not be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<DegradedAnswer>,
 }
 
 /// Which state decided a request's limits and quota.
@@ -437,6 +440,19 @@ pub struct Enforcement {
     pub source: String,
     /// Why, in words.
     pub reason: String,
+}
+
+/// How a verify answer was given while the store was unreachable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DegradedAnswer {
+    /// `store_unavailable_stale_cache` (a cached entry past the staleness bound, within
+    /// stale-if-error) or `store_unavailable_fail_open` (an unknown key admitted because
+    /// `fail_open_unknown_keys` is on).
+    pub reason: String,
+    /// Age of the cached entry used, for `store_unavailable_stale_cache`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<u64>,
 }
 
 /// One rate limit's state in a verify response.

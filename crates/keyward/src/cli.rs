@@ -77,6 +77,14 @@ pub struct ServeArgs {
     /// Longest time a cached key is served without re-reading the store (seconds).
     #[arg(long, env = "KEYWARD_CACHE_MAX_STALENESS_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub cache_max_staleness_seconds: u64,
+    /// While the store cannot be reached, keys seen within this many seconds are still
+    /// answered from the cache (stale-if-error); unknown keys fail closed.
+    #[arg(long, env = "KEYWARD_STALE_IF_ERROR_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub stale_if_error_seconds: u64,
+    /// DANGEROUS: while the store cannot be reached, admit any well-formed key this node does
+    /// not know, with no identity, permissions, limits or quota.
+    #[arg(long, env = "KEYWARD_FAIL_OPEN_UNKNOWN_KEYS")]
+    pub fail_open_unknown_keys: bool,
     #[command(flatten)]
     pub redis: RedisArgs,
 }

@@ -54,9 +54,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = EngineConfig {
         cache: CacheConfig {
             max_staleness: Duration::from_secs(args.cache_max_staleness_seconds),
+            stale_if_error: Duration::from_secs(args.stale_if_error_seconds),
             ..CacheConfig::default()
         },
         quota_lease: args.quota_lease,
+        fail_open_unknown_keys: args.fail_open_unknown_keys,
     };
     let engine = Arc::new(with_redis(
         Keyward::new(Arc::new(store.clone()), Arc::new(SystemClock), config),
@@ -137,21 +139,27 @@ pub fn with_redis(
     }
 }
 
-/// Writes buffered `last_used_at` times, sweeps idle limiter state and, with Redis, beats the
-/// node's heartbeat and writes spent credits behind to the store, every `every`.
+/// Runs the background work of a node until aborted: the periodic flush and sweep (and, with
+/// Redis, the heartbeat and the write-behind of spent credits), and the follower of the store's
+/// change feed (a no-op on a store with no other writers).
 pub fn spawn_upkeep(engine: Arc<Keyward>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            if let Err(e) = engine.flush_last_used().await {
-                tracing::warn!(error = %e, "writing last_used_at failed; will retry");
+        let follower = Arc::clone(&engine).follow_changes();
+        let periodic = async {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = engine.flush_last_used().await {
+                    tracing::warn!(error = %e, "writing last_used_at failed; will retry");
+                }
+                engine.maintain();
+                if let Err(e) = engine.sync_shared().await {
+                    tracing::warn!(error = %e, "writing spent credits behind to the store failed; will retry");
+                }
             }
-            engine.maintain();
-            if let Err(e) = engine.sync_shared().await {
-                tracing::warn!(error = %e, "writing spent credits behind to the store failed; will retry");
-            }
-        }
+        };
+        // The follower returns at once when there is no feed; the periodic work never ends.
+        tokio::join!(follower, periodic);
     })
 }
 

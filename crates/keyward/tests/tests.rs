@@ -22,5 +22,8 @@ mod limits;
 mod nginx;
 #[path = "it/process.rs"]
 mod process;
+#[path = "it/proxy.rs"]
+#[allow(dead_code)] // Used by the cluster tests.
+mod proxy;
 #[path = "it/shared_limits.rs"]
 mod shared_limits;

@@ -599,7 +599,7 @@ async fn health_readiness_and_openapi() {
     );
     assert_eq!(
         s.http.call("GET", "/readyz", None, None).await.json(),
-        json!({"status": "ok", "checks": {"store": "ok"}})
+        json!({"status": "ok", "checks": {"store": "ok", "change_feed": "ok"}})
     );
     let openapi = s.http.call("GET", "/openapi.json", None, None).await;
     assert_eq!(openapi.status, 200);
