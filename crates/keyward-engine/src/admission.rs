@@ -33,13 +33,13 @@ pub struct LimitReport {
 
 /// Which pool a limit draws from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct PoolKey {
+pub(crate) struct PoolKey {
     scope: LimitScope,
     id: String,
     limit: String,
 }
 
-fn pool(key: &KeyRecord, limit: &RateLimit) -> PoolKey {
+pub(crate) fn pool(key: &KeyRecord, limit: &RateLimit) -> PoolKey {
     let (scope, id) = match (limit.scope, &key.tenant) {
         // Owners are named per tenant: "admin" of one tenant is not "admin" of another.
         (LimitScope::Owner, tenant) => (
@@ -54,6 +54,20 @@ fn pool(key: &KeyRecord, limit: &RateLimit) -> PoolKey {
         scope,
         id,
         limit: limit.name.clone(),
+    }
+}
+
+impl PoolKey {
+    /// The pool's Redis key under `namespace`. The id's length is part of the name, so ids and
+    /// limit names that contain `:` cannot make two pools collide.
+    pub(crate) fn redis_key(&self, namespace: &str) -> String {
+        format!(
+            "{namespace}:l:{}:{}:{}:{}",
+            self.scope.as_str(),
+            self.id.len(),
+            self.id,
+            self.limit
+        )
     }
 }
 
@@ -79,6 +93,55 @@ pub(crate) struct LimitDecision {
     pub retry_after: u64,
 }
 
+/// Evaluates every limit of `key` for `cost` at `now` from the given TATs (one per limit, in
+/// order; `None` for a pool never used). Returns the decision and the TATs to store if it admits.
+/// Pure: the in-memory limiter and the Redis path both report through it.
+pub(crate) fn evaluate(
+    key: &KeyRecord,
+    tats: &[Option<i128>],
+    cost: u64,
+    now: OffsetDateTime,
+) -> (LimitDecision, Vec<i128>) {
+    let limits = &key.policy.limits;
+    let mut reports = Vec::with_capacity(limits.len());
+    let mut new_tats = Vec::with_capacity(limits.len());
+    let mut admitted = true;
+    let mut retry_after = 0;
+    for (limit, tat) in limits.iter().zip(tats) {
+        let status = check(limit, *tat, cost, now);
+        admitted &= status.admitted;
+        if !status.admitted {
+            retry_after = retry_after.max(status.reset_seconds);
+        }
+        reports.push(LimitReport {
+            name: limit.name.clone(),
+            limit: limit.limit,
+            period_seconds: limit.period_seconds,
+            remaining: status.remaining,
+            reset_seconds: status.reset_seconds,
+        });
+        new_tats.push(status.new_tat);
+    }
+    if !admitted {
+        // What a refused request reports is the state as it stays.
+        for ((report, limit), tat) in reports.iter_mut().zip(limits).zip(tats) {
+            report.remaining = check(limit, *tat, 0, now).remaining;
+            if check(limit, *tat, cost, now).admitted {
+                // This limit alone would have admitted the request.
+                report.reset_seconds = 0;
+            }
+        }
+    }
+    (
+        LimitDecision {
+            admitted,
+            reports,
+            retry_after,
+        },
+        new_tats,
+    )
+}
+
 impl Limiter {
     /// Checks every limit of `key` for `cost` at `now` and, if all admit and `commit` is set,
     /// records the consumption, atomically.
@@ -90,51 +153,22 @@ impl Limiter {
         commit: bool,
     ) -> LimitDecision {
         let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let mut reports = Vec::with_capacity(key.policy.limits.len());
-        let mut updates = Vec::with_capacity(key.policy.limits.len());
-        let mut admitted = true;
-        let mut retry_after = 0;
         let now_nanos = nanos(now);
-        for limit in &key.policy.limits {
-            let pool = pool(key, limit);
-            let status = check(
-                limit,
-                rescaled(state.get(&pool).copied(), limit, now_nanos),
-                cost,
-                now,
-            );
-            admitted &= status.admitted;
-            if !status.admitted {
-                retry_after = retry_after.max(status.reset_seconds);
-            }
-            reports.push(LimitReport {
-                name: limit.name.clone(),
-                limit: limit.limit,
-                period_seconds: limit.period_seconds,
-                remaining: status.remaining,
-                reset_seconds: status.reset_seconds,
-            });
-            updates.push((pool, (status.new_tat, limit.emission_interval())));
-        }
-        if admitted && commit {
-            state.extend(updates);
-        } else if !admitted {
-            // What a refused request reports is the state as it stays.
-            for (report, limit) in reports.iter_mut().zip(&key.policy.limits) {
-                let tat = rescaled(state.get(&pool(key, limit)).copied(), limit, now_nanos);
-                let status = check(limit, tat, 0, now);
-                report.remaining = status.remaining;
-                if check(limit, tat, cost, now).admitted {
-                    // This limit alone would have admitted the request.
-                    report.reset_seconds = 0;
-                }
+        let pools: Vec<PoolKey> = key.policy.limits.iter().map(|l| pool(key, l)).collect();
+        let tats: Vec<Option<i128>> = key
+            .policy
+            .limits
+            .iter()
+            .zip(&pools)
+            .map(|(limit, pool)| rescaled(state.get(pool).copied(), limit, now_nanos))
+            .collect();
+        let (decision, new_tats) = evaluate(key, &tats, cost, now);
+        if decision.admitted && commit {
+            for ((pool, tat), limit) in pools.into_iter().zip(new_tats).zip(&key.policy.limits) {
+                state.insert(pool, (tat, limit.emission_interval()));
             }
         }
-        LimitDecision {
-            admitted,
-            reports,
-            retry_after,
-        }
+        decision
     }
 
     /// Forgets pools whose bucket is full again (their state equals a fresh one).

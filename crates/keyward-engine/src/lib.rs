@@ -12,6 +12,7 @@
 mod admission;
 mod cache;
 pub mod clock;
+mod shared;
 mod usage;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,7 @@ pub use cache::{CacheConfig, CacheSizes};
 use cache::{CachedRecord, CachedSecret, SecretLookup, VerifyCache};
 pub use keyward_core::validate::{LimitSpec, QuotaSpec};
 pub use keyward_store::CreditOp;
+pub use shared::{Enforcement, EnforcementSource, RedisConfig, RedisHealth, SyncReport};
 use usage::LastUsedBuffer;
 
 /// Largest page a list call returns.
@@ -176,6 +178,8 @@ pub struct Verification {
     pub retry_after: Option<u64>,
     /// The quota as a RateLimit policy item, when the request reached the quota stage.
     pub quota: Option<QuotaReport>,
+    /// Where the limit and quota decision was made and why, when the request reached it.
+    pub enforcement: Option<Enforcement>,
     /// Set when the answer did not come from fresh data because the store was unreachable.
     pub degraded: Option<Degraded>,
 }
@@ -227,6 +231,7 @@ impl Verification {
             credits_remaining: None,
             retry_after: None,
             quota: None,
+            enforcement: None,
             degraded: None,
         }
     }
@@ -408,6 +413,8 @@ pub struct Keyward {
     leases: Leases,
     plans: Mutex<std::collections::HashMap<String, Option<Arc<Plan>>>>,
     config: EngineConfig,
+    /// Shared limits and quotas, when a Redis is configured.
+    shared: Option<shared::Shared>,
     /// False while the store's change feed is down: notifications may be missed, so the cache
     /// is not served without a store read until the feed is back and the cache is cleared.
     feed_trusted: AtomicBool,
@@ -478,8 +485,17 @@ impl Keyward {
             leases: Leases::default(),
             plans: Mutex::new(std::collections::HashMap::new()),
             config,
+            shared: None,
             feed_trusted: AtomicBool::new(true),
         }
+    }
+
+    /// Shares rate limits and quotas with every node using the same Redis and namespace (see
+    /// the `shared` module). Connects lazily: a Redis that is down at start means node-local
+    /// fallback until it answers. Needs a Tokio runtime.
+    pub fn with_redis(mut self, config: RedisConfig) -> Result<Self, EngineError> {
+        self.shared = Some(shared::Shared::connect(config)?);
+        Ok(self)
     }
 
     /// The current time according to the injected clock.
@@ -596,6 +612,13 @@ impl Keyward {
             )
             .into());
         }
+        if self.shared.is_some() {
+            return self.admit_shared(record, cost, now, verification).await;
+        }
+        verification.enforcement = Some(Enforcement {
+            source: EnforcementSource::Local,
+            reason: "limits and quota of this node (no shared store configured)".into(),
+        });
         let peek = self.limiter.decide(record, cost, now, false);
         if !peek.admitted {
             verification.code = VerifyCode::RateLimited;
@@ -604,38 +627,15 @@ impl Keyward {
             return Ok(());
         }
         if let Some(quota) = &policy.quota {
-            let refill = quota.refill.and_then(|r| {
-                let last = r.schedule.last_at_or_before(now)?;
-                let next = r.schedule.next_after(now)?;
-                Some((r.amount, (next - last).whole_seconds(), next))
-            });
-            let seconds_until = |t: OffsetDateTime| ceil_seconds((t - now).whole_nanoseconds());
-            let report = |remaining: u64| QuotaReport {
-                quota: refill.map_or(quota.credits, |(amount, _, _)| amount),
-                window_seconds: refill.and_then(|(_, window, _)| u64::try_from(window).ok()),
-                remaining,
-                reset_seconds: refill.map(|(_, _, next)| seconds_until(next)),
-            };
             let spent = self.spend_credits(&record.key_id, quota, cost, now).await?;
-            verification.quota =
-                Some(report(spent.unwrap_or_else(|| {
-                    self.leases.reported_remaining(&record.key_id).unwrap_or(0)
-                })));
-            match spent {
-                Some(remaining) => verification.credits_remaining = Some(remaining),
-                None => {
-                    verification.code = VerifyCode::UsageExceeded;
-                    verification.credits_remaining =
-                        self.leases.reported_remaining(&record.key_id).or(Some(0));
-                    verification.retry_after = Some(
-                        refill.map_or(EXHAUSTED_QUOTA_RETRY_SECONDS, |(_, _, next)| {
-                            seconds_until(next).max(1)
-                        }),
-                    );
-                    // Nothing was consumed: report the limits as they stand.
-                    verification.limits = self.limiter.decide(record, 0, now, false).reports;
-                    return Ok(());
-                }
+            let remaining = spent
+                .unwrap_or_else(|| self.leases.reported_remaining(&record.key_id).unwrap_or(0));
+            self.report_quota(quota, remaining, spent.is_some(), now, verification);
+            if spent.is_none() {
+                verification.code = VerifyCode::UsageExceeded;
+                // Nothing was consumed: report the limits as they stand.
+                verification.limits = self.limiter.decide(record, 0, now, false).reports;
+                return Ok(());
             }
         }
         let commit = self.limiter.decide(record, cost, now, true);
@@ -648,6 +648,38 @@ impl Keyward {
         }
         verification.limits = commit.reports;
         Ok(())
+    }
+
+    /// Fills the quota part of a verification: the RateLimit item, the credits left and, for a
+    /// refused request, when a retry can succeed.
+    fn report_quota(
+        &self,
+        quota: &QuotaConfig,
+        remaining: u64,
+        admitted: bool,
+        now: OffsetDateTime,
+        verification: &mut Verification,
+    ) {
+        let refill = quota.refill.and_then(|r| {
+            let last = r.schedule.last_at_or_before(now)?;
+            let next = r.schedule.next_after(now)?;
+            Some((r.amount, (next - last).whole_seconds(), next))
+        });
+        let seconds_until = |t: OffsetDateTime| ceil_seconds((t - now).whole_nanoseconds());
+        verification.quota = Some(QuotaReport {
+            quota: refill.map_or(quota.credits, |(amount, _, _)| amount),
+            window_seconds: refill.and_then(|(_, window, _)| u64::try_from(window).ok()),
+            remaining,
+            reset_seconds: refill.map(|(_, _, next)| seconds_until(next)),
+        });
+        verification.credits_remaining = Some(remaining);
+        if !admitted {
+            verification.retry_after = Some(
+                refill.map_or(EXHAUSTED_QUOTA_RETRY_SECONDS, |(_, _, next)| {
+                    seconds_until(next).max(1)
+                }),
+            );
+        }
     }
 
     /// Spends `cost` credits, leasing a block from the store when the local lease runs short;
@@ -1202,7 +1234,6 @@ impl Keyward {
             .into());
         };
         let now = self.write_time();
-        let unspent = self.leases.take(key_id);
         let (name, amount) = match op {
             CreditOp::Set(n) => ("set", n),
             CreditOp::Increase(n) => ("increase", n),
@@ -1215,6 +1246,13 @@ impl Keyward {
             target: Some(key_id.to_owned()),
             summary: json!({"op": name, "amount": amount}),
         };
+        if let Some(after) = self
+            .adjust_shared(key_id, &quota, op, audit.clone(), now)
+            .await?
+        {
+            return Ok(after);
+        }
+        let unspent = self.leases.take(key_id);
         let balance = self
             .store
             .adjust_credits(key_id, &quota, unspent, op, audit, now)
@@ -1230,8 +1268,20 @@ impl Keyward {
         let Some(quota) = record.policy.quota else {
             return Ok(None);
         };
+        if let Some(live) = self.shared_credits(&record.key_id, &quota).await {
+            return Ok(Some(live));
+        }
         let now = self.clock.now();
         let balance = self.store.balance(&record.key_id, &quota, now).await?;
+        if self.shared.is_some() {
+            // Redis does not hold the balance (not loaded yet, or unreachable): the store's,
+            // less what this node spent locally during an outage.
+            return Ok(Some(
+                balance
+                    .remaining
+                    .saturating_sub(self.owed_credits(&record.key_id)),
+            ));
+        }
         let leased = self
             .leases
             .reported_remaining(&record.key_id)
@@ -1242,11 +1292,13 @@ impl Keyward {
     /// Periodic upkeep: forgets rate-limit state of full buckets.
     pub fn maintain(&self) -> usize {
         self.leases.sweep();
+        self.maintain_shared();
         self.limiter.sweep(self.clock.now())
     }
 
     /// Returns unspent leased credits to the store (at shutdown), so a clean stop loses none.
     pub async fn release_leases(&self) -> Result<(), EngineError> {
+        self.release_shared().await?;
         for (key_id, lease) in self.leases.drain() {
             if lease.available == 0 {
                 continue;
@@ -1755,5 +1807,9 @@ async fn next_backoff(current: std::time::Duration) -> std::time::Duration {
     (current * 2).min(FEED_BACKOFF_MAX)
 }
 
+#[cfg(test)]
+mod shared_tests;
+#[cfg(test)]
+mod test_proxy;
 #[cfg(test)]
 mod tests;

@@ -322,6 +322,10 @@ pub(crate) fn verify_response(v: &keyward_engine::Verification) -> VerifyKeyResp
         limits: v.limits.iter().map(limit_state).collect(),
         credits_remaining: v.credits_remaining,
         retry_after: v.retry_after,
+        enforcement: v.enforcement.as_ref().map(|e| keyward_wire::Enforcement {
+            source: e.source.as_str().to_owned(),
+            reason: e.reason.clone(),
+        }),
         degraded: v.degraded.map(|d| DegradedAnswer {
             reason: d.reason().to_owned(),
             age_seconds: match d {

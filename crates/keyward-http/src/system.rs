@@ -22,11 +22,14 @@ pub async fn healthz() -> Json<Health> {
 /// `disconnected` while this node cannot hear other nodes' changes and reads the store for
 /// every verification). 503 when the store does not answer, so a load balancer prefers nodes
 /// that can reach it; a lost change feed alone keeps 200 with status `degraded`, since the
-/// node still answers correctly, only more slowly.
+/// node still answers correctly, only more slowly. With Redis configured, `redis` (`ok` or
+/// `unavailable`): a Redis outage also keeps 200 with status `degraded`, since limits and quotas
+/// fall back to node-local enforcement.
 #[utoipa::path(get, path = "/readyz", tag = "system",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let store_ok = match state.engine.ready().await {
+    let (store, redis) = tokio::join!(state.engine.ready(), state.engine.redis_health());
+    let store_ok = match store {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: store unavailable");
@@ -43,7 +46,20 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         "change_feed".into(),
         Value::from(if feed_ok { "ok" } else { "disconnected" }),
     );
-    let (status, word) = match (store_ok, feed_ok) {
+    let redis_ok = match redis {
+        None => true,
+        Some(health) => {
+            if let Some(error) = &health.error {
+                tracing::warn!(%error, "readiness check: Redis unavailable");
+            }
+            checks.insert(
+                "redis".into(),
+                Value::from(if health.up { "ok" } else { "unavailable" }),
+            );
+            health.up
+        }
+    };
+    let (status, word) = match (store_ok, feed_ok && redis_ok) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         (true, false) => (StatusCode::OK, "degraded"),
         (true, true) => (StatusCode::OK, "ok"),

@@ -424,9 +424,22 @@ pub struct VerifyKeyResponse {
     /// For RATE_LIMITED and USAGE_EXCEEDED: seconds until a retry can succeed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// Where the limits and quota were decided, when the request reached them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<Enforcement>,
     /// Present when the answer was given without the store, because it could not be reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<DegradedAnswer>,
+}
+
+/// Which state decided a request's limits and quota.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Enforcement {
+    /// `redis` (shared by every node), `local_fallback` (this node alone, because Redis did not
+    /// answer) or `local` (this node alone: no Redis is configured).
+    pub source: String,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// How a verify answer was given while the store was unreachable.
@@ -580,9 +593,9 @@ pub struct AuditVerifyReport {
 /// `GET /healthz` and `GET /readyz`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// `ok` or `unavailable`.
+    /// `ok`, `degraded` (ready, but Redis is down: limits are node-local) or `unavailable`.
     pub status: String,
-    /// Per-dependency status (for `/readyz`), e.g. `{"store": "ok"}`.
+    /// Per-dependency status (for `/readyz`), e.g. `{"store": "ok", "redis": "unavailable"}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub checks: Option<Map<String, Value>>,

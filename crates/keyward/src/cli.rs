@@ -49,6 +49,9 @@ pub struct GatewayArgs {
     /// overrides the config's `store` and `data_dir`.
     #[arg(long, env = "KEYWARD_STORE", hide_env_values = true)]
     pub store: Option<String>,
+    /// Overrides the config file's Redis settings when `--redis` (or KEYWARD_REDIS) is given.
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +103,43 @@ pub struct ServeArgs {
     /// not know, with no identity, permissions, limits or quota.
     #[arg(long, env = "KEYWARD_FAIL_OPEN_UNKNOWN_KEYS")]
     pub fail_open_unknown_keys: bool,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+}
+
+/// Shared limits and quotas (every node with the same Redis and namespace shares them).
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Share rate limits and quotas with other nodes through this Redis (redis://host:port/db).
+    #[arg(long, env = "KEYWARD_REDIS")]
+    pub redis: Option<String>,
+    /// Prefix of every Redis key keyward writes; nodes that share limits use the same one.
+    #[arg(long, env = "KEYWARD_REDIS_NAMESPACE", default_value = "keyward")]
+    pub redis_namespace: String,
+    /// Bound on each Redis call (milliseconds); past it the node decides locally.
+    #[arg(long, env = "KEYWARD_REDIS_TIMEOUT_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub redis_timeout_ms: u64,
+    /// While Redis is down, divide each limit by this many nodes instead of the live-node count
+    /// of the last heartbeat.
+    #[arg(long, env = "KEYWARD_REDIS_FALLBACK_NODES", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub redis_fallback_nodes: Option<u64>,
+    /// While Redis is down, credits each key may spend on this node (settled with Redis later).
+    #[arg(long, env = "KEYWARD_REDIS_FALLBACK_CREDITS", default_value_t = 10)]
+    pub redis_fallback_credits: u64,
+}
+
+impl RedisArgs {
+    /// The engine's Redis settings, if a Redis is configured.
+    pub fn config(&self) -> Option<keyward_engine::RedisConfig> {
+        let url = self.redis.as_ref()?;
+        Some(keyward_engine::RedisConfig {
+            namespace: self.redis_namespace.clone(),
+            timeout: std::time::Duration::from_millis(self.redis_timeout_ms),
+            fallback_nodes: self.redis_fallback_nodes,
+            fallback_credits: self.redis_fallback_credits,
+            ..keyward_engine::RedisConfig::new(url.clone())
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

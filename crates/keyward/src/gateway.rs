@@ -12,6 +12,10 @@
 //! ratelimit_headers_on_success = true # RateLimit fields on admitted responses as well
 //! quota_lease = 20                    # credits leased per store write (the crash overcharge bound)
 //! threads = 2                         # gateway threads, one runtime each (default: one per core)
+//! redis = "redis://127.0.0.1:6379"    # optional: share limits and quotas with other nodes
+//! redis_namespace = "keyward"         # prefix of keyward's Redis keys (same on every node)
+//! redis_fallback_nodes = 3            # optional: divide limits by this while Redis is down
+//! redis_fallback_credits = 10         # credits per key on this node while Redis is down
 //!
 //! [[route]]
 //! prefix = "/orders"                  # path prefix, matched at segment boundaries
@@ -47,6 +51,11 @@ struct FileConfig {
     ratelimit_headers_on_success: bool,
     quota_lease: Option<u64>,
     threads: Option<usize>,
+    redis: Option<String>,
+    redis_namespace: Option<String>,
+    redis_timeout_ms: Option<u64>,
+    redis_fallback_nodes: Option<u64>,
+    redis_fallback_credits: Option<u64>,
     #[serde(rename = "route", default)]
     routes: Vec<FileRoute>,
 }
@@ -73,6 +82,7 @@ pub struct Loaded {
     pub admin_listen: Option<SocketAddr>,
     pub quota_lease: u64,
     pub threads: usize,
+    pub redis: Option<keyward_engine::RedisConfig>,
     pub gateway: GatewayConfig,
 }
 
@@ -136,6 +146,20 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .clamp(1, 256),
+        redis: file.redis.map(|url| {
+            let defaults = keyward_engine::RedisConfig::new(url);
+            keyward_engine::RedisConfig {
+                namespace: file.redis_namespace.unwrap_or(defaults.namespace.clone()),
+                timeout: file.redis_timeout_ms.map_or(defaults.timeout, |ms| {
+                    Duration::from_millis(ms.clamp(10, 10_000))
+                }),
+                fallback_nodes: file.redis_fallback_nodes.map(|n| n.max(1)),
+                fallback_credits: file
+                    .redis_fallback_credits
+                    .unwrap_or(defaults.fallback_credits),
+                ..defaults
+            }
+        }),
         gateway: GatewayConfig {
             routes,
             ratelimit_headers_on_success: file.ratelimit_headers_on_success,
@@ -143,9 +167,16 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     })
 }
 
-pub async fn run(config_path: &Path, store_url: Option<&str>) -> anyhow::Result<()> {
+pub async fn run(
+    config_path: &Path,
+    store_url: Option<&str>,
+    redis: Option<keyward_engine::RedisConfig>,
+) -> anyhow::Result<()> {
     crate::serve::init_logging(crate::cli::LogFormat::Text);
-    let loaded = load(config_path)?;
+    let mut loaded = load(config_path)?;
+    if redis.is_some() {
+        loaded.redis = redis;
+    }
     // --store (or KEYWARD_STORE) wins over the file's store and data_dir.
     let store_url = store_url.or(loaded.store.as_deref());
     let data_dir = match (&loaded.data_dir, store_url) {
@@ -161,7 +192,10 @@ pub async fn run(config_path: &Path, store_url: Option<&str>) -> anyhow::Result<
         quota_lease: loaded.quota_lease,
         ..EngineConfig::default()
     };
-    let engine = Arc::new(Keyward::new(store.shared(), Arc::new(SystemClock), config));
+    let engine = Arc::new(crate::serve::with_redis(
+        Keyward::new(store.shared(), Arc::new(SystemClock), config),
+        loaded.redis.clone(),
+    )?);
     crate::serve::print_bootstrap(&engine).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin = match loaded.admin_listen {

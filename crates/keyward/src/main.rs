@@ -86,9 +86,11 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Gateway(args) => gateway::run(&args.config, args.store.as_deref())
-            .await
-            .map(|()| ExitCode::SUCCESS),
+        Command::Gateway(args) => {
+            gateway::run(&args.config, args.store.as_deref(), args.redis.config())
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Migrate(args) => {
             store::migrate(&args.store).await?;
             println!("keyward: the store's schema is up to date");

@@ -59,7 +59,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         quota_lease: args.quota_lease,
         fail_open_unknown_keys: args.fail_open_unknown_keys,
     };
-    let engine = Arc::new(Keyward::new(store.shared(), Arc::new(SystemClock), config));
+    let engine = Arc::new(with_redis(
+        Keyward::new(store.shared(), Arc::new(SystemClock), config),
+        args.redis.config(),
+    )?);
     print_bootstrap(&engine).await?;
     let flusher = spawn_upkeep(
         Arc::clone(&engine),
@@ -115,9 +118,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes buffered `last_used_at` times and sweeps idle limiter state every `every`.
-/// Runs the background work of a node until aborted: the periodic flush and sweep, and the
-/// follower of the store's change feed (a no-op on a store with no other writers).
+/// Adds shared limits and quotas on Redis to an engine, if configured.
+pub fn with_redis(
+    engine: Keyward,
+    redis: Option<keyward_engine::RedisConfig>,
+) -> anyhow::Result<Keyward> {
+    match redis {
+        None => Ok(engine),
+        Some(config) => {
+            let namespace = config.namespace.clone();
+            let engine = engine
+                .with_redis(config)
+                .context("configuring Redis (--redis)")?;
+            tracing::info!(%namespace, "limits and quotas are shared through Redis");
+            Ok(engine)
+        }
+    }
+}
+
+/// Runs the background work of a node until aborted: the periodic flush and sweep (and, with
+/// Redis, the heartbeat and the write-behind of spent credits), and the follower of the store's
+/// change feed (a no-op on a store with no other writers).
 pub fn spawn_upkeep(engine: Arc<Keyward>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let follower = Arc::clone(&engine).follow_changes();
@@ -129,6 +150,9 @@ pub fn spawn_upkeep(engine: Arc<Keyward>, every: Duration) -> tokio::task::JoinH
                     tracing::warn!(error = %e, "writing last_used_at failed; will retry");
                 }
                 engine.maintain();
+                if let Err(e) = engine.sync_shared().await {
+                    tracing::warn!(error = %e, "writing spent credits behind to the store failed; will retry");
+                }
             }
         };
         // The follower returns at once when there is no feed; the periodic work never ends.

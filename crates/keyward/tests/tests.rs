@@ -27,3 +27,5 @@ mod process;
 #[path = "it/proxy.rs"]
 #[allow(dead_code)] // Used by the cluster tests.
 mod proxy;
+#[path = "it/shared_limits.rs"]
+mod shared_limits;

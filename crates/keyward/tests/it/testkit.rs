@@ -240,6 +240,33 @@ impl Server {
     }
 }
 
+/// The Redis for shared-limit tests (`KEYWARD_TEST_REDIS_URL`), or `None` after printing that
+/// the test was skipped; with `CI=true` a missing Redis fails the test instead.
+pub fn redis_url(test: &str) -> Option<String> {
+    match std::env::var("KEYWARD_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{test}: KEYWARD_TEST_REDIS_URL is not set, and CI=true requires Redis"
+            );
+            // Past the harness's output capture, so the skip is seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: set KEYWARD_TEST_REDIS_URL=redis://127.0.0.1:6379 to run it"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh Redis key namespace, so tests can run in parallel.
+pub fn redis_namespace() -> String {
+    let id = keyward_core::key::generate_key_id(&mut rand::rngs::SysRng).unwrap();
+    format!("kwtest:{id}")
+}
+
 /// The keyward binary built for these tests.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_keyward"))
