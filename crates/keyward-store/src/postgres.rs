@@ -1146,9 +1146,10 @@ impl KeyStore for PostgresStore {
 /// Notifications are not queued for a disconnected listener, so a gap is reported instead:
 /// when the connection is lost, [`next`](ChangeFeed::next) returns an error for as long as
 /// the server cannot be reached, and once it listens again the first item is
-/// [`Change::Resync`] (nothing committed in between can be known). sqlx's
-/// `PgListener::try_recv` returning `Ok(None)` (it lost the connection and has already
-/// reconnected and re-subscribed) is reported the same way. A connection that falls silent
+/// [`Change::Resync`] (nothing committed in between can be known). sqlx's own reconnection is
+/// off (`eager_reconnect(false)`): `try_recv` returning `Ok(None)` means the connection is
+/// gone, and this feed drops the listener and builds a new one, so no reconnection (after a
+/// cancelled call, or under a query) can happen without a resync. A connection that falls silent
 /// is checked with a query after `feed_idle_check`, so a half-open connection becomes an
 /// error rather than a feed that never speaks again.
 pub struct PgChangeFeed {
@@ -1192,6 +1193,10 @@ impl PgChangeFeed {
         let mut listener = PgListener::connect_with(&pool).await.map_err(backend)?;
         // Only this feed uses the pool; a close of it is not a reason to stop waiting.
         listener.ignore_pool_close_event(true);
+        // sqlx would otherwise reconnect inside `try_recv` before reporting the loss, and a
+        // cancelled `try_recv` (the idle check's timeout) or a query on the listener would
+        // then reconnect silently, hiding the gap. This feed reconnects itself instead.
+        listener.eager_reconnect(false);
         listener.listen(&self.channel).await.map_err(backend)?;
         Ok(listener)
     }
@@ -1236,9 +1241,13 @@ impl ChangeFeed for PgChangeFeed {
                         return Ok(Change::Resync);
                     }
                 },
-                // The connection was lost, and sqlx has already reconnected and re-listened:
-                // anything committed in between was missed.
-                Ok(Ok(None)) => return Ok(Change::Resync),
+                // The connection was lost (and, with eager reconnect off, not replaced):
+                // report the gap; the next call listens on a new connection and resyncs.
+                Ok(Ok(None)) => {
+                    return Err(self.broken(StoreError::Backend(
+                        "the change feed's connection was lost".into(),
+                    )));
+                }
                 Ok(Err(e)) => return Err(self.broken(backend(e))),
                 Err(_silent) => {
                     // Nothing for a while: make sure the connection is still there. try_recv

@@ -328,6 +328,55 @@ async fn a_killed_feed_connection_resyncs_then_delivers() {
 }
 
 #[tokio::test]
+async fn a_gap_is_reported_even_when_calls_are_cancelled_while_it_reconnects() {
+    let Some(db) = TestDb::new("a_gap_is_reported_even_when_calls_are_cancelled") else {
+        return;
+    };
+    let (a, b) = (db.store("a").await, db.store("b").await);
+    let mut feed = a.changes().await.unwrap().unwrap();
+    db.admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{}_a-feed'",
+        db.schema
+    ))
+    .await;
+    // A change committed while the feed has no connection is missed by LISTEN.
+    b.write_key(new_key_write("key_AAAAAAAAAAAAAAAAAAAG", "kw_live_gap"))
+        .await
+        .unwrap();
+    // Callers that give up on `next` (a select!, a timeout) cancel it at any point, including
+    // in the middle of reconnecting; none of that may swallow the gap. The first item any
+    // call returns, cancelled attempts included, must be the resync.
+    let mut first = None;
+    'attempts: for micros in [1, 10, 100, 1_000, 5_000, 20_000] {
+        for _ in 0..5 {
+            if let Ok(Ok(change)) =
+                tokio::time::timeout(Duration::from_micros(micros), feed.next()).await
+            {
+                first = Some(change);
+                break 'attempts;
+            }
+        }
+    }
+    let first = match first {
+        Some(change) => change,
+        None => tokio::time::timeout(WAIT, async {
+            loop {
+                if let Ok(change) = feed.next().await {
+                    return change;
+                }
+            }
+        })
+        .await
+        .unwrap(),
+    };
+    assert_eq!(first, Change::Resync, "a lost connection must resync first");
+    drop(feed);
+    a.close().await;
+    b.close().await;
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_server_is_a_feed_error_then_a_resync() {
     let Some(db) = TestDb::new("an_unreachable_server_is_a_feed_error_then_a_resync") else {
         return;
