@@ -79,6 +79,16 @@ pub struct ServeArgs {
     /// the same keys: postgres://user:password@host:port/db[?schema=NAME].
     #[arg(long, env = "KEYWARD_STORE", hide_env_values = true)]
     pub store: Option<String>,
+    /// PostgreSQL: most pooled connections (the change feed uses one more).
+    #[arg(long, env = "KEYWARD_STORE_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub store_pool_size: u32,
+    /// PostgreSQL: how long a call waits for a connection (pooled or new) before it fails
+    /// with 503 store_unavailable (milliseconds).
+    #[arg(long, env = "KEYWARD_STORE_ACQUIRE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
+    pub store_acquire_timeout_ms: u64,
+    /// PostgreSQL: server-side limit on one statement (statement_timeout, milliseconds).
+    #[arg(long, env = "KEYWARD_STORE_STATEMENT_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub store_statement_timeout_ms: u64,
     /// Log line format (logs go to standard error).
     #[arg(long, env = "KEYWARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

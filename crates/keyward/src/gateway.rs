@@ -16,6 +16,8 @@
 //! redis_namespace = "keyward"         # prefix of keyward's Redis keys (same on every node)
 //! redis_fallback_nodes = 3            # optional: divide limits by this while Redis is down
 //! redis_fallback_credits = 10         # credits per key on this node while Redis is down
+//! stale_if_error_seconds = 300        # store down: keys cached this recently still verify
+//! fail_open_unknown_keys = false      # store down: DANGEROUS, admit unknown well-formed keys
 //!
 //! [[route]]
 //! prefix = "/orders"                  # path prefix, matched at segment boundaries
@@ -56,6 +58,9 @@ struct FileConfig {
     redis_timeout_ms: Option<u64>,
     redis_fallback_nodes: Option<u64>,
     redis_fallback_credits: Option<u64>,
+    stale_if_error_seconds: Option<u64>,
+    #[serde(default)]
+    fail_open_unknown_keys: bool,
     #[serde(rename = "route", default)]
     routes: Vec<FileRoute>,
 }
@@ -83,6 +88,9 @@ pub struct Loaded {
     pub quota_lease: u64,
     pub threads: usize,
     pub redis: Option<keyward_engine::RedisConfig>,
+    /// Store outage behaviour (see README "When the store is down").
+    pub stale_if_error: Duration,
+    pub fail_open_unknown_keys: bool,
     pub gateway: GatewayConfig,
 }
 
@@ -133,7 +141,18 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if file.stale_if_error_seconds.is_some_and(|s| s > 86_400) {
+        bail!(
+            "{}: stale_if_error_seconds must be at most 86400",
+            path.display()
+        );
+    }
     Ok(Loaded {
+        stale_if_error: file.stale_if_error_seconds.map_or(
+            keyward_engine::CacheConfig::default().stale_if_error,
+            Duration::from_secs,
+        ),
+        fail_open_unknown_keys: file.fail_open_unknown_keys,
         listen: file.listen,
         data_dir: file.data_dir,
         store: file.store,
@@ -187,10 +206,19 @@ pub async fn run(
             config_path.display()
         ),
     };
-    let store = crate::store::Store::open(store_url, &data_dir).await?;
+    let store = crate::store::Store::open(
+        store_url,
+        &data_dir,
+        keyward_store::PostgresOptions::default(),
+    )
+    .await?;
     let config = EngineConfig {
         quota_lease: loaded.quota_lease,
-        ..EngineConfig::default()
+        cache: keyward_engine::CacheConfig {
+            stale_if_error: loaded.stale_if_error,
+            ..keyward_engine::CacheConfig::default()
+        },
+        fail_open_unknown_keys: loaded.fail_open_unknown_keys,
     };
     let engine = Arc::new(crate::serve::with_redis(
         Keyward::new(store.shared(), Arc::new(SystemClock), config),
@@ -271,6 +299,13 @@ mod tests {
 listen = "127.0.0.1:0"
 data_dir = "/tmp/x"
 ratelimit_headers_on_success = true
+redis = "redis://127.0.0.1:6379"
+redis_namespace = "edge"
+redis_timeout_ms = 100
+redis_fallback_nodes = 3
+redis_fallback_credits = 7
+stale_if_error_seconds = 60
+fail_open_unknown_keys = true
 [[route]]
 prefix = "/orders"
 upstream = "http://127.0.0.1:9000"
@@ -281,6 +316,22 @@ cost = 2
         .unwrap();
         assert_eq!(loaded.gateway.routes[0].cost, 2);
         assert!(loaded.gateway.ratelimit_headers_on_success);
+        let redis = loaded.redis.unwrap();
+        assert_eq!(redis.url, "redis://127.0.0.1:6379");
+        assert_eq!(redis.namespace, "edge");
+        assert_eq!(redis.timeout, Duration::from_millis(100));
+        assert_eq!(redis.fallback_nodes, Some(3));
+        assert_eq!(redis.fallback_credits, 7);
+        assert_eq!(loaded.stale_if_error, Duration::from_secs(60));
+        assert!(loaded.fail_open_unknown_keys);
+        // Left out, the outage settings are the safe defaults.
+        let plain = load_text(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"/tmp/x\"\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n",
+        )
+        .unwrap();
+        assert!(!plain.fail_open_unknown_keys);
+        assert_eq!(plain.stale_if_error, Duration::from_secs(300));
+        assert!(plain.redis.is_none());
     }
 
     #[test]

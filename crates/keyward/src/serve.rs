@@ -49,7 +49,17 @@ pub async fn shutdown_signal() {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
-    let store = crate::store::Store::open(args.store.as_deref(), &args.data_dir).await?;
+    let store = crate::store::Store::open(
+        args.store.as_deref(),
+        &args.data_dir,
+        keyward_store::PostgresOptions {
+            max_connections: args.store_pool_size,
+            acquire_timeout: Duration::from_millis(args.store_acquire_timeout_ms),
+            statement_timeout: Duration::from_millis(args.store_statement_timeout_ms),
+            ..keyward_store::PostgresOptions::default()
+        },
+    )
+    .await?;
     let config = EngineConfig {
         cache: CacheConfig {
             max_staleness: Duration::from_secs(args.cache_max_staleness_seconds),

@@ -27,12 +27,15 @@ fn postgres_url(url: &str) -> anyhow::Result<&str> {
 }
 
 impl Store {
-    /// Opens PostgreSQL at `url` if given, else SQLite in `data_dir`; migrations run either way.
-    pub async fn open(url: Option<&str>, data_dir: &Path) -> anyhow::Result<Self> {
+    /// Opens PostgreSQL at `url` with `options` if given, else SQLite in `data_dir`;
+    /// migrations run either way.
+    pub async fn open(
+        url: Option<&str>,
+        data_dir: &Path,
+        options: PostgresOptions,
+    ) -> anyhow::Result<Self> {
         Ok(match url {
-            Some(url) => Self::Postgres(
-                PostgresStore::connect(postgres_url(url)?, PostgresOptions::default()).await?,
-            ),
+            Some(url) => Self::Postgres(PostgresStore::connect(postgres_url(url)?, options).await?),
             None => Self::Sqlite(SqliteStore::open(data_dir).await?),
         })
     }

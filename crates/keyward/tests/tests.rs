@@ -20,12 +20,13 @@ mod gateway;
 mod limits;
 #[path = "it/nginx.rs"]
 mod nginx;
+#[path = "it/outage.rs"]
+mod outage;
 #[path = "it/postgres.rs"]
 mod postgres;
 #[path = "it/process.rs"]
 mod process;
 #[path = "it/proxy.rs"]
-#[allow(dead_code)] // Used by the cluster tests.
 mod proxy;
 #[path = "it/shared_limits.rs"]
 mod shared_limits;

@@ -16,13 +16,13 @@ use sqlx::Connection;
 use crate::testkit::{Http, Process, binary};
 
 /// A schema of one test, dropped by [`Schema::drop`].
-struct Schema {
-    url: String,
-    name: String,
+pub(crate) struct Schema {
+    pub(crate) url: String,
+    pub(crate) name: String,
 }
 
 impl Schema {
-    fn new(test: &str) -> Option<Self> {
+    pub(crate) fn new(test: &str) -> Option<Self> {
         let url = match std::env::var("KEYWARD_TEST_POSTGRES_URL") {
             Ok(url) if !url.is_empty() => url,
             _ => {
@@ -52,13 +52,49 @@ impl Schema {
         Some(Self { url, name })
     }
 
+    /// The database server's address (the URL's host and port; loopback in tests).
+    pub(crate) fn server(&self) -> std::net::SocketAddr {
+        let after_at = self
+            .url
+            .rsplit_once('@')
+            .map_or(self.url.as_str(), |(_, h)| h);
+        let after_scheme = after_at.rsplit_once("://").map_or(after_at, |(_, h)| h);
+        let host_port = after_scheme.split(['/', '?']).next().unwrap();
+        let host_port = if host_port.contains(':') {
+            host_port.to_owned()
+        } else {
+            format!("{host_port}:5432")
+        };
+        std::net::ToSocketAddrs::to_socket_addrs(&host_port)
+            .unwrap()
+            .next()
+            .unwrap()
+    }
+
+    /// The `--store` value for this schema, reaching the server through `via` instead.
+    pub(crate) fn store_via(&self, via: std::net::SocketAddr) -> String {
+        let server = self.server();
+        let store = self.store();
+        let host = self
+            .url
+            .split("://")
+            .nth(1)
+            .unwrap()
+            .split(['/', '?'])
+            .next()
+            .unwrap();
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        assert!(server.ip().is_loopback());
+        store.replacen(host, &via.to_string(), 1)
+    }
+
     /// The `--store` value for this schema.
-    fn store(&self) -> String {
+    pub(crate) fn store(&self) -> String {
         let sep = if self.url.contains('?') { '&' } else { '?' };
         format!("{}{sep}schema={}", self.url, self.name)
     }
 
-    async fn drop(self) {
+    pub(crate) async fn drop(self) {
         let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
