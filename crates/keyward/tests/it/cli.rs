@@ -331,3 +331,45 @@ fn committed_help_text_is_current() {
         "docs/cli-help.txt is out of date; run `KEYWARD_BLESS=1 cargo test -p keyward` and commit it"
     );
 }
+
+/// The cluster example's env files name only settings `keyward serve` reads (a misspelled
+/// variable would be silently ignored), and every node shares one store and one namespace.
+#[test]
+fn cluster_example_env_files_use_real_settings() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/cluster");
+    let help = std::process::Command::new(binary())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let mut shared = std::collections::BTreeSet::new();
+    let mut listens = std::collections::BTreeSet::new();
+    for node in ["a", "b", "c"] {
+        let text = std::fs::read_to_string(format!("{dir}/node-{node}.env")).unwrap();
+        for line in text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        {
+            let (name, value) = line.split_once('=').unwrap();
+            assert!(
+                // Values of secret-bearing settings are hidden: `[env: NAME]`.
+                help.contains(&format!("[env: {name}="))
+                    || help.contains(&format!("[env: {name}]")),
+                "node-{node}.env sets {name}, which keyward serve does not read"
+            );
+            match name {
+                "KEYWARD_LISTEN" => assert!(listens.insert(value.to_owned()), "{value} twice"),
+                "KEYWARD_STORE" | "KEYWARD_REDIS" | "KEYWARD_REDIS_NAMESPACE" => {
+                    shared.insert(format!("{name}={value}"));
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(listens.len(), 3);
+    assert_eq!(
+        shared.len(),
+        3,
+        "one store, one Redis, one namespace: {shared:?}"
+    );
+}
