@@ -26,7 +26,9 @@ mod outage;
 mod postgres;
 #[path = "it/process.rs"]
 mod process;
-#[path = "it/proxy.rs"]
+/// The engine's cut-and-restore TCP proxy, shared rather than copied.
+#[path = "../../keyward-engine/src/test_proxy.rs"]
+#[allow(dead_code)] // redis_socket is for the engine's Redis tests.
 mod proxy;
 #[path = "it/shared_limits.rs"]
 mod shared_limits;

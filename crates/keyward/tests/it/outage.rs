@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::postgres::Schema;
-use crate::proxy::TcpProxy;
+use crate::proxy::CutProxy;
 use crate::testkit::{Http, Process, Response};
 
 /// Calls `attempt` until it returns `Some`, for at most `within` (the node notices a lost or
@@ -46,9 +46,9 @@ async fn a_node_cut_off_from_postgres_serves_cached_keys_fails_closed_and_recove
     let Some(schema) = Schema::new("a_node_cut_off_from_postgres") else {
         return;
     };
-    let proxy = TcpProxy::start(schema.server()).await;
+    let proxy = CutProxy::start(schema.server()).await;
     let logs = tempfile::tempdir().unwrap();
-    let store = schema.store_via(proxy.addr());
+    let store = schema.store_via(proxy.addr);
     let node = Process::start_with(
         &[
             "--store",
