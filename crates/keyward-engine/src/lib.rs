@@ -12,6 +12,7 @@
 mod admission;
 mod cache;
 pub mod clock;
+pub mod events;
 mod shared;
 mod usage;
 
@@ -418,6 +419,8 @@ pub struct Keyward {
     /// False while the store's change feed is down: notifications may be missed, so the cache
     /// is not served without a store read until the feed is back and the cache is cleared.
     feed_trusted: AtomicBool,
+    /// Events for webhooks and other subscribers.
+    events: tokio::sync::broadcast::Sender<events::Event>,
 }
 
 fn plan_summary(plan: &Plan) -> Value {
@@ -487,6 +490,7 @@ impl Keyward {
             config,
             shared: None,
             feed_trusted: AtomicBool::new(true),
+            events: tokio::sync::broadcast::channel(events::EVENT_BUFFER).0,
         }
     }
 
@@ -1636,6 +1640,15 @@ impl Keyward {
             })
             .await?;
         tracing::info!(key_id, kind = kind.as_str(), "key revoked");
+        if kind == KeyKind::Api {
+            self.publish(events::Event::KeyRevoked {
+                key_id: record.key_id.clone(),
+                owner: record.owner.clone(),
+                tenant: record.tenant.clone(),
+                reason,
+                at: record.revoked_at.unwrap_or_else(|| self.now()),
+            });
+        }
         Ok(record)
     }
 
@@ -1710,6 +1723,16 @@ impl Keyward {
     /// Checks that the store answers (for `/readyz`).
     pub async fn ready(&self) -> Result<(), EngineError> {
         Ok(self.store.ping().await?)
+    }
+
+    /// Publishes an event to every subscriber; never blocks (with no subscriber it is dropped).
+    pub fn publish(&self, event: events::Event) {
+        let _ = self.events.send(event);
+    }
+
+    /// Subscribes to events published from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<events::Event> {
+        self.events.subscribe()
     }
 
     /// Current cache entry counts.

@@ -1453,3 +1453,27 @@ async fn a_lost_feed_stops_cache_answers_until_it_is_back_and_resynced() {
         "filled once, then served from the cache"
     );
 }
+
+#[tokio::test]
+async fn a_revocation_is_published_as_an_event_without_the_secret() {
+    let f = fixture().await;
+    let created = f.create(&[]).await;
+    let mut events = f.engine.subscribe();
+    f.engine
+        .revoke_key(
+            &f.root,
+            KeyKind::Api,
+            &created.record.key_id,
+            "leaked in a log",
+        )
+        .await
+        .unwrap();
+    let event = events.try_recv().unwrap();
+    assert_eq!(event.kind(), "key_revoked");
+    let json = serde_json::to_string(&event).unwrap();
+    assert!(json.contains(&created.record.key_id), "{json}");
+    assert!(json.contains("leaked in a log"), "{json}");
+    assert!(!json.contains(created.key.expose()), "{json}");
+    // Root keys are not announced.
+    assert!(events.try_recv().is_err());
+}
