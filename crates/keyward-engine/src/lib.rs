@@ -16,7 +16,7 @@ pub mod events;
 mod shared;
 mod usage;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use keyward_core::audit::{
@@ -419,6 +419,13 @@ pub struct Keyward {
     /// False while the store's change feed is down: notifications may be missed, so the cache
     /// is not served without a store read until the feed is back and the cache is cleared.
     feed_trusted: AtomicBool,
+    /// Entries filled before this instant (Unix nanoseconds; set by a resync) are not fresh,
+    /// though they stay usable for stale-if-error.
+    trusted_since: AtomicI64,
+    /// When the store last failed a verify-path read (Unix nanoseconds, `i64::MIN` if it has
+    /// not): until [`STORE_PROBE_INTERVAL`] has passed, lookups skip the store and answer from
+    /// stale-if-error at once instead of each waiting out the connection timeout.
+    store_failed_at: AtomicI64,
     /// Events for webhooks and other subscribers.
     events: tokio::sync::broadcast::Sender<events::Event>,
 }
@@ -490,6 +497,8 @@ impl Keyward {
             config,
             shared: None,
             feed_trusted: AtomicBool::new(true),
+            trusted_since: AtomicI64::new(i64::MIN),
+            store_failed_at: AtomicI64::new(i64::MIN),
             events: tokio::sync::broadcast::channel(events::EVENT_BUFFER).0,
         }
     }
@@ -722,7 +731,42 @@ impl Keyward {
     /// feed is trusted (no notification may have been missed) and the entry is younger than
     /// the staleness bound.
     fn fresh(&self, filled_at: OffsetDateTime, now: OffsetDateTime, trusted: bool) -> bool {
-        trusted && now - filled_at <= self.config.cache.max_staleness
+        trusted
+            && unix_nanos(filled_at) >= self.trusted_since.load(Ordering::Acquire)
+            && now - filled_at <= self.config.cache.max_staleness
+    }
+
+    /// The store read of a lookup, unless the store failed less than [`STORE_PROBE_INTERVAL`]
+    /// ago: then the lookup goes straight to stale-if-error (one probe per interval finds out
+    /// when the store is back).
+    async fn probe_store(
+        &self,
+        hash: &KeyHash,
+        now: OffsetDateTime,
+        generation: u64,
+        trusted: bool,
+    ) -> Result<Option<(Arc<KeyRecord>, SecretInfo)>, EngineError> {
+        let failed_at = self.store_failed_at.load(Ordering::Acquire);
+        if failed_at != i64::MIN
+            && i128::from(unix_nanos(now)) - i128::from(failed_at)
+                < STORE_PROBE_INTERVAL.as_nanos() as i128
+        {
+            return Err(EngineError::Store(StoreError::Backend(
+                "the store failed moments ago; waiting for the next probe".into(),
+            )));
+        }
+        let result = self.lookup_in_store(hash, now, generation, trusted).await;
+        match &result {
+            Err(EngineError::Store(StoreError::Backend(_))) => {
+                self.store_failed_at
+                    .store(unix_nanos(now), Ordering::Release);
+            }
+            _ if failed_at != i64::MIN => {
+                self.store_failed_at.store(i64::MIN, Ordering::Release);
+            }
+            _ => {}
+        }
+        result
     }
 
     /// Finds the key of a secret hash: from the cache while its entries are fresh, else from
@@ -751,7 +795,7 @@ impl Keyward {
             }
             SecretLookup::NotFound(_) | SecretLookup::Unknown => None,
         };
-        match self.lookup_in_store(hash, now, generation, trusted).await {
+        match self.probe_store(hash, now, generation, trusted).await {
             Err(EngineError::Store(StoreError::Backend(source))) => {
                 let usable = |at: OffsetDateTime| now - at <= self.config.cache.stale_if_error;
                 if let (SecretLookup::Known(secret), Some(record)) = (&cached, cached_record)
@@ -1807,7 +1851,11 @@ impl Keyward {
                 }
             }
             Change::Resync => {
-                self.cache.invalidate_everything();
+                // Nothing cached before now is fresh any more (it may predate a missed
+                // change), but it stays usable for stale-if-error should the store fail again.
+                self.trusted_since
+                    .store(unix_nanos(self.clock.now()), Ordering::Release);
+                self.cache.bump_generation();
                 self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 if !self.feed_trusted.swap(true, Ordering::AcqRel) {
                     tracing::info!("change feed connected; cache cleared and trusted again");
@@ -1815,6 +1863,15 @@ impl Keyward {
             }
         }
     }
+}
+
+/// After a verify-path store read fails, how long lookups answer from stale-if-error without
+/// trying the store again.
+const STORE_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Nanoseconds since the Unix epoch, saturated to `i64` (good until the year 2262).
+fn unix_nanos(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
 }
 
 /// Waits between attempts to reach a lost change feed.

@@ -1264,8 +1264,10 @@ async fn a_store_outage_serves_cached_keys_until_stale_if_error_and_fails_unknow
         "{err:?}"
     );
 
-    // The store is back: fresh answers again, without a degraded marker.
+    // The store is back: after the probe interval, fresh answers again, without a degraded
+    // marker.
     f.store.down.store(false, Ordering::SeqCst);
+    f.clock.advance(Duration::seconds(1));
     let v = f
         .engine
         .verify(key, &VerifyRequest::default())
@@ -1303,6 +1305,7 @@ async fn fail_open_admits_unknown_keys_only_when_configured_and_only_while_the_s
         .unwrap_err();
     assert!(matches!(err, AuthError::Engine(_)), "{err:?}");
     f.store.down.store(false, Ordering::SeqCst);
+    f.clock.advance(Duration::seconds(1));
     assert_eq!(f.code(unknown.expose()).await, VerifyCode::NotFound);
 }
 
@@ -1434,10 +1437,11 @@ async fn a_lost_feed_stops_cache_answers_until_it_is_back_and_resynced() {
         b.verify(key, &VerifyRequest::default()).await.unwrap().code,
         VerifyCode::Revoked
     );
-    // The feed is back: the cache is cleared and trusted again.
+    // The feed is back: nothing cached before the resync counts as fresh, so the next answer
+    // is read from the store, and the cache is trusted again after that.
+    f.clock.advance(Duration::milliseconds(1));
     feed.send(Ok(Change::Resync)).unwrap();
     until(|| b.change_feed_trusted()).await;
-    assert_eq!(b.cache_sizes().keys, 0);
     let reads = f.store_reads();
     assert_eq!(
         b.verify(key, &VerifyRequest::default()).await.unwrap().code,
@@ -1476,4 +1480,77 @@ async fn a_revocation_is_published_as_an_event_without_the_secret() {
     assert!(!json.contains(created.key.expose()), "{json}");
     // Root keys are not announced.
     assert!(events.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_failing_store_is_probed_once_a_second_not_on_every_verify() {
+    let f = fixture().await;
+    let created = f.create(&[]).await;
+    let key = created.key.expose();
+    assert_eq!(f.code(key).await, VerifyCode::Valid);
+    f.clock.advance(Duration::seconds(31));
+    f.store.down.store(true, Ordering::SeqCst);
+    let v = f
+        .engine
+        .verify(key, &VerifyRequest::default())
+        .await
+        .unwrap();
+    assert!(v.degraded.is_some());
+    let reads = f.store_reads();
+    for _ in 0..10 {
+        let v = f
+            .engine
+            .verify(key, &VerifyRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(v.code, VerifyCode::Valid);
+        assert!(v.degraded.is_some());
+        // Unknown keys fail closed at once too.
+        assert!(
+            f.engine
+                .verify(unknown_key().expose(), &VerifyRequest::default())
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(
+        f.store_reads(),
+        reads,
+        "no store call within the probe interval"
+    );
+    f.clock.advance(Duration::seconds(1));
+    let _ = f
+        .engine
+        .verify(key, &VerifyRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(f.store_reads(), reads + 1, "one probe per interval");
+}
+
+#[tokio::test]
+async fn a_resync_keeps_old_entries_for_stale_if_error_but_not_as_fresh() {
+    let f = fixture().await;
+    let created = f.create(&[]).await;
+    let key = created.key.expose();
+    let (b, feed) = node_b(&f).await;
+    assert_eq!(
+        b.verify(key, &VerifyRequest::default()).await.unwrap().code,
+        VerifyCode::Valid
+    );
+    // The feed flaps: lost, then back (resync), then the store fails.
+    feed.send(Err(StoreError::Backend("lost (test)".into())))
+        .unwrap();
+    until(|| !b.change_feed_trusted()).await;
+    f.clock.advance(Duration::milliseconds(1));
+    feed.send(Ok(Change::Resync)).unwrap();
+    until(|| b.change_feed_trusted()).await;
+    f.store.down.store(true, Ordering::SeqCst);
+    // Not fresh (filled before the resync), so the store is tried; it fails, and the entry
+    // still answers under stale-if-error rather than a 503.
+    let v = b.verify(key, &VerifyRequest::default()).await.unwrap();
+    assert_eq!(v.code, VerifyCode::Valid);
+    assert!(
+        matches!(v.degraded, Some(Degraded::StaleCache { .. })),
+        "{v:?}"
+    );
 }
