@@ -45,7 +45,9 @@ pub use cache::{CacheConfig, CacheSizes};
 use cache::{CachedRecord, CachedSecret, SecretLookup, VerifyCache};
 pub use keyward_core::validate::{LimitSpec, QuotaSpec};
 pub use keyward_store::CreditOp;
-pub use shared::{Enforcement, EnforcementSource, RedisConfig, RedisHealth, SyncReport};
+pub use shared::{
+    Enforcement, EnforcementSource, ReconcileReport, RedisConfig, RedisHealth, SyncReport,
+};
 use usage::LastUsedBuffer;
 
 /// Largest page a list call returns.

@@ -186,6 +186,7 @@ fn limit(name: &str, limit: u64, period_seconds: u64, burst: Option<u64>) -> Lim
         period_seconds,
         burst,
         scope: None,
+        mode: None,
     }
 }
 

@@ -46,6 +46,11 @@ pub struct LimitSpec {
     /// `key` (default), `owner` or `tenant`: who shares the budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// `exact` (default) or `local_first`: with Redis, whether every decision is one Redis
+    /// round trip (N nodes admit exactly the limit) or is made from node-local state
+    /// reconciled with Redis in the background (faster, with a documented overshoot bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 /// A usage quota: a credit balance, optionally refilled to `refill_amount` daily (00:00 UTC)

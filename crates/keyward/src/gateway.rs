@@ -16,6 +16,7 @@
 //! redis_namespace = "keyward"         # prefix of keyward's Redis keys (same on every node)
 //! redis_fallback_nodes = 3            # optional: divide limits by this while Redis is down
 //! redis_fallback_credits = 10         # credits per key on this node while Redis is down
+//! redis_reconcile_ms = 100            # how often local_first limits reconcile with Redis
 //!
 //! [[route]]
 //! prefix = "/orders"                  # path prefix, matched at segment boundaries
@@ -56,6 +57,7 @@ struct FileConfig {
     redis_timeout_ms: Option<u64>,
     redis_fallback_nodes: Option<u64>,
     redis_fallback_credits: Option<u64>,
+    redis_reconcile_ms: Option<u64>,
     #[serde(rename = "route", default)]
     routes: Vec<FileRoute>,
 }
@@ -157,6 +159,11 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
                 fallback_credits: file
                     .redis_fallback_credits
                     .unwrap_or(defaults.fallback_credits),
+                reconcile_interval: file
+                    .redis_reconcile_ms
+                    .map_or(defaults.reconcile_interval, |ms| {
+                        Duration::from_millis(ms.clamp(10, 60_000))
+                    }),
                 ..defaults
             }
         }),
