@@ -538,3 +538,5 @@ async fn losing_redis_data_refunds_at_most_the_spend_since_the_last_write_behind
     c.nodes[0].release_leases().await.unwrap();
     assert_eq!(c.store_balance(&created).await, 65);
 }
+
+mod local_first;
