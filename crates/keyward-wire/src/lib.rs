@@ -440,8 +440,9 @@ pub struct VerifyKeyResponse {
 /// Which state decided a request's limits and quota.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Enforcement {
-    /// `redis` (shared by every node), `local_fallback` (this node alone, because Redis did not
-    /// answer) or `local` (this node alone: no Redis is configured).
+    /// `redis` (shared by every node), `local_first` (this node's view of the shared limits,
+    /// reconciled with Redis in the background), `local_fallback` (this node alone, because
+    /// Redis did not answer) or `local` (this node alone: no Redis is configured).
     pub source: String,
     /// Why, in words.
     pub reason: String,
