@@ -15,9 +15,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use keyward_core::verify::{VerifyCode, VerifyRequest};
 use keyward_engine::clock::SystemClock;
-use keyward_engine::{
-    EnforcementSource, EngineConfig, Keyward, LimitSpec, NewKey, RedisConfig,
-};
+use keyward_engine::{EnforcementSource, EngineConfig, Keyward, LimitSpec, NewKey, RedisConfig};
 use keyward_store::SqliteStore;
 
 fn bench_modes(c: &mut Criterion) {

@@ -38,9 +38,9 @@ use redis::{FromRedisValue, Script};
 use time::OffsetDateTime;
 
 use crate::admission::{Limiter, evaluate, period_of, pool};
+use crate::{EngineError, Keyward, Verification};
 pub use local_first::ReconcileReport;
 use local_first::{LocalFirst, is_local_first};
-use crate::{EngineError, Keyward, Verification};
 
 /// How long an idle limit pool is kept in Redis after its bucket is full again, beyond the
 /// exact instant: a margin for clock skew between nodes.

@@ -156,10 +156,7 @@ async fn mixed_exact_and_local_first_limits_stay_all_or_nothing() {
     let local_tighter = c
         .key(NewKey {
             owner: "o".into(),
-            limits: vec![
-                limit("exact", 5, 60, None),
-                local_first("local", 3, 60),
-            ],
+            limits: vec![limit("exact", 5, 60, None), local_first("local", 3, 60)],
             ..NewKey::default()
         })
         .await;
@@ -180,10 +177,7 @@ async fn mixed_exact_and_local_first_limits_stay_all_or_nothing() {
     let exact_tighter = c
         .key(NewKey {
             owner: "o".into(),
-            limits: vec![
-                limit("exact", 2, 60, None),
-                local_first("local", 5, 60),
-            ],
+            limits: vec![limit("exact", 2, 60, None), local_first("local", 5, 60)],
             ..NewKey::default()
         })
         .await;
@@ -240,10 +234,7 @@ async fn local_first_decides_without_redis_and_falls_back_when_it_is_known_down(
         .await;
     let key = created.key.expose();
     let node = &c.nodes[0];
-    assert_eq!(
-        count(&hammer_one(node, key, 2).await, VerifyCode::Valid),
-        2
-    );
+    assert_eq!(count(&hammer_one(node, key, 2).await, VerifyCode::Valid), 2);
 
     // Redis is cut off, and the node does not know yet: verify still answers at once from the
     // node's view, which proves it does not call Redis.
