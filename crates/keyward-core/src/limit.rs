@@ -50,6 +50,46 @@ impl LimitScope {
     }
 }
 
+/// How a limit is enforced when several nodes share it (through Redis). Without a shared
+/// store both modes are the same node-local limit.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitMode {
+    /// Every decision is made against the shared state: N nodes admit exactly the limit.
+    #[default]
+    Exact,
+    /// Decided from this node's view of the shared state, reconciled in the background: no
+    /// shared-store round trip per request, at the price of a bounded overshoot.
+    LocalFirst,
+}
+
+impl LimitMode {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::LocalFirst => "local_first",
+        }
+    }
+
+    /// Parses a stable name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "exact" => Some(Self::Exact),
+            "local_first" => Some(Self::LocalFirst),
+            _ => None,
+        }
+    }
+
+    /// True for the default, [`LimitMode::Exact`] (it is not written out, so records stored
+    /// before modes existed and records stored after are the same JSON).
+    pub fn is_exact(&self) -> bool {
+        *self == Self::Exact
+    }
+}
+
 /// A named rate limit.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RateLimit {
@@ -63,6 +103,9 @@ pub struct RateLimit {
     pub burst: u64,
     /// Who shares the budget.
     pub scope: LimitScope,
+    /// Exact or local-first enforcement across nodes; absent in stored JSON means exact.
+    #[serde(default, skip_serializing_if = "LimitMode::is_exact")]
+    pub mode: LimitMode,
 }
 
 impl RateLimit {
@@ -163,7 +206,24 @@ mod tests {
             period_seconds,
             burst,
             scope: LimitScope::Key,
+            mode: LimitMode::Exact,
         }
+    }
+
+    #[test]
+    fn the_mode_defaults_to_exact_and_exact_is_not_written() {
+        // A limit stored before modes existed reads as exact.
+        let old = r#"{"name":"l","limit":10,"period_seconds":1,"burst":10,"scope":"key"}"#;
+        let parsed: RateLimit = serde_json::from_str(old).unwrap();
+        assert_eq!(parsed.mode, LimitMode::Exact);
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), old);
+        let local = RateLimit {
+            mode: LimitMode::LocalFirst,
+            ..parsed
+        };
+        let text = serde_json::to_string(&local).unwrap();
+        assert!(text.ends_with(r#","mode":"local_first"}"#), "{text}");
+        assert_eq!(serde_json::from_str::<RateLimit>(&text).unwrap(), local);
     }
 
     /// Runs `n` requests of `cost` at `now`, storing state as a caller would; counts admissions.

@@ -378,6 +378,8 @@ pub struct LimitSpec {
     pub burst: Option<u64>,
     /// `key` (default), `owner` or `tenant`.
     pub scope: Option<String>,
+    /// `exact` (default) or `local_first`.
+    pub mode: Option<String>,
 }
 
 /// A quota as received, before validation.
@@ -398,7 +400,7 @@ pub fn limits(
     field: &str,
     specs: &[LimitSpec],
 ) -> Result<Vec<crate::limit::RateLimit>, FieldError> {
-    use crate::limit::{LimitScope, MAX_LIMIT, MAX_PERIOD_SECONDS, RateLimit};
+    use crate::limit::{LimitMode, LimitScope, MAX_LIMIT, MAX_PERIOD_SECONDS, RateLimit};
     if specs.len() > 8 {
         return Err(FieldError::new(field, "at most 8 limits"));
     }
@@ -436,12 +438,18 @@ pub fn limits(
             Some(text) => LimitScope::parse(text)
                 .ok_or_else(|| FieldError::new(at("scope"), "must be key, owner or tenant"))?,
         };
+        let mode = match s.mode.as_deref() {
+            None => LimitMode::Exact,
+            Some(text) => LimitMode::parse(text)
+                .ok_or_else(|| FieldError::new(at("mode"), "must be exact or local_first"))?,
+        };
         out.push(RateLimit {
             name,
             limit: s.limit,
             period_seconds: s.period_seconds,
             burst,
             scope,
+            mode,
         });
     }
     Ok(out)
@@ -536,9 +544,31 @@ mod policy_tests {
             period_seconds: 1,
             burst: Some(100),
             scope: None,
+            mode: None,
         };
         let parsed = limits("limits", std::slice::from_ref(&ok)).unwrap();
         assert_eq!(parsed[0].burst, 100);
+        assert_eq!(parsed[0].mode, crate::limit::LimitMode::Exact);
+        let local = LimitSpec {
+            mode: Some("local_first".into()),
+            ..ok.clone()
+        };
+        assert_eq!(
+            limits("limits", &[local]).unwrap()[0].mode,
+            crate::limit::LimitMode::LocalFirst
+        );
+        let unknown = limits(
+            "limits",
+            &[LimitSpec {
+                mode: Some("eventual".into()),
+                ..ok.clone()
+            }],
+        )
+        .unwrap_err();
+        assert_eq!(
+            (unknown.field.as_str(), unknown.message.as_str()),
+            ("limits[0].mode", "must be exact or local_first")
+        );
         let dup = limits("limits", &[ok.clone(), ok.clone()]).unwrap_err();
         assert_eq!(dup.field, "limits[1].name");
         let zero = LimitSpec {

@@ -77,7 +77,7 @@ impl PoolKey {
 #[derive(Debug, Default)]
 pub(crate) struct Limiter(Mutex<HashMap<PoolKey, (i128, i128)>>);
 
-fn rescaled(state: Option<(i128, i128)>, limit: &RateLimit, now: i128) -> Option<i128> {
+pub(crate) fn rescaled(state: Option<(i128, i128)>, limit: &RateLimit, now: i128) -> Option<i128> {
     let (tat, interval) = state?;
     let current = limit.emission_interval();
     if interval == current || interval <= 0 || tat <= now {

@@ -46,7 +46,9 @@ pub use cache::{CacheConfig, CacheSizes};
 use cache::{CachedRecord, CachedSecret, SecretLookup, VerifyCache};
 pub use keyward_core::validate::{LimitSpec, QuotaSpec};
 pub use keyward_store::CreditOp;
-pub use shared::{Enforcement, EnforcementSource, RedisConfig, RedisHealth, SyncReport};
+pub use shared::{
+    Enforcement, EnforcementSource, ReconcileReport, RedisConfig, RedisHealth, SyncReport,
+};
 use usage::LastUsedBuffer;
 
 /// Largest page a list call returns.
@@ -1765,8 +1767,11 @@ impl Keyward {
     }
 
     /// Checks that the store answers (for `/readyz`).
+    /// A store that answers here is also probed again by the next lookup.
     pub async fn ready(&self) -> Result<(), EngineError> {
-        Ok(self.store.ping().await?)
+        self.store.ping().await?;
+        self.store_failed_at.store(i64::MIN, Ordering::Release);
+        Ok(())
     }
 
     /// Publishes an event to every subscriber; never blocks (with no subscriber it is dropped).

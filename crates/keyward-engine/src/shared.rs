@@ -16,6 +16,11 @@
 //! last count known) and a small credit budget per key on this node. What it spends from that
 //! budget is deducted from the Redis balance once Redis answers again, exactly once (a token
 //! per settlement). The decision's source shows in [`Verification::enforcement`].
+//!
+//! Limits with `mode = "local_first"` are decided from node-local state and reconciled with
+//! Redis in the background (the `local_first` module, which documents the overshoot bound).
+
+mod local_first;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -34,6 +39,8 @@ use time::OffsetDateTime;
 
 use crate::admission::{Limiter, evaluate, period_of, pool};
 use crate::{EngineError, Keyward, Verification};
+pub use local_first::ReconcileReport;
+use local_first::{LocalFirst, is_local_first};
 
 /// How long an idle limit pool is kept in Redis after its bucket is full again, beyond the
 /// exact instant: a margin for clock skew between nodes.
@@ -60,6 +67,9 @@ pub struct RedisConfig {
     pub fallback_nodes: Option<u64>,
     /// Credits each key may spend on this node while Redis is down (default 10).
     pub fallback_credits: u64,
+    /// How often `local_first` limits are reconciled with Redis (default 100 ms); the overshoot
+    /// bound grows with it.
+    pub reconcile_interval: StdDuration,
 }
 
 impl RedisConfig {
@@ -72,6 +82,7 @@ impl RedisConfig {
             node_window: StdDuration::from_secs(30),
             fallback_nodes: None,
             fallback_credits: 10,
+            reconcile_interval: StdDuration::from_millis(100),
         }
     }
 }
@@ -85,6 +96,9 @@ pub enum EnforcementSource {
     LocalFallback,
     /// On this node: no Redis is configured.
     Local,
+    /// On this node, from its view of the shared state (`local_first` limits), reconciled with
+    /// Redis in the background.
+    LocalFirst,
 }
 
 impl EnforcementSource {
@@ -94,6 +108,7 @@ impl EnforcementSource {
             Self::Redis => "redis",
             Self::LocalFallback => "local_fallback",
             Self::Local => "local",
+            Self::LocalFirst => "local_first",
         }
     }
 }
@@ -148,6 +163,7 @@ struct Scripts {
     adjust: Script,
     settle: Script,
     heartbeat: Script,
+    reconcile: Script,
 }
 
 /// Credits spent from the local budget while Redis was down, not yet deducted from Redis.
@@ -182,6 +198,8 @@ pub(crate) struct Shared {
     live_nodes: AtomicU64,
     /// Node-local limits while Redis is down.
     fallback: Limiter,
+    /// This node's view of its `local_first` pools.
+    local_first: LocalFirst,
     owed: Mutex<HashMap<String, Owed>>,
     /// The balance Redis last reported per key: the local budget never exceeds it.
     known_credits: moka::sync::Cache<String, u64>,
@@ -251,6 +269,7 @@ impl Shared {
                 adjust: Script::new(include_str!("shared/adjust.lua")),
                 settle: Script::new(include_str!("shared/settle.lua")),
                 heartbeat: Script::new(include_str!("shared/heartbeat.lua")),
+                reconcile: Script::new(include_str!("shared/reconcile.lua")),
             },
             health: Mutex::new(Health {
                 up: true,
@@ -259,6 +278,7 @@ impl Shared {
             }),
             live_nodes: AtomicU64::new(1),
             fallback: Limiter::default(),
+            local_first: LocalFirst::default(),
             owed: Mutex::new(HashMap::new()),
             known_credits: moka::sync::Cache::new(100_000),
             config,
@@ -331,6 +351,16 @@ impl Shared {
 
     fn is_up(&self) -> bool {
         self.health.lock().unwrap_or_else(|e| e.into_inner()).up
+    }
+
+    /// What made Redis count as down, for the fallback's reason.
+    fn last_error(&self) -> String {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .error
+            .clone()
+            .unwrap_or_else(|| "Redis is down".into())
     }
 
     /// The divisor of limits while Redis is down.
@@ -460,6 +490,11 @@ impl Keyward {
         let Some(shared) = self.shared() else {
             return Ok(());
         };
+        if record.policy.limits.iter().any(is_local_first) {
+            return self
+                .admit_local_first(shared, record, cost, now, verification)
+                .await;
+        }
         let mut error = None;
         if shared.should_try() {
             match self.shared_decision(shared, record, cost, now).await? {
@@ -481,16 +516,131 @@ impl Keyward {
                 }
             }
         }
-        let error = error.unwrap_or_else(|| {
-            shared
-                .health
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .error
-                .clone()
-                .unwrap_or_else(|| "Redis is down".into())
-        });
+        let error = error.unwrap_or_else(|| shared.last_error());
         self.admit_fallback(shared, record, cost, now, verification, &error);
+        Ok(())
+    }
+
+    /// Admission for a key with at least one `local_first` limit. Only local-first limits and
+    /// no quota: decided from this node's view alone, with no Redis call. Otherwise the
+    /// local-first limits are reserved locally first, then the exact limits and the quota are
+    /// decided by the admission script, and the reservation is given back if the script
+    /// refuses or fails; if a local limit refuses, the script runs with cost 0 (it consumes
+    /// nothing and only reports the exact limits). Reserving (rather than checking, then
+    /// committing after the script) means a concurrent request can never make the local
+    /// commit fail after Redis has already consumed, which would need a compensating Redis
+    /// call. While Redis is down, the node-local fallback decides everything, as for exact
+    /// limits.
+    async fn admit_local_first(
+        &self,
+        shared: &Shared,
+        record: &KeyRecord,
+        cost: u64,
+        now: OffsetDateTime,
+        verification: &mut Verification,
+    ) -> Result<(), EngineError> {
+        let interval = shared.config.reconcile_interval;
+        let all_local =
+            record.policy.quota.is_none() && record.policy.limits.iter().all(is_local_first);
+        if all_local {
+            if !shared.is_up() {
+                let error = shared.last_error();
+                self.admit_fallback(shared, record, cost, now, verification, &error);
+                return Ok(());
+            }
+            let (decision, _) = shared.local_first.decide(record, cost, now, true);
+            if !decision.admitted {
+                verification.code = VerifyCode::RateLimited;
+                verification.retry_after = Some(decision.retry_after.max(1));
+            }
+            verification.limits = decision.reports;
+            verification.enforcement = Some(crate::Enforcement {
+                source: EnforcementSource::LocalFirst,
+                reason: format!(
+                    "local_first limits decided from this node's view, reconciled with Redis \
+                     every {} ms",
+                    interval.as_millis()
+                ),
+            });
+            return Ok(());
+        }
+        if !shared.should_try() {
+            let error = shared.last_error();
+            self.admit_fallback(shared, record, cost, now, verification, &error);
+            return Ok(());
+        }
+        let mut local = record.clone();
+        local.policy.limits.retain(is_local_first);
+        let mut exact = record.clone();
+        exact.policy.limits.retain(|l| !is_local_first(l));
+        let (reserved, local_tats) = shared.local_first.decide(&local, cost, now, true);
+        let script_cost = if reserved.admitted { cost } else { 0 };
+        let outcome = match self.shared_decision(shared, &exact, script_cost, now).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => {
+                if reserved.admitted {
+                    shared.local_first.give_back(&local, cost);
+                }
+                shared.mark_down(&e);
+                self.admit_fallback(shared, record, cost, now, verification, &e.to_string());
+                return Ok(());
+            }
+            Err(e) => {
+                if reserved.admitted {
+                    shared.local_first.give_back(&local, cost);
+                }
+                return Err(e);
+            }
+        };
+        if shared.mark_up() {
+            self.settle_owed(shared).await;
+        }
+        let merge = |exact_tats: Vec<Option<i128>>| -> Vec<Option<i128>> {
+            let mut exact_tats = exact_tats.into_iter();
+            let mut local_tats = local_tats.iter().copied();
+            record
+                .policy
+                .limits
+                .iter()
+                .map(|l| {
+                    if is_local_first(l) {
+                        local_tats.next().flatten()
+                    } else {
+                        exact_tats.next().flatten()
+                    }
+                })
+                .collect()
+        };
+        if reserved.admitted && !matches!(outcome, Outcome::Admitted { .. }) {
+            // The script refused: nothing of this request may stay consumed locally.
+            shared.local_first.give_back(&local, cost);
+        }
+        let outcome = match outcome {
+            Outcome::Admitted { credits, tats } if reserved.admitted => Outcome::Admitted {
+                credits,
+                tats: merge(tats),
+            },
+            // A local limit refused (the script ran with cost 0): rate limited, whatever else.
+            Outcome::Admitted { tats, .. } | Outcome::Limited { tats } => {
+                Outcome::Limited { tats: merge(tats) }
+            }
+            Outcome::Exhausted { tats, .. } if !reserved.admitted => {
+                Outcome::Limited { tats: merge(tats) }
+            }
+            Outcome::Exhausted { credits, tats } => Outcome::Exhausted {
+                credits,
+                tats: merge(tats),
+            },
+        };
+        self.report_shared(record, cost, now, outcome, verification);
+        verification.enforcement = Some(crate::Enforcement {
+            source: EnforcementSource::Redis,
+            reason: format!(
+                "exact limits and quota in Redis; local_first limits from this node's view, \
+                 reconciled every {} ms",
+                interval.as_millis()
+            ),
+        });
         Ok(())
     }
 
@@ -984,7 +1134,9 @@ impl Keyward {
     /// Sweeps full buckets of the fallback limiter.
     pub(crate) fn maintain_shared(&self) {
         if let Some(shared) = self.shared() {
-            shared.fallback.sweep(self.clock.now());
+            let now = self.clock.now();
+            shared.fallback.sweep(now);
+            shared.local_first.sweep(now);
         }
     }
 }

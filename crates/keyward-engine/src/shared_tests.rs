@@ -186,6 +186,7 @@ fn limit(name: &str, limit: u64, period_seconds: u64, burst: Option<u64>) -> Lim
         period_seconds,
         burst,
         scope: None,
+        mode: None,
     }
 }
 
@@ -537,3 +538,5 @@ async fn losing_redis_data_refunds_at_most_the_spend_since_the_last_write_behind
     c.nodes[0].release_leases().await.unwrap();
     assert_eq!(c.store_balance(&created).await, 65);
 }
+
+mod local_first;

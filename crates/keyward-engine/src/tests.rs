@@ -787,6 +787,7 @@ fn limit(name: &str, limit: u64, period_seconds: u64, scope: Option<&str>) -> Li
         period_seconds,
         burst: None,
         scope: scope.map(Into::into),
+        mode: None,
     }
 }
 

@@ -80,6 +80,7 @@ pub fn limit_view(l: &RateLimit) -> LimitSpec {
         period_seconds: l.period_seconds,
         burst: Some(l.burst),
         scope: Some(l.scope.as_str().to_owned()),
+        mode: Some(l.mode.as_str().to_owned()),
     }
 }
 
@@ -104,6 +105,7 @@ pub fn limit_spec(l: LimitSpec) -> keyward_engine::LimitSpec {
         period_seconds: l.period_seconds,
         burst: l.burst,
         scope: l.scope,
+        mode: l.mode,
     }
 }
 

@@ -117,14 +117,16 @@ async fn first_root_key_once(store: &dyn KeyStore) {
 }
 
 async fn policy_and_plans(store: &dyn KeyStore) {
-    use keyward_core::limit::{LimitScope, RateLimit};
+    use keyward_core::limit::{LimitMode, LimitScope, RateLimit};
     use keyward_core::record::Plan;
+    // Local-first, so the round trip shows a non-default mode survives the store.
     let limit = RateLimit {
         name: "per_second".into(),
         limit: 5,
         period_seconds: 1,
         burst: 5,
         scope: LimitScope::Owner,
+        mode: LimitMode::LocalFirst,
     };
     let plan = Plan {
         plan_id: "pro".into(),

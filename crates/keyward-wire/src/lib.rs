@@ -46,6 +46,11 @@ pub struct LimitSpec {
     /// `key` (default), `owner` or `tenant`: who shares the budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// `exact` (default) or `local_first`: with Redis, whether every decision is one Redis
+    /// round trip (N nodes admit exactly the limit) or is made from node-local state
+    /// reconciled with Redis in the background (faster, with a documented overshoot bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 /// A usage quota: a credit balance, optionally refilled to `refill_amount` daily (00:00 UTC)
@@ -435,8 +440,9 @@ pub struct VerifyKeyResponse {
 /// Which state decided a request's limits and quota.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Enforcement {
-    /// `redis` (shared by every node), `local_fallback` (this node alone, because Redis did not
-    /// answer) or `local` (this node alone: no Redis is configured).
+    /// `redis` (shared by every node), `local_first` (this node's view of the shared limits,
+    /// reconciled with Redis in the background), `local_fallback` (this node alone, because
+    /// Redis did not answer) or `local` (this node alone: no Redis is configured).
     pub source: String,
     /// Why, in words.
     pub reason: String,

@@ -136,6 +136,10 @@ pub struct RedisArgs {
     /// While Redis is down, credits each key may spend on this node (settled with Redis later).
     #[arg(long, env = "KEYWARD_REDIS_FALLBACK_CREDITS", default_value_t = 10)]
     pub redis_fallback_credits: u64,
+    /// How often limits with mode=local_first are reconciled with Redis (milliseconds); their
+    /// overshoot bound grows with it.
+    #[arg(long, env = "KEYWARD_REDIS_RECONCILE_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub redis_reconcile_ms: u64,
 }
 
 impl RedisArgs {
@@ -147,6 +151,7 @@ impl RedisArgs {
             timeout: std::time::Duration::from_millis(self.redis_timeout_ms),
             fallback_nodes: self.redis_fallback_nodes,
             fallback_credits: self.redis_fallback_credits,
+            reconcile_interval: std::time::Duration::from_millis(self.redis_reconcile_ms),
             ..keyward_engine::RedisConfig::new(url.clone())
         })
     }
@@ -305,7 +310,7 @@ pub struct PolicyArgs {
     /// Plan the key follows.
     #[arg(long)]
     pub plan: Option<String>,
-    /// A rate limit (repeatable): NAME=LIMIT/PERIOD[,burst=N][,scope=key|owner|tenant],
+    /// A rate limit (repeatable): NAME=LIMIT/PERIOD[,burst=N][,scope=key|owner|tenant][,mode=exact|local_first],
     /// e.g. per_second=50/1s,burst=100 or per_day=100000/1d.
     #[arg(long = "limit")]
     pub limits: Vec<String>,

@@ -18,6 +18,7 @@
 //! redis_fallback_credits = 10         # credits per key on this node while Redis is down
 //! stale_if_error_seconds = 300        # store down: keys cached this recently still verify
 //! fail_open_unknown_keys = false      # store down: DANGEROUS, admit unknown well-formed keys
+//! redis_reconcile_ms = 100            # how often local_first limits reconcile with Redis
 //!
 //! [[route]]
 //! prefix = "/orders"                  # path prefix, matched at segment boundaries
@@ -61,6 +62,7 @@ struct FileConfig {
     stale_if_error_seconds: Option<u64>,
     #[serde(default)]
     fail_open_unknown_keys: bool,
+    redis_reconcile_ms: Option<u64>,
     #[serde(rename = "route", default)]
     routes: Vec<FileRoute>,
 }
@@ -176,6 +178,11 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
                 fallback_credits: file
                     .redis_fallback_credits
                     .unwrap_or(defaults.fallback_credits),
+                reconcile_interval: file
+                    .redis_reconcile_ms
+                    .map_or(defaults.reconcile_interval, |ms| {
+                        Duration::from_millis(ms.clamp(10, 60_000))
+                    }),
                 ..defaults
             }
         }),

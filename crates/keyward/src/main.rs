@@ -218,14 +218,14 @@ async fn plans(cmd: PlansCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parses `NAME=LIMIT/PERIOD[,burst=N][,scope=S]`.
+/// Parses `NAME=LIMIT/PERIOD[,burst=N][,scope=S][,mode=M]`.
 fn parse_limits(specs: &[String]) -> anyhow::Result<Vec<LimitSpec>> {
     specs
         .iter()
         .map(|spec| {
             let bad = || {
                 anyhow::anyhow!(
-                    "--limit {spec:?} is not NAME=LIMIT/PERIOD[,burst=N][,scope=key|owner|tenant]"
+                    "--limit {spec:?} is not NAME=LIMIT/PERIOD[,burst=N][,scope=key|owner|tenant][,mode=exact|local_first]"
                 )
             };
             let mut parts = spec.split(',');
@@ -240,11 +240,13 @@ fn parse_limits(specs: &[String]) -> anyhow::Result<Vec<LimitSpec>> {
                 period_seconds: u64::try_from(parse_duration(period)?).map_err(|_| bad())?,
                 burst: None,
                 scope: None,
+                mode: None,
             };
             for option in parts {
                 match option.split_once('=') {
                     Some(("burst", n)) => out.burst = Some(n.parse().map_err(|_| bad())?),
                     Some(("scope", s)) => out.scope = Some(s.to_owned()),
+                    Some(("mode", m)) => out.mode = Some(m.to_owned()),
                     _ => return Err(bad()),
                 }
             }
@@ -558,7 +560,7 @@ mod tests {
     #[test]
     fn limit_and_quota_flags_parse() {
         let limits = parse_limits(&[
-            "per_second=50/1s,burst=100,scope=owner".into(),
+            "per_second=50/1s,burst=100,scope=owner,mode=local_first".into(),
             "per_day=100000/1d".into(),
         ])
         .unwrap();
@@ -567,6 +569,7 @@ mod tests {
             (50, 1, Some(100))
         );
         assert_eq!(limits[0].scope.as_deref(), Some("owner"));
+        assert_eq!(limits[0].mode.as_deref(), Some("local_first"));
         assert_eq!(limits[1].period_seconds, 86_400);
         assert!(parse_limits(&["nonsense".into()]).is_err());
         assert!(parse_limits(&["a=1/1s,colour=red".into()]).is_err());

@@ -165,8 +165,22 @@ pub fn spawn_upkeep(engine: Arc<Keyward>, every: Duration) -> tokio::task::JoinH
                 }
             }
         };
+        // local_first limits are reconciled on their own, shorter tick, so a slow store write
+        // on the upkeep tick never delays it; without Redis it returns at once.
+        let reconcile = async {
+            let Some(every) = engine.reconcile_interval() else {
+                return;
+            };
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Never fails: a Redis failure is logged by the engine and retried next tick.
+                engine.reconcile_local_first().await;
+            }
+        };
         // The follower returns at once when there is no feed; the periodic work never ends.
-        tokio::join!(follower, periodic);
+        tokio::join!(follower, periodic, reconcile);
     })
 }
 
