@@ -51,6 +51,8 @@ const QUOTA_TTL_SECONDS: u64 = 7 * 86_400;
 const PROBE_INTERVAL: StdDuration = StdDuration::from_secs(1);
 /// Keys written behind per Redis round trip.
 const WRITE_BEHIND_BATCH: usize = 100;
+/// Most batches written behind per upkeep tick.
+const WRITE_BEHIND_BATCHES_PER_TICK: usize = 50;
 
 /// Settings of the shared limit store.
 #[derive(Debug, Clone)]
@@ -153,6 +155,9 @@ pub(crate) enum CallError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply from Redis: {0}")]
     Reply(String),
+    /// Redis answered, but the key's balance had to be loaded from the store, which did not.
+    #[error("the store could not load the key's balance into Redis: {0}")]
+    StoreUnavailable(String),
 }
 
 struct Scripts {
@@ -336,6 +341,10 @@ impl Shared {
     }
 
     fn mark_down(&self, error: &CallError) {
+        if matches!(error, CallError::StoreUnavailable(_)) {
+            // Redis answered; it was the store that failed.
+            return;
+        }
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         if health.up {
             tracing::warn!(
@@ -447,12 +456,20 @@ impl Keyward {
             };
             let status = reply.first().map(String::as_str).unwrap_or("");
             if status == "init" {
-                if let Some(quota) = quota
-                    && let Err(e) = shared
+                if let Some(quota) = quota {
+                    match shared
                         .init_quota(self.store.as_ref(), &record.key_id, quota, now)
-                        .await?
-                {
-                    return Ok(Err(e));
+                        .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Ok(Err(e)),
+                        // The store is down (the key itself may be served from
+                        // stale-if-error): decide from the local budget, as for a Redis outage.
+                        Err(EngineError::Store(StoreError::Backend(e))) => {
+                            return Ok(Err(CallError::StoreUnavailable(e.to_string())));
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 continue;
             }
@@ -499,10 +516,10 @@ impl Keyward {
         if shared.should_try() {
             match self.shared_decision(shared, record, cost, now).await? {
                 Ok(outcome) => {
-                    if shared.mark_up() {
-                        // Back from an outage: what this node spent locally goes to Redis first.
-                        self.settle_owed(shared).await;
-                    }
+                    // Back from an outage: what this node spent locally is settled into Redis by
+                    // the next upkeep tick (`sync_shared`), never inline, so a verify cannot
+                    // wait on a settlement of many keys.
+                    shared.mark_up();
                     self.report_shared(record, cost, now, outcome, verification);
                     verification.enforcement = Some(crate::Enforcement {
                         source: EnforcementSource::Redis,
@@ -592,9 +609,8 @@ impl Keyward {
                 return Err(e);
             }
         };
-        if shared.mark_up() {
-            self.settle_owed(shared).await;
-        }
+        // Settled by the next upkeep tick, not inline (see above).
+        shared.mark_up();
         let merge = |exact_tats: Vec<Option<i128>>| -> Vec<Option<i128>> {
             let mut exact_tats = exact_tats.into_iter();
             let mut local_tats = local_tats.iter().copied();
@@ -863,7 +879,9 @@ impl Keyward {
         let backend = |e: CallError| EngineError::Store(StoreError::Backend(Box::new(e)));
         let prefix = format!("{}:q:", shared.config.namespace);
         let mut written = 0;
-        loop {
+        // Bounded per tick: a key whose write keeps failing goes back to the dirty set and
+        // would otherwise be popped again and again within one tick.
+        for _ in 0..WRITE_BEHIND_BATCHES_PER_TICK {
             let mut invocation = shared.scripts.take_pending.prepare_invoke();
             invocation
                 .key(shared.dirty_key())
@@ -878,28 +896,49 @@ impl Keyward {
                 return Ok(written);
             }
             let now = self.clock.now();
-            for item in batch.chunks(3) {
-                let [key_id, credits, period] = item else {
-                    continue;
-                };
-                let credits: u64 = credits.parse().unwrap_or(0);
+            let mut items = batch.chunks(3).filter_map(|item| match item {
+                [key_id, credits, period] => Some((
+                    key_id.as_str(),
+                    credits.parse().unwrap_or(0u64),
+                    period.as_str(),
+                )),
+                _ => None,
+            });
+            while let Some((key_id, credits, period)) = items.next() {
                 match self.write_one(key_id, credits, period, now).await {
                     Ok(()) => written += 1,
                     Err(e) => {
-                        let mut invocation = shared.scripts.give_back.prepare_invoke();
-                        invocation
-                            .key(shared.quota_key(key_id))
-                            .key(shared.dirty_key())
-                            .arg(credits)
-                            .arg(period)
-                            .arg(key_id);
-                        if let Err(back) = shared.run(&invocation).await {
-                            tracing::error!(key_id, error = %back, "could not give unwritten credits back to Redis");
+                        // The batch left Redis when it was taken: what is not written must go
+                        // back, or that spend would never reach the store.
+                        self.give_back_unwritten(shared, key_id, credits, period)
+                            .await;
+                        if matches!(e, EngineError::Store(StoreError::Backend(_))) {
+                            // The store is unreachable: the rest would fail the same way.
+                            for (key_id, credits, period) in items {
+                                self.give_back_unwritten(shared, key_id, credits, period)
+                                    .await;
+                            }
+                            return Err(e);
                         }
-                        return Err(e);
+                        tracing::warn!(key_id, error = %e, "write-behind of a key's spend failed; it stays in Redis for the next tick");
                     }
                 }
             }
+        }
+        Ok(written)
+    }
+
+    /// Returns credits taken for write-behind but not written to Redis's pending spend.
+    async fn give_back_unwritten(&self, shared: &Shared, key_id: &str, credits: u64, period: &str) {
+        let mut invocation = shared.scripts.give_back.prepare_invoke();
+        invocation
+            .key(shared.quota_key(key_id))
+            .key(shared.dirty_key())
+            .arg(credits)
+            .arg(period)
+            .arg(key_id);
+        if let Err(back) = shared.run(&invocation).await {
+            tracing::error!(key_id, error = %back, "could not give unwritten credits back to Redis");
         }
     }
 

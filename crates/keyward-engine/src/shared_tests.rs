@@ -540,3 +540,113 @@ async fn losing_redis_data_refunds_at_most_the_spend_since_the_last_write_behind
 }
 
 mod local_first;
+
+#[tokio::test]
+async fn a_balance_that_cannot_be_loaded_while_the_store_is_down_falls_back_locally() {
+    let Some(url) = redis_url("a_balance_that_cannot_be_loaded_while_the_store_is_down") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::tests::CountingStore::open(dir.path()).await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let namespace = namespace();
+    let node = Keyward::new(store.clone(), clock.clone(), EngineConfig::default())
+        .with_redis(config(&url, &namespace))
+        .unwrap();
+    let boot = node.bootstrap().await.unwrap().unwrap();
+    let root = Principal {
+        key_id: boot.record.key_id.clone(),
+    };
+    let created = node
+        .create_key(
+            &root,
+            NewKey {
+                owner: "quota".into(),
+                quota: Some(keyward_core::validate::QuotaSpec {
+                    credits: 100,
+                    ..Default::default()
+                }),
+                ..NewKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    let key = created.key.expose();
+    let v = node.verify(key, &VerifyRequest::default()).await.unwrap();
+    assert_eq!(v.code, VerifyCode::Valid);
+    // Redis loses the balance, the store goes down, and the cache entry is past fresh.
+    wipe(&url, &namespace).await;
+    store.down.store(true, Ordering::SeqCst);
+    clock.advance(Duration::seconds(31));
+    let v = node.verify(key, &VerifyRequest::default()).await.unwrap();
+    assert_eq!(v.code, VerifyCode::Valid, "{v:?}");
+    assert!(v.degraded.is_some(), "the key came from stale-if-error");
+    let enforcement = v.enforcement.clone().unwrap();
+    assert_eq!(
+        enforcement.source,
+        EnforcementSource::LocalFallback,
+        "{v:?}"
+    );
+    assert!(enforcement.reason.contains("store"), "{enforcement:?}");
+    // Redis itself is not reported down.
+    assert!(node.redis_health().await.unwrap().up);
+    wipe(&url, &namespace).await;
+}
+
+#[tokio::test]
+async fn a_store_outage_during_write_behind_loses_no_key_of_the_batch() {
+    let Some(url) = redis_url("a_store_outage_during_write_behind_loses_no_key_of_the_batch")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::tests::CountingStore::open(dir.path()).await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let namespace = namespace();
+    let node = Keyward::new(store.clone(), clock.clone(), EngineConfig::default())
+        .with_redis(config(&url, &namespace))
+        .unwrap();
+    let boot = node.bootstrap().await.unwrap().unwrap();
+    let root = Principal {
+        key_id: boot.record.key_id.clone(),
+    };
+    let mut keys = Vec::new();
+    for _ in 0..5 {
+        let created = node
+            .create_key(
+                &root,
+                NewKey {
+                    owner: "quota".into(),
+                    quota: Some(keyward_core::validate::QuotaSpec {
+                        credits: 100,
+                        ..Default::default()
+                    }),
+                    ..NewKey::default()
+                },
+            )
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let v = node
+                .verify(created.key.expose(), &VerifyRequest::default())
+                .await
+                .unwrap();
+            assert_eq!(v.code, VerifyCode::Valid);
+        }
+        keys.push(created);
+    }
+    // The store is down at the write-behind: the batch taken from Redis cannot be written.
+    store.down.store(true, Ordering::SeqCst);
+    assert!(node.sync_shared().await.is_err());
+    store.down.store(false, Ordering::SeqCst);
+    node.sync_shared().await.unwrap();
+    for created in &keys {
+        let quota = created.record.policy.quota.unwrap();
+        let balance = store
+            .balance(&created.record.key_id, &quota, clock.now())
+            .await
+            .unwrap();
+        assert_eq!(balance.remaining, 97, "every key's spend reached the store");
+    }
+    wipe(&url, &namespace).await;
+}

@@ -20,18 +20,30 @@ type Gate = (
     tokio::sync::oneshot::Receiver<()>,
 );
 
-struct CountingStore {
+pub(crate) struct CountingStore {
     inner: SqliteStore,
     finds: AtomicUsize,
     gets: AtomicUsize,
     gate: tokio::sync::Mutex<Option<Gate>>,
     /// When set, reads fail as if the backend could not be reached.
-    down: std::sync::atomic::AtomicBool,
+    pub(crate) down: std::sync::atomic::AtomicBool,
     /// The change feed `changes()` hands out (once), as a shared store would.
     feed: std::sync::Mutex<Option<ChannelFeed>>,
 }
 
 impl CountingStore {
+    /// A SQLite store in `dir` behind the wrapper.
+    pub(crate) async fn open(dir: &std::path::Path) -> Arc<Self> {
+        Arc::new(Self {
+            inner: SqliteStore::open(dir).await.unwrap(),
+            finds: AtomicUsize::new(0),
+            gets: AtomicUsize::new(0),
+            gate: tokio::sync::Mutex::new(None),
+            down: std::sync::atomic::AtomicBool::new(false),
+            feed: std::sync::Mutex::new(None),
+        })
+    }
+
     fn check_up(&self) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Backend("connection refused (test)".into()));
@@ -158,6 +170,7 @@ impl KeyStore for CountingStore {
         config: &QuotaConfig,
         now: OffsetDateTime,
     ) -> Result<keyward_core::quota::Balance, StoreError> {
+        self.check_up()?;
         self.inner.balance(key_id, config, now).await
     }
 }
@@ -197,14 +210,7 @@ impl Fixture {
 
 async fn fixture_with(config: EngineConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(CountingStore {
-        inner: SqliteStore::open(dir.path()).await.unwrap(),
-        finds: AtomicUsize::new(0),
-        gets: AtomicUsize::new(0),
-        gate: tokio::sync::Mutex::new(None),
-        down: std::sync::atomic::AtomicBool::new(false),
-        feed: std::sync::Mutex::new(None),
-    });
+    let store = CountingStore::open(dir.path()).await;
     let clock = Arc::new(ManualClock::new(T0));
     let engine = Keyward::new(store.clone(), clock.clone(), config);
     let boot = engine
