@@ -650,3 +650,55 @@ async fn a_store_outage_during_write_behind_loses_no_key_of_the_batch() {
     }
     wipe(&url, &namespace).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_quotas_refill_keeps_its_spend_written_behind() {
+    let Some(url) = redis_url("removing_a_quotas_refill_keeps_its_spend_written_behind") else {
+        return;
+    };
+    let c = cluster(url, false).await;
+    let with_refill = keyward_core::validate::QuotaSpec {
+        credits: 50,
+        refill_amount: Some(50),
+        refill_interval: Some("daily".into()),
+        ..Default::default()
+    };
+    let created = c
+        .key(NewKey {
+            owner: "o".into(),
+            quota: Some(with_refill),
+            ..NewKey::default()
+        })
+        .await;
+    let key = created.key.expose();
+    assert_eq!(count(&c.fire(key, 5, 1).await, VerifyCode::Valid), 5);
+    c.sync_all().await;
+    // The operator drops the refill rule; spending goes on and must still reach the store.
+    let updated = c.nodes[0]
+        .update_key(
+            &c.root,
+            &created.record.key_id,
+            KeyPatch {
+                quota: Some(Some(keyward_core::validate::QuotaSpec {
+                    credits: 50,
+                    ..Default::default()
+                })),
+                ..KeyPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(count(&c.fire(key, 7, 1).await, VerifyCode::Valid), 7);
+    c.sync_all().await;
+    let quota = updated.policy.quota.unwrap();
+    let stored = c
+        .store
+        .balance(&created.record.key_id, &quota, c.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.remaining,
+        50 - 12,
+        "the spend after the change was written behind"
+    );
+}

@@ -59,6 +59,11 @@ if has_quota then
     -- A scheduled refill passed: the old period's credits (and their write-behind) are gone.
     rem = tonumber(ARGV[q + 2]); per = period; pend = 0
     redis.call('HSET', qkey, 'r', fmt(rem), 'p', fmt(per), 'w', '0')
+  elseif per ~= period then
+    -- The refill rule changed (removed, or a schedule whose last refill is older): no refill,
+    -- but the balance now belongs to the current period, so write-behind keeps matching it.
+    per = period
+    redis.call('HSET', qkey, 'p', fmt(per))
   end
   if rem < cost then
     out[1] = 'exhausted'
