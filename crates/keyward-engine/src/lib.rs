@@ -13,6 +13,7 @@ mod admission;
 mod cache;
 pub mod clock;
 pub mod events;
+pub mod rotation;
 mod shared;
 mod usage;
 
@@ -430,6 +431,8 @@ pub struct Keyward {
     store_failed_at: AtomicI64,
     /// Events for webhooks and other subscribers.
     events: tokio::sync::broadcast::Sender<events::Event>,
+    /// Rotation policies and what was announced about them.
+    rotation: rotation::RotationState,
 }
 
 fn plan_summary(plan: &Plan) -> Value {
@@ -502,6 +505,7 @@ impl Keyward {
             trusted_since: AtomicI64::new(i64::MIN),
             store_failed_at: AtomicI64::new(i64::MIN),
             events: tokio::sync::broadcast::channel(events::EVENT_BUFFER).0,
+            rotation: rotation::RotationState::default(),
         }
     }
 
