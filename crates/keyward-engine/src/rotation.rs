@@ -421,7 +421,10 @@ mod tests {
         let t0 = OffsetDateTime::UNIX_EPOCH;
         let mut key = sample_record();
         let within = Duration::days(7);
-        assert_eq!(standing(&key, &policy, t0 + Duration::days(22), within).1, None);
+        assert_eq!(
+            standing(&key, &policy, t0 + Duration::days(22), within).1,
+            None
+        );
         assert_eq!(
             standing(&key, &policy, t0 + Duration::days(23), within).1,
             Some(RotationStanding::DueSoon)
@@ -431,7 +434,10 @@ mod tests {
             Some(RotationStanding::Overdue)
         );
         key.rotated_at = Some(t0 + Duration::days(29));
-        assert_eq!(standing(&key, &policy, t0 + Duration::days(30), within).1, None);
+        assert_eq!(
+            standing(&key, &policy, t0 + Duration::days(30), within).1,
+            None
+        );
     }
 
     #[test]
@@ -442,7 +448,13 @@ mod tests {
         assert_eq!(p.max_age_days, 90);
         let p = RotationPolicy::parse("*/*=30").unwrap();
         assert_eq!((p.tenant, p.environment), (None, None));
-        for bad in ["acme=90", "acme/live", "acme/live=0", "acme/live=x", "/live=3"] {
+        for bad in [
+            "acme=90",
+            "acme/live",
+            "acme/live=0",
+            "acme/live=x",
+            "/live=3",
+        ] {
             assert!(RotationPolicy::parse(bad).is_err(), "{bad}");
         }
     }

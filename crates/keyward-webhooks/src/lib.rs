@@ -53,7 +53,9 @@ pub enum WebhookError {
     InvalidUrl(String),
     /// Only `http://` is supported (keyward has no TLS client); put a TLS-originating proxy
     /// in front of an `https://` receiver.
-    #[error("webhook URL `{0}`: only http:// is supported (use a local TLS-originating proxy for https)")]
+    #[error(
+        "webhook URL `{0}`: only http:// is supported (use a local TLS-originating proxy for https)"
+    )]
     UnsupportedScheme(String),
     /// Endpoints without a secret: receivers could not tell keyward's events from forgeries.
     #[error("webhooks need a signing secret (--webhook-secret or KEYWARD_WEBHOOK_SECRET)")]
@@ -254,7 +256,10 @@ async fn fan_out(
         let event = match events.recv().await {
             Ok(event) => event,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "webhook dispatcher fell behind the event bus; events dropped");
+                tracing::warn!(
+                    missed,
+                    "webhook dispatcher fell behind the event bus; events dropped"
+                );
                 stats.outcome("dropped", missed * queues.len() as u64);
                 continue;
             }

@@ -80,6 +80,9 @@ impl NotifyArgs {
 pub fn start(engine: &Arc<Keyward>, settings: Settings) -> Option<Dispatcher> {
     engine.set_rotation_config(settings.rotation);
     let config = settings.webhooks?;
-    tracing::info!(endpoints = config.endpoints().len(), "delivering events to webhooks");
+    tracing::info!(
+        endpoints = config.endpoints().len(),
+        "delivering events to webhooks"
+    );
     Some(Dispatcher::spawn(engine.subscribe(), config))
 }

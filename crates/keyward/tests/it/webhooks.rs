@@ -46,9 +46,10 @@ async fn receiver(script: &[u16]) -> (String, mpsc::UnboundedReceiver<Received>)
                 let (script, tx) = (Arc::clone(&script), tx.clone());
                 async move {
                     let header = |name: &str| {
-                        request.headers().get(name).map_or(String::new(), |v| {
-                            v.to_str().unwrap().to_owned()
-                        })
+                        request
+                            .headers()
+                            .get(name)
+                            .map_or(String::new(), |v| v.to_str().unwrap().to_owned())
                     };
                     let (signature, event_id) =
                         (header("keyward-signature"), header("keyward-event-id"));
@@ -142,7 +143,13 @@ async fn a_revoke_through_the_server_delivers_a_signed_key_revoked_event() {
         Ok(())
     );
     assert_eq!(
-        keyward_webhooks::verify(b"not the secret", &got.signature, &got.body, unix_now(), 300),
+        keyward_webhooks::verify(
+            b"not the secret",
+            &got.signature,
+            &got.body,
+            unix_now(),
+            300
+        ),
         Err(SignatureError::Mismatch)
     );
     assert_eq!(
@@ -175,7 +182,10 @@ async fn a_receiver_failing_twice_gets_the_event_on_the_third_attempt() {
         assert_eq!(got.body, attempts[0].body);
         keyward_webhooks::verify(SECRET, &got.signature, &got.body, unix_now(), 300).unwrap();
     }
-    eventually("the delivery is counted", || dispatcher.stats().delivered == 1).await;
+    eventually("the delivery is counted", || {
+        dispatcher.stats().delivered == 1
+    })
+    .await;
     let stats = dispatcher.stats();
     assert_eq!((stats.attempts, stats.failed, stats.pending), (3, 0, 0));
 }
@@ -263,7 +273,9 @@ async fn the_rotation_report_lists_keys_out_of_policy_and_due_soon() {
         .await;
     let s = &s;
     let report = |query: &'static str| async move {
-        let r = s.admin("GET", &format!("/v1/reports/rotation{query}"), None).await;
+        let r = s
+            .admin("GET", &format!("/v1/reports/rotation{query}"), None)
+            .await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         r.json()
     };
@@ -283,7 +295,10 @@ async fn the_rotation_report_lists_keys_out_of_policy_and_due_soon() {
 
     let v = report("").await;
     assert_eq!(ids(&v), vec![]);
-    assert_eq!((v["active_keys"].clone(), v["keys_with_policy"].clone()), (json!(3), json!(2)));
+    assert_eq!(
+        (v["active_keys"].clone(), v["keys_with_policy"].clone()),
+        (json!(3), json!(2))
+    );
     assert_eq!(v["compliance_ratio"], 1.0);
 
     s.clock.advance(Days::days(24));
@@ -308,7 +323,11 @@ async fn the_rotation_report_lists_keys_out_of_policy_and_due_soon() {
 
     // Rotating brings the key back into policy.
     let r = s
-        .admin("POST", &format!("/v1/keys/{acme_live}/rotate"), Some(json!({})))
+        .admin(
+            "POST",
+            &format!("/v1/keys/{acme_live}/rotate"),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(r.status, 201);
     let v = report("").await;
@@ -337,9 +356,27 @@ impl metrics::GaugeFn for GaugeCell {
 struct GaugeRecorder(Arc<Gauges>);
 
 impl metrics::Recorder for GaugeRecorder {
-    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
-    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
-    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
     fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
         metrics::Counter::noop()
     }
@@ -349,7 +386,11 @@ impl metrics::Recorder for GaugeRecorder {
             key.name().to_owned(),
         )))
     }
-    fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
         metrics::Histogram::noop()
     }
 }
