@@ -462,3 +462,56 @@ async fn rotation_checks_set_the_gauge_and_announce_each_condition_once() {
     assert_eq!(check().overdue_announced, 1);
     assert_eq!(check().overdue_announced, 0);
 }
+
+#[tokio::test]
+async fn keyward_serve_delivers_to_its_webhook_flags_and_never_logs_the_secret() {
+    let (url, mut requests) = receiver(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let secret = std::str::from_utf8(SECRET).unwrap();
+    let node = crate::testkit::Process::start_with(
+        &[
+            "--data-dir",
+            &data,
+            "--webhook",
+            &url,
+            "--webhook-secret",
+            secret,
+            "--rotation-policy",
+            "*/*=30",
+        ],
+        dir.path(),
+    );
+    let root = node.root_key.clone().unwrap();
+    let http = crate::testkit::Http::new(node.addr);
+    let created = http
+        .call("POST", "/v1/keys", Some(&root), Some(json!({"owner": "o"})))
+        .await;
+    assert_eq!(created.status, 201);
+    let key_id = created.json()["record"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = http
+        .call(
+            "POST",
+            &format!("/v1/keys/{key_id}/revoke"),
+            Some(&root),
+            Some(json!({"reason": "leaked"})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let got = next(&mut requests).await;
+    let body: Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(
+        (body["type"].as_str(), body["key_id"].as_str()),
+        (Some("key_revoked"), Some(key_id.as_str()))
+    );
+    keyward_webhooks::verify(SECRET, &got.signature, &got.body, unix_now(), 300).unwrap();
+    let report = http
+        .call("GET", "/v1/reports/rotation", Some(&root), None)
+        .await;
+    assert_eq!(report.status, 200);
+    assert!(!node.log().contains(secret));
+    node.kill();
+}
