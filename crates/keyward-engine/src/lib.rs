@@ -537,7 +537,9 @@ impl Keyward {
         presented: &str,
         request: &VerifyRequest<'_>,
     ) -> Result<Verification, EngineError> {
-        self.verify_kind(presented, request, KeyKind::Api, 1).await
+        let result = self.verify_kind(presented, request, KeyKind::Api, 1).await;
+        log_verification(&result);
+        result
     }
 
     /// Verifies an API key for a request of `cost` units (0 checks without consuming).
@@ -550,8 +552,11 @@ impl Keyward {
         if cost > MAX_COST {
             return Err(FieldError::new("cost", format!("must be at most {MAX_COST}")).into());
         }
-        self.verify_kind(presented, request, KeyKind::Api, cost)
-            .await
+        let result = self
+            .verify_kind(presented, request, KeyKind::Api, cost)
+            .await;
+        log_verification(&result);
+        result
     }
 
     async fn verify_kind(
@@ -912,6 +917,12 @@ impl Keyward {
                 }
             }
         };
+        tracing::info!(
+            key_id = actor.as_deref(),
+            reason,
+            permission,
+            "root key refused"
+        );
         let forbidden = reason == VerifyCode::InsufficientPermissions.as_str();
         self.audit_auth_failure(reason, actor, permission, remote)
             .await?;
@@ -1894,6 +1905,18 @@ async fn next_backoff(current: std::time::Duration) -> std::time::Duration {
     }
     tokio::time::sleep(current).await;
     (current * 2).min(FEED_BACKOFF_MAX)
+}
+
+/// One debug line per refused verification, with the key_id when the key is known (never the
+/// presented key); accepted ones at trace, as they are the bulk of the traffic.
+fn log_verification(result: &Result<Verification, EngineError>) {
+    let Ok(v) = result else { return };
+    let key_id = v.key.as_ref().map(|k| k.key_id.as_str());
+    if v.code == VerifyCode::Valid {
+        tracing::trace!(key_id, "key verified");
+    } else {
+        tracing::debug!(key_id, code = v.code.as_str(), "verification refused");
+    }
 }
 
 #[cfg(test)]

@@ -49,7 +49,14 @@ pub struct AppState {
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    router_with(state, Router::new())
+}
+
+/// The router with `extra` routes behind the same layers (request log, panic catcher). Only
+/// tests use it, for routes the product must not have, such as one that panics.
+#[doc(hidden)]
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
+    extra
         .route("/v1/keys", post(keys::create_key).get(keys::list_keys))
         .route("/v1/keys/verify", post(keys::verify_key))
         .route("/v1/auth", get(auth::nginx_auth))

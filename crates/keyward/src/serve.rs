@@ -8,20 +8,16 @@ use keyward_engine::clock::SystemClock;
 use keyward_engine::{CacheConfig, EngineConfig, Keyward};
 use keyward_http::AppState;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 use crate::cli::{LogFormat, ServeArgs};
 
+/// Installs the process's logging: every line is redacted of key-shaped text before it is
+/// written, and panics are logged through the same path (see `keyward-telemetry`).
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    keyward_telemetry::init(match format {
+        LogFormat::Text => keyward_telemetry::Format::Text,
+        LogFormat::Json => keyward_telemetry::Format::Json,
+    });
 }
 
 pub async fn shutdown_signal() {

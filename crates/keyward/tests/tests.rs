@@ -20,6 +20,8 @@ mod gateway;
 mod limits;
 #[path = "it/nginx.rs"]
 mod nginx;
+#[path = "it/no_leak.rs"]
+mod no_leak;
 #[path = "it/outage.rs"]
 mod outage;
 #[path = "it/postgres.rs"]
