@@ -16,6 +16,7 @@ pub mod extract;
 pub mod gateway;
 pub mod keys;
 pub mod plans;
+pub mod prometheus;
 pub mod root_keys;
 pub mod system;
 
@@ -48,6 +49,7 @@ pub struct AppState {
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
+    prometheus::install();
     Router::new()
         .route("/v1/keys", post(keys::create_key).get(keys::list_keys))
         .route("/v1/keys/verify", post(keys::verify_key))
@@ -82,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/openapi.json", get(system::openapi_json))
+        .route("/metrics", get(prometheus::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
