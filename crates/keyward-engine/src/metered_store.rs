@@ -205,7 +205,6 @@ impl KeyStore for MeteredStore {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::telemetry::STORE_OPS;
 
     #[test]

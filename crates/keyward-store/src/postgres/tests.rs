@@ -236,7 +236,8 @@ async fn change_feed_delivers_other_nodes_writes() {
     assert_eq!(
         next(&mut feed).await,
         Change::Key {
-            key_id: key_id.into()
+            key_id: key_id.into(),
+            written_at: None
         }
     );
     // A write that fails sends nothing: its notification rolls back with it.
@@ -304,7 +305,8 @@ async fn change_feed_delivers_other_nodes_writes() {
     assert_eq!(
         next(&mut feed).await,
         Change::Key {
-            key_id: "key_AAAAAAAAAAAAAAAAAAAE".into()
+            key_id: "key_AAAAAAAAAAAAAAAAAAAE".into(),
+            written_at: None
         }
     );
     drop(feed);
@@ -347,7 +349,8 @@ async fn a_killed_feed_connection_resyncs_then_delivers() {
     assert_eq!(
         next(&mut feed).await,
         Change::Key {
-            key_id: key_id.into()
+            key_id: key_id.into(),
+            written_at: None
         }
     );
     drop(feed);
