@@ -24,8 +24,11 @@ use std::time::Duration;
 
 use keyward_core::key::KeyHash;
 use keyward_core::record::{KeyRecord, SecretInfo};
+use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use time::OffsetDateTime;
+
+use crate::telemetry;
 
 /// Cache sizing and freshness.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +104,13 @@ pub(crate) struct VerifyCache {
     fill_gate: RwLock<()>,
 }
 
+/// Counts an entry dropped for size or age; invalidations and replacements are not evictions.
+fn count_eviction(cache: &'static str, cause: RemovalCause) {
+    if cause.was_evicted() {
+        telemetry::cache_eviction(cache);
+    }
+}
+
 impl VerifyCache {
     pub fn new(config: CacheConfig) -> Self {
         // Entries live (in real time) as long as either rule may still use them; the engine
@@ -112,14 +122,17 @@ impl VerifyCache {
                 .time_to_live(keep)
                 // Another node's change to a key evicts that key's secrets by key_id.
                 .support_invalidation_closures()
+                .eviction_listener(|_, _, cause| count_eviction("secrets", cause))
                 .build(),
             records: Cache::builder()
                 .max_capacity(config.max_keys)
                 .time_to_live(keep)
+                .eviction_listener(|_, _, cause| count_eviction("records", cause))
                 .build(),
             not_found: Cache::builder()
                 .max_capacity(config.max_not_found)
                 .time_to_live(keep)
+                .eviction_listener(|_, _, cause| count_eviction("not_found", cause))
                 .build(),
             generation: AtomicU64::new(0),
             fill_gate: RwLock::new(()),
@@ -133,16 +146,22 @@ impl VerifyCache {
 
     pub fn secret(&self, hash: &KeyHash) -> SecretLookup {
         if let Some(found) = self.secrets.get(hash) {
-            SecretLookup::Known(found)
-        } else if let Some(at) = self.not_found.get(hash) {
-            SecretLookup::NotFound(at)
-        } else {
-            SecretLookup::Unknown
+            telemetry::cache_lookup("secrets", true);
+            return SecretLookup::Known(found);
+        }
+        telemetry::cache_lookup("secrets", false);
+        let not_found = self.not_found.get(hash);
+        telemetry::cache_lookup("not_found", not_found.is_some());
+        match not_found {
+            Some(at) => SecretLookup::NotFound(at),
+            None => SecretLookup::Unknown,
         }
     }
 
     pub fn record(&self, key_id: &str) -> Option<CachedRecord> {
-        self.records.get(key_id)
+        let found = self.records.get(key_id);
+        telemetry::cache_lookup("records", found.is_some());
+        found
     }
 
     /// Inserts unless a write happened since `generation` was read (the fill's store read may

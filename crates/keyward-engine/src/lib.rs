@@ -13,8 +13,11 @@ mod admission;
 mod cache;
 pub mod clock;
 pub mod events;
+pub mod heavy_hitters;
+mod metered_store;
 pub mod rotation;
 mod shared;
+pub mod telemetry;
 mod usage;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -487,7 +490,7 @@ impl Keyward {
     pub fn new(store: Arc<dyn KeyStore>, clock: Arc<dyn Clock>, config: EngineConfig) -> Self {
         let now = clock.now();
         Self {
-            store,
+            store: Arc::new(metered_store::MeteredStore::new(store)),
             clock,
             cache: VerifyCache::new(config.cache),
             last_used: LastUsedBuffer::default(),
@@ -560,6 +563,22 @@ impl Keyward {
     }
 
     async fn verify_kind(
+        &self,
+        presented: &str,
+        request: &VerifyRequest<'_>,
+        kind: KeyKind,
+        cost: u64,
+    ) -> Result<Verification, EngineError> {
+        if kind == KeyKind::Root {
+            return self.decide_kind(presented, request, kind, cost).await;
+        }
+        let started = std::time::Instant::now();
+        let result = self.decide_kind(presented, request, kind, cost).await;
+        telemetry::verification(&result, started.elapsed());
+        result
+    }
+
+    async fn decide_kind(
         &self,
         presented: &str,
         request: &VerifyRequest<'_>,
@@ -1860,7 +1879,12 @@ impl Keyward {
     /// twice is harmless).
     fn apply_change(&self, change: Change) {
         match change {
-            Change::Key { key_id } => self.cache.invalidate_key(&key_id),
+            Change::Key { key_id, written_at } => {
+                if let Some(at) = written_at {
+                    telemetry::propagation(self.clock.now() - at);
+                }
+                self.cache.invalidate_key(&key_id);
+            }
             Change::Plan { .. } => self.forget_plans(),
             Change::Credits { key_id } => {
                 // The balance was changed elsewhere: credits leased before the change are

@@ -304,10 +304,16 @@ impl Shared {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<redis::Value, CallError> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.config.timeout, invocation.invoke_async(&mut conn)).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(CallError::Timeout(self.config.timeout)),
-        }
+        let started = std::time::Instant::now();
+        let result =
+            match tokio::time::timeout(self.config.timeout, invocation.invoke_async(&mut conn))
+                .await
+            {
+                Ok(result) => result.map_err(CallError::from),
+                Err(_) => Err(CallError::Timeout(self.config.timeout)),
+            };
+        crate::telemetry::redis_call(started.elapsed(), result.is_ok());
+        result
     }
 
     /// Whether a verify should try Redis now: always while it is up, at most once per

@@ -1377,7 +1377,11 @@ async fn other_nodes_changes_evict_this_nodes_cache_through_the_feed() {
         VerifyCode::Valid,
         "not yet notified"
     );
-    feed.send(Ok(Change::Key { key_id: id.clone() })).unwrap();
+    feed.send(Ok(Change::Key {
+        key_id: id.clone(),
+        written_at: None,
+    }))
+    .unwrap();
     until(|| b.cache.record(&id).is_none()).await;
     assert_eq!(verify_b(b.clone()).await, VerifyCode::Revoked);
 }
@@ -1402,7 +1406,11 @@ async fn a_rotation_elsewhere_evicts_the_old_secret_too() {
         .await
         .unwrap();
     f.clock.advance(Duration::seconds(1));
-    feed.send(Ok(Change::Key { key_id: id.clone() })).unwrap();
+    feed.send(Ok(Change::Key {
+        key_id: id.clone(),
+        written_at: None,
+    }))
+    .unwrap();
     until(|| b.cache.record(&id).is_none()).await;
     assert_eq!(
         b.verify(&old, &VerifyRequest::default())

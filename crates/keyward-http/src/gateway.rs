@@ -67,6 +67,7 @@ struct GatewayState {
 
 /// Builds the gateway router over an engine.
 pub fn gateway_router(engine: Arc<Keyward>, config: GatewayConfig) -> Router {
+    crate::prometheus::install();
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));
@@ -194,6 +195,7 @@ async fn forward(
         (Some(key), _) => key,
         (None, Some(key)) if route.allow_query_key => {
             tracing::warn!(route = %route.prefix, "API key sent in the query string");
+            metrics::counter!(keyward_engine::telemetry::QUERY_KEY_WARNINGS).increment(1);
             key
         }
         _ => return Err(missing_key().into_response()),

@@ -16,6 +16,7 @@ pub mod extract;
 pub mod gateway;
 pub mod keys;
 pub mod plans;
+pub mod prometheus;
 pub mod reports;
 pub mod root_keys;
 pub mod system;
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
 /// tests use it, for routes the product must not have, such as one that panics.
 #[doc(hidden)]
 pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
+    prometheus::install();
     extra
         .route("/v1/keys", post(keys::create_key).get(keys::list_keys))
         .route("/v1/keys/verify", post(keys::verify_key))
@@ -91,6 +93,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/openapi.json", get(system::openapi_json))
+        .route("/metrics", get(prometheus::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

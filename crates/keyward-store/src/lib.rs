@@ -158,6 +158,10 @@ pub enum Change {
     Key {
         /// The key.
         key_id: String,
+        /// When the writer wrote the change (its clock, millisecond precision), if the
+        /// notification carried it: a node subtracts it from its own clock on receipt to
+        /// measure how long a revocation took to reach it. `None` from writers that predate it.
+        written_at: Option<OffsetDateTime>,
     },
     /// A plan changed or was deleted: any key may inherit from it.
     Plan {

@@ -537,7 +537,17 @@ async fn lock_credits(conn: &mut PgConnection, key_id: &str) -> Result<(), Store
 /// Queues `change` for delivery to every node's feed when the caller's transaction commits.
 async fn notify(conn: &mut PgConnection, channel: &str, change: &Change) -> Result<(), StoreError> {
     let payload = match change {
-        Change::Key { key_id } => format!("key:{key_id}"),
+        // `@<ms>` carries the write time for the propagation-lag metric; key_ids never hold
+        // an `@`, and readers that predate it would take the whole rest as the key_id, which
+        // only costs them an eviction that matches nothing plus the staleness backstop.
+        Change::Key {
+            key_id,
+            written_at: Some(at),
+        } => format!("key:{key_id}@{}", to_millis(*at)),
+        Change::Key {
+            key_id,
+            written_at: None,
+        } => format!("key:{key_id}"),
         Change::Plan { plan_id } => format!("plan:{plan_id}"),
         Change::Credits { key_id } => format!("credits:{key_id}"),
         // Never sent: a resync is what a subscriber concludes from a gap.
@@ -557,7 +567,16 @@ fn parse_payload(payload: &str) -> Option<Change> {
     let (kind, id) = payload.split_once(':')?;
     let id = id.to_owned();
     match kind {
-        "key" => Some(Change::Key { key_id: id }),
+        "key" => Some(match id.split_once('@') {
+            Some((key_id, ms)) => Change::Key {
+                key_id: key_id.to_owned(),
+                written_at: ms.parse().ok().and_then(|ms| from_millis(ms).ok()),
+            },
+            None => Change::Key {
+                key_id: id,
+                written_at: None,
+            },
+        }),
         "plan" => Some(Change::Plan { plan_id: id }),
         "credits" => Some(Change::Credits { key_id: id }),
         _ => None,
@@ -830,8 +849,13 @@ async fn write_key_in(
             .await
             .map_err(backend)?;
     }
+    let written_at = Some(audit.time);
     let seq = append_in(conn, audit).await?;
-    notify(conn, channel, &Change::Key { key_id: r.key_id }).await?;
+    let change = Change::Key {
+        key_id: r.key_id,
+        written_at,
+    };
+    notify(conn, channel, &change).await?;
     Ok(seq)
 }
 

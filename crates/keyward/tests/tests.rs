@@ -18,6 +18,8 @@ mod ext_authz;
 mod gateway;
 #[path = "it/limits.rs"]
 mod limits;
+#[path = "it/metrics.rs"]
+mod metrics;
 #[path = "it/nginx.rs"]
 mod nginx;
 #[path = "it/no_leak.rs"]

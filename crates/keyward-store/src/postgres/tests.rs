@@ -88,10 +88,39 @@ impl TestDb {
 }
 
 async fn next(feed: &mut Box<dyn ChangeFeed>) -> Change {
+    match next_raw(feed).await {
+        // The write time is checked on its own (`key_changes_carry_their_write_time`).
+        Change::Key { key_id, .. } => Change::Key {
+            key_id,
+            written_at: None,
+        },
+        other => other,
+    }
+}
+
+async fn next_raw(feed: &mut Box<dyn ChangeFeed>) -> Change {
     tokio::time::timeout(WAIT, feed.next())
         .await
         .expect("a change within the timeout")
         .unwrap()
+}
+
+#[tokio::test]
+async fn key_changes_carry_their_write_time() {
+    let Some(db) = TestDb::new("key_changes_carry_their_write_time") else {
+        return;
+    };
+    let (a, b) = (db.store("a").await, db.store("b").await);
+    let mut feed = a.changes().await.unwrap().expect("postgres has a feed");
+    let key_id = "key_AAAAAAAAAAAAAAAAAAAW";
+    let write = new_key_write(key_id, "kw_live_time");
+    let time = write.audit.time;
+    b.write_key(write).await.unwrap();
+    let Change::Key { written_at, .. } = next_raw(&mut feed).await else {
+        panic!("expected a key change");
+    };
+    let millis = |t: time::OffsetDateTime| t.unix_timestamp_nanos() / 1_000_000;
+    assert_eq!(written_at.map(millis), Some(millis(time)));
 }
 
 #[tokio::test]
@@ -207,7 +236,8 @@ async fn change_feed_delivers_other_nodes_writes() {
     assert_eq!(
         next(&mut feed).await,
         Change::Key {
-            key_id: key_id.into()
+            key_id: key_id.into(),
+            written_at: None
         }
     );
     // A write that fails sends nothing: its notification rolls back with it.
@@ -275,7 +305,8 @@ async fn change_feed_delivers_other_nodes_writes() {
     assert_eq!(
         next(&mut feed).await,
         Change::Key {
-            key_id: "key_AAAAAAAAAAAAAAAAAAAE".into()
+            key_id: "key_AAAAAAAAAAAAAAAAAAAE".into(),
+            written_at: None
         }
     );
     drop(feed);
@@ -318,7 +349,8 @@ async fn a_killed_feed_connection_resyncs_then_delivers() {
     assert_eq!(
         next(&mut feed).await,
         Change::Key {
-            key_id: key_id.into()
+            key_id: key_id.into(),
+            written_at: None
         }
     );
     drop(feed);
@@ -557,6 +589,21 @@ async fn bad_urls_and_schemas_are_clear_open_errors() {
         })
     );
     assert_eq!(parse_payload("nonsense"), None);
+    // Payloads from writers that predate the write time still parse.
+    assert_eq!(
+        parse_payload("key:key_A"),
+        Some(Change::Key {
+            key_id: "key_A".into(),
+            written_at: None
+        })
+    );
+    assert_eq!(
+        parse_payload("key:key_A@1000"),
+        Some(Change::Key {
+            key_id: "key_A".into(),
+            written_at: Some(time::OffsetDateTime::from_unix_timestamp(1).unwrap())
+        })
+    );
     assert_eq!(
         split_schema("postgres://h/db?sslmode=disable&schema=kw&application_name=x"),
         (
