@@ -10,10 +10,12 @@
 //! stages (rate limits, quotas, bindings) slot in after the decision.
 
 mod admission;
+pub mod anomaly;
 mod cache;
 pub mod clock;
 pub mod events;
 mod shared;
+pub mod simulate;
 mod usage;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -430,6 +432,8 @@ pub struct Keyward {
     store_failed_at: AtomicI64,
     /// Events for webhooks and other subscribers.
     events: tokio::sync::broadcast::Sender<events::Event>,
+    /// Per-key traffic baselines and the queue of anomalies awaiting a response.
+    anomaly: anomaly::Detector,
 }
 
 fn plan_summary(plan: &Plan) -> Value {
@@ -502,6 +506,7 @@ impl Keyward {
             trusted_since: AtomicI64::new(i64::MIN),
             store_failed_at: AtomicI64::new(i64::MIN),
             events: tokio::sync::broadcast::channel(events::EVENT_BUFFER).0,
+            anomaly: anomaly::Detector::new(anomaly::AnomalyConfig::default(), now),
         }
     }
 
@@ -533,7 +538,12 @@ impl Keyward {
         presented: &str,
         request: &VerifyRequest<'_>,
     ) -> Result<Verification, EngineError> {
-        self.verify_kind(presented, request, KeyKind::Api, 1).await
+        let verification = self
+            .verify_kind(presented, request, KeyKind::Api, 1)
+            .await?;
+        self.anomaly
+            .observe(&verification, request.ip, self.clock.now());
+        Ok(verification)
     }
 
     /// Verifies an API key for a request of `cost` units (0 checks without consuming).
@@ -546,8 +556,12 @@ impl Keyward {
         if cost > MAX_COST {
             return Err(FieldError::new("cost", format!("must be at most {MAX_COST}")).into());
         }
-        self.verify_kind(presented, request, KeyKind::Api, cost)
-            .await
+        let verification = self
+            .verify_kind(presented, request, KeyKind::Api, cost)
+            .await?;
+        self.anomaly
+            .observe(&verification, request.ip, self.clock.now());
+        Ok(verification)
     }
 
     async fn verify_kind(
