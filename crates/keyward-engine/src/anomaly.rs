@@ -25,7 +25,7 @@
 //! `keyward_anomalies_total{kind,action}` and published as `Event::Anomaly`.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -235,15 +235,11 @@ impl Detector {
     }
 
     fn shard_of(&self, subject: &str) -> usize {
-        let mut h = self.hasher.build_hasher();
-        subject.hash(&mut h);
-        (h.finish() as usize) % SHARDS
+        (self.hasher.hash_one(subject) as usize) % SHARDS
     }
 
     fn ip_hash(&self, ip: IpAddr) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        ip.hash(&mut h);
-        h.finish()
+        self.hasher.hash_one(ip)
     }
 
     /// Feeds one API-key verification to the baselines; queues what it sets off.
