@@ -14,6 +14,7 @@ pub mod anomaly;
 mod cache;
 pub mod clock;
 pub mod events;
+pub mod rotation;
 mod shared;
 pub mod simulate;
 mod usage;
@@ -434,6 +435,8 @@ pub struct Keyward {
     events: tokio::sync::broadcast::Sender<events::Event>,
     /// Per-key traffic baselines and the queue of anomalies awaiting a response.
     anomaly: anomaly::Detector,
+    /// Rotation policies and what was announced about them.
+    rotation: rotation::RotationState,
 }
 
 fn plan_summary(plan: &Plan) -> Value {
@@ -507,6 +510,7 @@ impl Keyward {
             store_failed_at: AtomicI64::new(i64::MIN),
             events: tokio::sync::broadcast::channel(events::EVENT_BUFFER).0,
             anomaly: anomaly::Detector::new(anomaly::AnomalyConfig::default(), now),
+            rotation: rotation::RotationState::default(),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod extract;
 pub mod gateway;
 pub mod keys;
 pub mod plans;
+pub mod reports;
 pub mod root_keys;
 pub mod system;
 
@@ -77,6 +78,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/root-keys/{key_id}/revoke",
             post(root_keys::revoke_root_key),
         )
+        .route("/v1/reports/rotation", get(reports::rotation_report))
         .route("/v1/audit", get(audit::list_audit))
         .route("/v1/audit/verify", post(audit::verify_audit))
         .route("/healthz", get(system::healthz))
@@ -171,7 +173,7 @@ impl Modify for SecurityAddon {
         keys::create_key, keys::list_keys, keys::get_key, keys::update_key, keys::rotate_key, keys::revoke_key,
         keys::verify_key, auth::nginx_auth, keys::adjust_credits, keys::get_credits, plans::create_plan, plans::list_plans,
         plans::get_plan, plans::replace_plan, plans::delete_plan, root_keys::create_root_key, root_keys::list_root_keys, root_keys::revoke_root_key,
-        audit::list_audit, audit::verify_audit, system::healthz, system::readyz,
+        audit::list_audit, audit::verify_audit, system::healthz, system::readyz, reports::rotation_report,
     ),
     modifiers(&SecurityAddon),
     tags(

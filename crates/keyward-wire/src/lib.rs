@@ -690,3 +690,44 @@ mod tests {
         assert!(err.to_string().contains("unknown field `ownr`"), "{err}");
     }
 }
+
+/// One key of the rotation report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RotationReportEntry {
+    /// The key.
+    pub key_id: String,
+    /// Its owner.
+    pub owner: String,
+    /// Its tenant.
+    pub tenant: Option<String>,
+    /// Its environment.
+    pub environment: String,
+    /// When its current secret was issued (its last rotation, or its creation).
+    pub secret_issued_at: Timestamp,
+    /// Whole days since then.
+    pub age_days: u64,
+    /// The applicable policy's maximum age in days.
+    pub max_age_days: u32,
+    /// When it falls (or fell) out of policy.
+    pub due_at: Timestamp,
+    /// `overdue` (out of policy) or `due_soon` (within `within_days` of it).
+    #[schema(example = "overdue")]
+    pub status: String,
+}
+
+/// `GET /v1/reports/rotation`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RotationReportView {
+    /// When the report was made.
+    pub generated_at: Timestamp,
+    /// The "due soon" window in days.
+    pub within_days: u32,
+    /// Active API keys looked at.
+    pub active_keys: u64,
+    /// Of those, keys a rotation policy applies to.
+    pub keys_with_policy: u64,
+    /// Share of active keys within their policy (keys without a policy count as within).
+    pub compliance_ratio: f64,
+    /// Overdue keys, then keys due soon, each earliest due first.
+    pub keys: Vec<RotationReportEntry>,
+}

@@ -59,6 +59,29 @@ pub struct GatewayArgs {
     pub anomaly: AnomalyArgs,
 }
 
+/// Webhooks and rotation policy (see README "Webhooks" and "Rotation policy").
+#[derive(Debug, Clone, Args)]
+pub struct NotifyArgs {
+    /// POST signed JSON events (key_revoked, key_expiring_soon, rotation_overdue, anomaly,
+    /// key_disabled) to this http:// URL; repeat for several endpoints.
+    #[arg(long = "webhook", env = "KEYWARD_WEBHOOKS", value_delimiter = ',')]
+    pub webhooks: Vec<String>,
+    /// Secret for the HMAC-SHA256 Keyward-Signature header (prefer the environment variable:
+    /// command lines are visible to other users).
+    #[arg(long, env = "KEYWARD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<crate::notify::WebhookSecret>,
+    /// Attempts per event and endpoint before it is given up (backoff 1 s, doubling, at most 60 s).
+    #[arg(long, env = "KEYWARD_WEBHOOK_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub webhook_max_attempts: u32,
+    /// Rotation policy TENANT/ENVIRONMENT=DAYS (`*` for any): the current secret of a matching
+    /// active key must be younger than DAYS; the most specific rule applies. Repeatable.
+    #[arg(long = "rotation-policy", env = "KEYWARD_ROTATION_POLICIES", value_delimiter = ',', value_parser = crate::notify::parse_rotation_policy)]
+    pub rotation_policies: Vec<keyward_engine::rotation::RotationPolicy>,
+    /// Days of notice for key_expiring_soon, and the rotation report's default "due soon" window.
+    #[arg(long, env = "KEYWARD_EXPIRY_WARNING_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=365))]
+    pub expiry_warning_days: u32,
+}
+
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// The PostgreSQL store to migrate (postgres://user:password@host:port/db[?schema=NAME]).
@@ -122,6 +145,8 @@ pub struct ServeArgs {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub anomaly: AnomalyArgs,
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 }
 
 /// Shared limits and quotas (every node with the same Redis and namespace shares them).

@@ -19,6 +19,11 @@
 //! stale_if_error_seconds = 300        # store down: keys cached this recently still verify
 //! fail_open_unknown_keys = false      # store down: DANGEROUS, admit unknown well-formed keys
 //! redis_reconcile_ms = 100            # how often local_first limits reconcile with Redis
+//! webhooks = ["http://127.0.0.1:9100/keyward"]  # signed event POSTs (secret: the
+//!                                     # KEYWARD_WEBHOOK_SECRET environment variable)
+//! webhook_max_attempts = 5            # attempts per event and endpoint
+//! rotation_policies = ["acme/live=90", "*/*=365"]  # TENANT/ENVIRONMENT=DAYS, `*` for any
+//! expiry_warning_days = 7             # notice for key_expiring_soon
 //!
 //! [[route]]
 //! prefix = "/orders"                  # path prefix, matched at segment boundaries
@@ -63,6 +68,12 @@ struct FileConfig {
     #[serde(default)]
     fail_open_unknown_keys: bool,
     redis_reconcile_ms: Option<u64>,
+    #[serde(default)]
+    webhooks: Vec<String>,
+    webhook_max_attempts: Option<u32>,
+    #[serde(default)]
+    rotation_policies: Vec<String>,
+    expiry_warning_days: Option<u32>,
     #[serde(rename = "route", default)]
     routes: Vec<FileRoute>,
 }
@@ -94,6 +105,10 @@ pub struct Loaded {
     pub stale_if_error: Duration,
     pub fail_open_unknown_keys: bool,
     pub gateway: GatewayConfig,
+    /// Webhook endpoints (the secret comes from KEYWARD_WEBHOOK_SECRET).
+    pub webhooks: Vec<String>,
+    pub webhook_max_attempts: u32,
+    pub rotation: keyward_engine::rotation::RotationConfig,
 }
 
 /// Reads and validates a gateway config file; errors name the file and the field.
@@ -149,7 +164,22 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             path.display()
         );
     }
+    let policies = file
+        .rotation_policies
+        .iter()
+        .map(|p| keyward_engine::rotation::RotationPolicy::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("{}: rotation_policies: {e}", path.display()))?;
     Ok(Loaded {
+        webhooks: file.webhooks,
+        webhook_max_attempts: file.webhook_max_attempts.unwrap_or(5).clamp(1, 20),
+        rotation: keyward_engine::rotation::RotationConfig {
+            policies,
+            warning_days: file
+                .expiry_warning_days
+                .unwrap_or(keyward_engine::rotation::DEFAULT_WARNING_DAYS)
+                .min(365),
+        },
         stale_if_error: file.stale_if_error_seconds.map_or(
             keyward_engine::CacheConfig::default().stale_if_error,
             Duration::from_secs,
@@ -233,6 +263,20 @@ pub async fn run(
         loaded.redis.clone(),
     )?);
     crate::serve::print_bootstrap(&engine).await?;
+    let secret = std::env::var("KEYWARD_WEBHOOK_SECRET")
+        .ok()
+        .and_then(|s| s.parse::<crate::notify::WebhookSecret>().ok());
+    let _webhooks = crate::notify::start(
+        &engine,
+        crate::notify::Settings {
+            webhooks: crate::notify::webhook_config(
+                loaded.webhooks.clone(),
+                secret.as_ref(),
+                loaded.webhook_max_attempts,
+            )?,
+            rotation: loaded.rotation.clone(),
+        },
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin = match loaded.admin_listen {
         Some(addr) => {

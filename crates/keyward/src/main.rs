@@ -5,6 +5,7 @@
 mod cli;
 mod client;
 mod gateway;
+mod notify;
 mod output;
 mod serve;
 mod simulate;

@@ -75,6 +75,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.redis.config(),
     )?);
     print_bootstrap(&engine).await?;
+    let _webhooks = crate::notify::start(&engine, args.notify.settings()?);
     let flusher = spawn_upkeep(
         Arc::clone(&engine),
         Duration::from_secs(args.last_used_flush_seconds),
@@ -150,6 +151,9 @@ pub fn with_redis(
 /// Runs the background work of a node until aborted: the periodic flush and sweep (and, with
 /// Redis, the heartbeat and the write-behind of spent credits), and the follower of the store's
 /// change feed (a no-op on a store with no other writers).
+/// How often keys are checked against the rotation policy and for coming expiry.
+pub const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
 pub fn spawn_upkeep(engine: Arc<Keyward>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let follower = Arc::clone(&engine).follow_changes();
@@ -180,10 +184,22 @@ pub fn spawn_upkeep(engine: Arc<Keyward>, every: Duration) -> tokio::task::JoinH
                 engine.reconcile_local_first().await;
             }
         };
+        // Rotation and expiry are checked on a slower tick of their own: the check reads every
+        // active key, and its announcements are once per key anyway.
+        let rotation = async {
+            let mut tick = tokio::time::interval(ROTATION_CHECK_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = engine.check_rotation().await {
+                    tracing::warn!(error = %e, "checking rotation policy and expiry failed; will retry");
+                }
+            }
+        };
         // Anomalies are responded to here, off the verify path (see keyward_engine::anomaly).
         let anomalies = Arc::clone(&engine).respond_to_anomalies();
         // The follower returns at once when there is no feed; the periodic work never ends.
-        tokio::join!(follower, periodic, reconcile, anomalies);
+        tokio::join!(follower, periodic, reconcile, rotation, anomalies);
     })
 }
 

@@ -34,3 +34,5 @@ mod process;
 mod proxy;
 #[path = "it/shared_limits.rs"]
 mod shared_limits;
+#[path = "it/webhooks.rs"]
+mod webhooks;
