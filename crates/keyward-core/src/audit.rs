@@ -37,6 +37,10 @@ pub enum AuditAction {
     PlanDelete,
     /// A key's credit balance was set, increased or decreased.
     CreditsAdjust,
+    /// Anomaly detection raised an alert (and says what it did about it).
+    AnomalyDetected,
+    /// The safety brake on automatic disables engaged: anomalies only alert for a while.
+    AnomalyBrake,
 }
 
 impl AuditAction {
@@ -54,11 +58,13 @@ impl AuditAction {
             Self::PlanUpdate => "plan.update",
             Self::PlanDelete => "plan.delete",
             Self::CreditsAdjust => "credits.adjust",
+            Self::AnomalyDetected => "anomaly.detected",
+            Self::AnomalyBrake => "anomaly.brake",
         }
     }
 
     /// Every action.
-    pub const ALL: [AuditAction; 11] = [
+    pub const ALL: [AuditAction; 13] = [
         Self::KeyCreate,
         Self::KeyUpdate,
         Self::KeyRotate,
@@ -70,6 +76,8 @@ impl AuditAction {
         Self::PlanUpdate,
         Self::PlanDelete,
         Self::CreditsAdjust,
+        Self::AnomalyDetected,
+        Self::AnomalyBrake,
     ];
 
     /// Parses a stable name.

@@ -29,6 +29,7 @@
 //! # impl rand_core::TryCryptoRng for TestRng {}
 //! ```
 
+pub mod anomaly;
 pub mod audit;
 pub mod base62;
 pub mod binding;

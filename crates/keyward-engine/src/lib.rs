@@ -10,6 +10,7 @@
 //! stages (rate limits, quotas, bindings) slot in after the decision.
 
 mod admission;
+pub mod anomaly;
 mod cache;
 pub mod clock;
 pub mod events;
@@ -17,6 +18,7 @@ pub mod heavy_hitters;
 mod metered_store;
 pub mod rotation;
 mod shared;
+pub mod simulate;
 pub mod telemetry;
 mod usage;
 
@@ -434,6 +436,8 @@ pub struct Keyward {
     store_failed_at: AtomicI64,
     /// Events for webhooks and other subscribers.
     events: tokio::sync::broadcast::Sender<events::Event>,
+    /// Per-key traffic baselines and the queue of anomalies awaiting a response.
+    anomaly: anomaly::Detector,
     /// Rotation policies and what was announced about them.
     rotation: rotation::RotationState,
 }
@@ -508,6 +512,7 @@ impl Keyward {
             trusted_since: AtomicI64::new(i64::MIN),
             store_failed_at: AtomicI64::new(i64::MIN),
             events: tokio::sync::broadcast::channel(events::EVENT_BUFFER).0,
+            anomaly: anomaly::Detector::new(anomaly::AnomalyConfig::default(), now),
             rotation: rotation::RotationState::default(),
         }
     }
@@ -542,6 +547,10 @@ impl Keyward {
     ) -> Result<Verification, EngineError> {
         let result = self.verify_kind(presented, request, KeyKind::Api, 1).await;
         log_verification(&result);
+        if let Ok(verification) = &result {
+            self.anomaly
+                .observe(verification, request.ip, self.clock.now());
+        }
         result
     }
 
@@ -559,6 +568,10 @@ impl Keyward {
             .verify_kind(presented, request, KeyKind::Api, cost)
             .await;
         log_verification(&result);
+        if let Ok(verification) = &result {
+            self.anomaly
+                .observe(verification, request.ip, self.clock.now());
+        }
         result
     }
 

@@ -227,6 +227,7 @@ pub async fn run(
     config_path: &Path,
     store_url: Option<&str>,
     redis: Option<keyward_engine::RedisConfig>,
+    anomaly: keyward_engine::anomaly::AnomalyConfig,
 ) -> anyhow::Result<()> {
     crate::serve::init_logging(crate::cli::LogFormat::Text);
     let mut loaded = load(config_path)?;
@@ -258,7 +259,7 @@ pub async fn run(
         fail_open_unknown_keys: loaded.fail_open_unknown_keys,
     };
     let engine = Arc::new(crate::serve::with_redis(
-        Keyward::new(store.shared(), Arc::new(SystemClock), config),
+        Keyward::new(store.shared(), Arc::new(SystemClock), config).with_anomaly_detection(anomaly),
         loaded.redis.clone(),
     )?);
     crate::serve::print_bootstrap(&engine).await?;

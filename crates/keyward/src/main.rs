@@ -8,6 +8,7 @@ mod gateway;
 mod notify;
 mod output;
 mod serve;
+mod simulate;
 mod store;
 
 use std::io::Read;
@@ -87,11 +88,14 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Gateway(args) => {
-            gateway::run(&args.config, args.store.as_deref(), args.redis.config())
-                .await
-                .map(|()| ExitCode::SUCCESS)
-        }
+        Command::Gateway(args) => gateway::run(
+            &args.config,
+            args.store.as_deref(),
+            args.redis.config(),
+            args.anomaly.config(),
+        )
+        .await
+        .map(|()| ExitCode::SUCCESS),
         Command::Migrate(args) => {
             store::migrate(&args.store).await?;
             println!("keyward: the store's schema is up to date");
@@ -166,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Root(cmd) => root(cmd).await,
         Command::Plans(cmd) => plans(cmd).await,
+        Command::SimulateLeak(args) => simulate::run(&args).await,
     }
 }
 

@@ -66,7 +66,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         fail_open_unknown_keys: args.fail_open_unknown_keys,
     };
     let engine = Arc::new(with_redis(
-        Keyward::new(store.shared(), Arc::new(SystemClock), config),
+        Keyward::new(store.shared(), Arc::new(SystemClock), config)
+            .with_anomaly_detection(args.anomaly.config()),
         args.redis.config(),
     )?);
     print_bootstrap(&engine).await?;
@@ -191,8 +192,10 @@ pub fn spawn_upkeep(engine: Arc<Keyward>, every: Duration) -> tokio::task::JoinH
                 }
             }
         };
+        // Anomalies are responded to here, off the verify path (see keyward_engine::anomaly).
+        let anomalies = Arc::clone(&engine).respond_to_anomalies();
         // The follower returns at once when there is no feed; the periodic work never ends.
-        tokio::join!(follower, periodic, reconcile, rotation);
+        tokio::join!(follower, periodic, reconcile, rotation, anomalies);
     })
 }
 

@@ -6,6 +6,8 @@
 #[path = "it/testkit.rs"]
 mod testkit;
 
+#[path = "it/anomaly.rs"]
+mod anomaly;
 #[path = "it/api.rs"]
 mod api;
 #[path = "it/bad_input.rs"]

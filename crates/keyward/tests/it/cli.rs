@@ -306,6 +306,7 @@ fn committed_help_text_is_current() {
         &["root", "create"],
         &["root", "list"],
         &["root", "revoke"],
+        &["simulate-leak"],
     ];
     let mut text = String::new();
     for args in commands {

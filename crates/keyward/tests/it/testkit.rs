@@ -186,14 +186,19 @@ pub struct Server {
 
 impl Server {
     pub async fn start() -> Self {
+        Self::start_with(|engine| engine).await
+    }
+
+    /// Starts with an engine adjusted by `configure` (for example its anomaly settings).
+    pub async fn start_with(configure: impl FnOnce(Keyward) -> Keyward) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).await.unwrap();
         let clock = Arc::new(ManualClock::new(T0));
-        let engine = Arc::new(Keyward::new(
+        let engine = Arc::new(configure(Keyward::new(
             Arc::new(store),
             clock.clone(),
             EngineConfig::default(),
-        ));
+        )));
         let root = engine.bootstrap().await.unwrap().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

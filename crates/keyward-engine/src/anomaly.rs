@@ -1,0 +1,528 @@
+//! Anomaly detection on the verify path and the automated response to it.
+//!
+//! **Detection** ([`Detector::observe`]) runs after every API-key verification: one short lock
+//! of one of [`SHARDS`] map shards and an O(1) update of the key's
+//! [`KeyBaseline`](keyward_core::anomaly::KeyBaseline) (or, for an unknown or malformed key,
+//! of the caller address's [`FailureCounter`]). The maths is in `keyward_core::anomaly`. A
+//! finding is queued on a bounded channel ([`QUEUE`]); the verify path never waits for the
+//! response, and a full queue drops the finding (counted in
+//! `keyward_anomalies_dropped_total`).
+//!
+//! **Memory** is bounded: at most `max_tracked_keys` baselines and `max_tracked_ips` address
+//! counters. A full shard first forgets entries idle for an hour, then the least recently seen
+//! half, so the work is amortised O(1) per insert and recently active keys keep their history.
+//!
+//! **Response** ([`Keyward::respond_to_anomalies`], run by the server; tests and
+//! `simulate-leak` call [`Keyward::drain_anomalies`]): the key's tenant chooses `alert` or
+//! `disable` ([`AnomalyConfig`]). `disable` sets the key DISABLED through the normal audited
+//! write (a `key.update` by actor [`ANOMALY_ACTOR`], reversible with `PATCH enabled=true`),
+//! publishes `Event::KeyDisabled { automatic: true }` and counts
+//! `keyward_auto_disables_total`. The **safety brake** allows at most
+//! `max_auto_disables_per_hour` automatic disables per node in any sliding hour; beyond it
+//! anomalies only alert, and the brake engaging is logged, audited (`anomaly.brake`, once per
+//! engagement) and counted (`keyward_auto_disable_brakes_total`). Every anomaly is audited
+//! (`anomaly.detected`, at most [`AUDIT_EVENTS_PER_MINUTE`]), counted in
+//! `keyward_anomalies_total{kind,action}` and published as `Event::Anomaly`.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use keyward_core::anomaly::Thresholds;
+use keyward_core::anomaly::{AnomalyKind, FailureCounter, Finding, KeyBaseline, Observation};
+use keyward_core::audit::{AuditAction, AuditDraft, summary_diff};
+use keyward_core::record::{KeyKind, KeyRecord};
+use keyward_core::verify::VerifyCode;
+use keyward_store::KeyWrite;
+use serde_json::{Value, json};
+use time::{Duration, OffsetDateTime};
+
+use crate::events::Event;
+use crate::{EngineError, Keyward, Verification};
+
+/// Number of independently locked shards of the baseline maps.
+pub const SHARDS: usize = 16;
+/// Findings waiting for a response at most; more are dropped (and counted).
+pub const QUEUE: usize = 1024;
+/// Most `anomaly.detected` audit events per minute; beyond that anomalies are still counted,
+/// logged, published and acted on, but not audited (a flood must not fill the disk).
+pub const AUDIT_EVENTS_PER_MINUTE: u32 = 120;
+/// The audit actor of automated responses.
+pub const ANOMALY_ACTOR: &str = "keyward:anomaly";
+
+/// What to do about an anomaly on a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AnomalyAction {
+    /// Audit, count and publish it.
+    Alert,
+    /// As `Alert`, and disable the key (unless the safety brake is engaged).
+    Disable,
+}
+
+impl AnomalyAction {
+    /// Stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alert => "alert",
+            Self::Disable => "disable",
+        }
+    }
+
+    /// Parses `alert` or `disable`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "alert" => Some(Self::Alert),
+            "disable" => Some(Self::Disable),
+            _ => None,
+        }
+    }
+}
+
+/// Anomaly detection settings.
+#[derive(Debug, Clone)]
+pub struct AnomalyConfig {
+    /// Detection thresholds.
+    pub thresholds: Thresholds,
+    /// The response for keys of tenants without an override (and keys without a tenant).
+    pub on_anomaly: AnomalyAction,
+    /// Per-tenant responses.
+    pub tenants: HashMap<String, AnomalyAction>,
+    /// Automatic disables allowed per node in any sliding hour (the safety brake).
+    pub max_auto_disables_per_hour: u32,
+    /// Key baselines kept at most.
+    pub max_tracked_keys: usize,
+    /// Caller-address failure counters kept at most.
+    pub max_tracked_ips: usize,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        Self {
+            thresholds: Thresholds::default(),
+            on_anomaly: AnomalyAction::Alert,
+            tenants: HashMap::new(),
+            max_auto_disables_per_hour: 10,
+            max_tracked_keys: 100_000,
+            max_tracked_ips: 100_000,
+        }
+    }
+}
+
+impl AnomalyConfig {
+    /// The response for a key of `tenant`.
+    pub fn action_for(&self, tenant: Option<&str>) -> AnomalyAction {
+        tenant
+            .and_then(|t| self.tenants.get(t).copied())
+            .unwrap_or(self.on_anomaly)
+    }
+}
+
+/// A finding waiting for its response.
+#[derive(Debug, Clone)]
+struct Detected {
+    key_id: Option<String>,
+    tenant: Option<String>,
+    ip: Option<IpAddr>,
+    finding: Finding,
+    at: OffsetDateTime,
+}
+
+/// What was done about one anomaly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnomalyOutcome {
+    /// The signal.
+    pub kind: AnomalyKind,
+    /// The key, if the anomaly concerns one.
+    pub key_id: Option<String>,
+    /// The caller address, for failure bursts from one address.
+    pub ip: Option<IpAddr>,
+    /// What was done: `Disable` only if the key was actually disabled.
+    pub action: AnomalyAction,
+    /// True if the tenant asked for `disable` but the safety brake held it back.
+    pub braked: bool,
+    /// When it was detected.
+    pub at: OffsetDateTime,
+    /// The figures behind it.
+    pub detail: Value,
+}
+
+struct Brake {
+    disables: VecDeque<OffsetDateTime>,
+    engaged: bool,
+}
+
+struct AuditBudget {
+    window_start: OffsetDateTime,
+    written: u32,
+}
+
+type Shard<V> = Mutex<HashMap<String, V>>;
+
+/// The per-node detector state; see the module docs.
+pub(crate) struct Detector {
+    config: AnomalyConfig,
+    keys: Vec<Shard<KeyBaseline>>,
+    ips: Vec<Shard<FailureCounter>>,
+    queue: tokio::sync::mpsc::Sender<Detected>,
+    inbox: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Detected>>,
+    brake: Mutex<Brake>,
+    audit_budget: Mutex<AuditBudget>,
+    raised: AtomicU64,
+    hasher: std::hash::RandomState,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Makes room in a full map: forget entries idle for an hour, and if that is not enough, the
+/// least recently seen half (amortised O(1): the next sweep is at least half a map away).
+fn make_room<V>(
+    map: &mut HashMap<String, V>,
+    cap: usize,
+    now: OffsetDateTime,
+    seen: fn(&V) -> OffsetDateTime,
+) {
+    if map.len() < cap {
+        return;
+    }
+    map.retain(|_, v| now - seen(v) < Duration::hours(1));
+    if map.len() < cap {
+        return;
+    }
+    let mut times: Vec<OffsetDateTime> = map.values().map(seen).collect();
+    let middle = times.len() / 2;
+    let (_, median, _) = times.select_nth_unstable(middle);
+    let median = *median;
+    map.retain(|_, v| seen(v) > median);
+}
+
+/// Outcomes that count as failures against a found key. DISABLED is left out (it is what an
+/// automatic disable produces, and would otherwise alert again); limits and quotas are the
+/// key working as configured.
+fn is_key_failure(code: VerifyCode) -> bool {
+    !matches!(
+        code,
+        VerifyCode::Valid
+            | VerifyCode::RateLimited
+            | VerifyCode::UsageExceeded
+            | VerifyCode::Disabled
+    )
+}
+
+impl Detector {
+    pub(crate) fn new(config: AnomalyConfig, now: OffsetDateTime) -> Self {
+        let (queue, inbox) = tokio::sync::mpsc::channel(QUEUE);
+        Self {
+            config,
+            keys: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            ips: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            queue,
+            inbox: tokio::sync::Mutex::new(inbox),
+            brake: Mutex::new(Brake {
+                disables: VecDeque::new(),
+                engaged: false,
+            }),
+            audit_budget: Mutex::new(AuditBudget {
+                window_start: now,
+                written: 0,
+            }),
+            raised: AtomicU64::new(0),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    fn shard_of(&self, subject: &str) -> usize {
+        (self.hasher.hash_one(subject) as usize) % SHARDS
+    }
+
+    fn ip_hash(&self, ip: IpAddr) -> u64 {
+        self.hasher.hash_one(ip)
+    }
+
+    /// Feeds one API-key verification to the baselines; queues what it sets off.
+    pub(crate) fn observe(&self, v: &Verification, ip: Option<IpAddr>, now: OffsetDateTime) {
+        let thresholds = &self.config.thresholds;
+        let detected = match &v.key {
+            Some(key) if key.kind == KeyKind::Api => {
+                if v.code == VerifyCode::Disabled {
+                    return;
+                }
+                let seen = Observation {
+                    at: now,
+                    ip: ip.map(|ip| self.ip_hash(ip)),
+                    failed: is_key_failure(v.code),
+                };
+                let cap = (self.config.max_tracked_keys / SHARDS).max(1);
+                let finding = {
+                    let mut shard = lock(&self.keys[self.shard_of(&key.key_id)]);
+                    match shard.get_mut(key.key_id.as_str()) {
+                        Some(baseline) => baseline.observe(seen, thresholds),
+                        None => {
+                            make_room(&mut shard, cap, now, KeyBaseline::last_seen);
+                            let mut baseline = KeyBaseline::new(now);
+                            let finding = baseline.observe(seen, thresholds);
+                            shard.insert(key.key_id.clone(), baseline);
+                            finding
+                        }
+                    }
+                };
+                finding.map(|finding| Detected {
+                    key_id: Some(key.key_id.clone()),
+                    tenant: key.tenant.clone(),
+                    ip: None,
+                    finding,
+                    at: now,
+                })
+            }
+            None if matches!(v.code, VerifyCode::NotFound | VerifyCode::Malformed) => {
+                let Some(ip) = ip else { return };
+                let subject = ip.to_string();
+                let cap = (self.config.max_tracked_ips / SHARDS).max(1);
+                let finding = {
+                    let mut shard = lock(&self.ips[self.shard_of(&subject)]);
+                    if !shard.contains_key(&subject) {
+                        make_room(&mut shard, cap, now, FailureCounter::last_seen);
+                    }
+                    shard
+                        .entry(subject)
+                        .or_insert_with(|| FailureCounter::new(now))
+                        .fail(now, thresholds, AnomalyKind::IpFailureBurst)
+                };
+                finding.map(|finding| Detected {
+                    key_id: None,
+                    tenant: None,
+                    ip: Some(ip),
+                    finding,
+                    at: now,
+                })
+            }
+            _ => None,
+        };
+        if let Some(detected) = detected {
+            self.raised.fetch_add(1, Ordering::Relaxed);
+            if self.queue.try_send(detected).is_err() {
+                metrics::counter!("keyward_anomalies_dropped_total").increment(1);
+                tracing::debug!("anomaly queue full: a finding was dropped");
+            }
+        }
+    }
+
+    /// True if an automatic disable may go ahead now (and counts it); false once the brake
+    /// holds. The second value is true the first time the brake holds in an engagement.
+    fn allow_disable(&self, now: OffsetDateTime) -> (bool, bool) {
+        let mut brake = lock(&self.brake);
+        while brake
+            .disables
+            .front()
+            .is_some_and(|t| now - *t >= Duration::hours(1))
+        {
+            brake.disables.pop_front();
+        }
+        let max = self.config.max_auto_disables_per_hour as usize;
+        if brake.disables.len() < max {
+            brake.disables.push_back(now);
+            brake.engaged = false;
+            (true, false)
+        } else {
+            let first = !brake.engaged;
+            brake.engaged = true;
+            (false, first)
+        }
+    }
+
+    fn may_audit(&self, now: OffsetDateTime) -> bool {
+        let mut budget = lock(&self.audit_budget);
+        if now - budget.window_start >= Duration::minutes(1) {
+            budget.window_start = now;
+            budget.written = 0;
+        }
+        budget.written += 1;
+        budget.written <= AUDIT_EVENTS_PER_MINUTE
+    }
+}
+
+impl Keyward {
+    /// Replaces the anomaly detection settings (the default alerts only).
+    pub fn with_anomaly_detection(mut self, config: AnomalyConfig) -> Self {
+        self.anomaly = Detector::new(config, self.clock.now());
+        self
+    }
+
+    /// Anomalies detected by this node since it started (before any response).
+    pub fn anomalies_raised(&self) -> u64 {
+        self.anomaly.raised.load(Ordering::Relaxed)
+    }
+
+    /// Responds to every anomaly already detected and returns what was done; the server runs
+    /// [`Keyward::respond_to_anomalies`] instead.
+    pub async fn drain_anomalies(&self) -> Vec<AnomalyOutcome> {
+        let mut inbox = self.anomaly.inbox.lock().await;
+        let mut outcomes = Vec::new();
+        while let Ok(detected) = inbox.try_recv() {
+            outcomes.push(self.respond(detected).await);
+        }
+        outcomes
+    }
+
+    /// Responds to anomalies as they are detected, until the process stops.
+    pub async fn respond_to_anomalies(self: std::sync::Arc<Self>) {
+        let mut inbox = self.anomaly.inbox.lock().await;
+        while let Some(detected) = inbox.recv().await {
+            self.respond(detected).await;
+        }
+    }
+
+    async fn respond(&self, d: Detected) -> AnomalyOutcome {
+        let kind = d.finding.kind;
+        let wanted = match &d.key_id {
+            Some(_) => self.anomaly.config.action_for(d.tenant.as_deref()),
+            None => AnomalyAction::Alert,
+        };
+        let mut action = AnomalyAction::Alert;
+        let mut braked = false;
+        if let (AnomalyAction::Disable, Some(key_id)) = (wanted, &d.key_id) {
+            let (allowed, engaged_now) = self.anomaly.allow_disable(d.at);
+            if allowed {
+                match self.disable_automatically(key_id, kind).await {
+                    Ok(true) => action = AnomalyAction::Disable,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(key_id, error = %e, "automatic disable failed");
+                    }
+                }
+            } else {
+                braked = true;
+                metrics::counter!("keyward_auto_disable_brakes_total").increment(1);
+                tracing::warn!(
+                    key_id,
+                    max_per_hour = self.anomaly.config.max_auto_disables_per_hour,
+                    "safety brake: automatic disable limit reached, anomaly only alerts"
+                );
+                if engaged_now {
+                    self.audit_anomaly(AuditAction::AnomalyBrake, None, json!({
+                        "max_auto_disables_per_hour": self.anomaly.config.max_auto_disables_per_hour,
+                        "first_held_back": key_id,
+                    }))
+                    .await;
+                }
+            }
+        }
+        metrics::counter!(
+            "keyward_anomalies_total",
+            "kind" => kind.as_str(),
+            "action" => action.as_str()
+        )
+        .increment(1);
+        if kind.suggests_leak() {
+            metrics::counter!("keyward_leak_events_total", "source" => "anomaly").increment(1);
+        }
+        let ip = d.ip.map(|ip| ip.to_string());
+        tracing::warn!(
+            kind = kind.as_str(),
+            key_id = d.key_id.as_deref(),
+            ip = ip.as_deref(),
+            action = action.as_str(),
+            braked,
+            detail = %d.finding.detail,
+            "anomaly detected"
+        );
+        if self.anomaly.may_audit(d.at) {
+            self.audit_anomaly(
+                AuditAction::AnomalyDetected,
+                d.key_id.clone(),
+                json!({
+                    "kind": kind.as_str(),
+                    "ip": ip,
+                    "action": action.as_str(),
+                    "braked": braked,
+                    "detail": d.finding.detail,
+                }),
+            )
+            .await;
+        }
+        self.publish(Event::Anomaly {
+            key_id: d.key_id.clone(),
+            ip,
+            kind: kind.as_str().to_owned(),
+            detail: d.finding.detail.clone(),
+            action: action.as_str().to_owned(),
+            at: d.at,
+        });
+        if let (AnomalyAction::Disable, Some(key_id)) = (action, &d.key_id) {
+            self.publish(Event::KeyDisabled {
+                key_id: key_id.clone(),
+                reason: format!("anomaly: {}", kind.as_str()),
+                automatic: true,
+                at: d.at,
+            });
+        }
+        AnomalyOutcome {
+            kind,
+            key_id: d.key_id,
+            ip: d.ip,
+            action,
+            braked,
+            at: d.at,
+            detail: d.finding.detail,
+        }
+    }
+
+    async fn audit_anomaly(&self, action: AuditAction, target: Option<String>, summary: Value) {
+        let draft = AuditDraft {
+            time: self.write_time(),
+            actor: Some(ANOMALY_ACTOR.to_owned()),
+            action,
+            target,
+            summary,
+        };
+        if let Err(e) = self.store.append_audit(draft).await {
+            tracing::error!(error = %e, action = action.as_str(), "writing the anomaly audit event failed");
+        }
+    }
+
+    /// Disables a key as an automated response, through the audited write; false if it was
+    /// already disabled or revoked (nothing written).
+    async fn disable_automatically(
+        &self,
+        key_id: &str,
+        kind: AnomalyKind,
+    ) -> Result<bool, EngineError> {
+        let current = self.get_key(KeyKind::Api, key_id).await?;
+        if !current.enabled || current.revoked_at.is_some() {
+            return Ok(false);
+        }
+        let reason = format!("anomaly: {}", kind.as_str());
+        self.modify(KeyKind::Api, key_id, |current: &KeyRecord, now| {
+            let mut next = current.clone();
+            next.enabled = false;
+            let mut summary = summary_diff(&current.audit_summary(), &next.audit_summary());
+            if let Some(map) = summary.as_object_mut() {
+                map.insert("reason".into(), Value::String(reason.clone()));
+                map.insert("automatic".into(), Value::Bool(true));
+            }
+            Ok(KeyWrite {
+                audit: AuditDraft {
+                    time: now,
+                    actor: Some(ANOMALY_ACTOR.to_owned()),
+                    action: AuditAction::KeyUpdate,
+                    target: Some(key_id.to_owned()),
+                    summary,
+                },
+                record: next,
+                expected_version: None,
+                new_secret: None,
+                secret_ends: Vec::new(),
+            })
+        })
+        .await?;
+        metrics::counter!("keyward_auto_disables_total").increment(1);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+#[path = "anomaly_tests.rs"]
+mod tests;
