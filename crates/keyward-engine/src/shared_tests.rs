@@ -541,36 +541,64 @@ async fn losing_redis_data_refunds_at_most_the_spend_since_the_last_write_behind
 
 mod local_first;
 
-#[tokio::test]
-async fn a_balance_that_cannot_be_loaded_while_the_store_is_down_falls_back_locally() {
-    let Some(url) = redis_url("a_balance_that_cannot_be_loaded_while_the_store_is_down") else {
-        return;
-    };
+/// One node with Redis over a store the test can take down (`store.down`).
+struct StoreOutageNode {
+    node: Keyward,
+    store: Arc<crate::tests::CountingStore>,
+    clock: Arc<ManualClock>,
+    root: Principal,
+    namespace: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn store_outage_node(url: &str) -> StoreOutageNode {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::tests::CountingStore::open(dir.path()).await;
     let clock = Arc::new(ManualClock::new(T0));
     let namespace = namespace();
     let node = Keyward::new(store.clone(), clock.clone(), EngineConfig::default())
-        .with_redis(config(&url, &namespace))
+        .with_redis(config(url, &namespace))
         .unwrap();
     let boot = node.bootstrap().await.unwrap().unwrap();
-    let root = Principal {
-        key_id: boot.record.key_id.clone(),
+    StoreOutageNode {
+        root: Principal {
+            key_id: boot.record.key_id.clone(),
+        },
+        node,
+        store,
+        clock,
+        namespace,
+        _dir: dir,
+    }
+}
+
+async fn quota_key(node: &Keyward, root: &Principal, credits: u64) -> Created {
+    node.create_key(
+        root,
+        NewKey {
+            owner: "quota".into(),
+            quota: quota(credits),
+            ..NewKey::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_balance_that_cannot_be_loaded_while_the_store_is_down_falls_back_locally() {
+    let Some(url) = redis_url("a_balance_that_cannot_be_loaded_while_the_store_is_down") else {
+        return;
     };
-    let created = node
-        .create_key(
-            &root,
-            NewKey {
-                owner: "quota".into(),
-                quota: Some(keyward_core::validate::QuotaSpec {
-                    credits: 100,
-                    ..Default::default()
-                }),
-                ..NewKey::default()
-            },
-        )
-        .await
-        .unwrap();
+    let StoreOutageNode {
+        node,
+        store,
+        clock,
+        root,
+        namespace,
+        _dir,
+    } = store_outage_node(&url).await;
+    let created = quota_key(&node, &root, 100).await;
     let key = created.key.expose();
     let v = node.verify(key, &VerifyRequest::default()).await.unwrap();
     assert_eq!(v.code, VerifyCode::Valid);
@@ -599,33 +627,17 @@ async fn a_store_outage_during_write_behind_loses_no_key_of_the_batch() {
     else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store = crate::tests::CountingStore::open(dir.path()).await;
-    let clock = Arc::new(ManualClock::new(T0));
-    let namespace = namespace();
-    let node = Keyward::new(store.clone(), clock.clone(), EngineConfig::default())
-        .with_redis(config(&url, &namespace))
-        .unwrap();
-    let boot = node.bootstrap().await.unwrap().unwrap();
-    let root = Principal {
-        key_id: boot.record.key_id.clone(),
-    };
+    let StoreOutageNode {
+        node,
+        store,
+        clock,
+        root,
+        namespace,
+        _dir,
+    } = store_outage_node(&url).await;
     let mut keys = Vec::new();
     for _ in 0..5 {
-        let created = node
-            .create_key(
-                &root,
-                NewKey {
-                    owner: "quota".into(),
-                    quota: Some(keyward_core::validate::QuotaSpec {
-                        credits: 100,
-                        ..Default::default()
-                    }),
-                    ..NewKey::default()
-                },
-            )
-            .await
-            .unwrap();
+        let created = quota_key(&node, &root, 100).await;
         for _ in 0..3 {
             let v = node
                 .verify(created.key.expose(), &VerifyRequest::default())
