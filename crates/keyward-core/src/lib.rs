@@ -4,7 +4,8 @@
 //! what a key record holds ([`record`]), how a permission query is parsed and evaluated
 //! ([`permission`]), how a route allowlist matches a request ([`route`]), how a verify decision
 //! is reached ([`verify`]), how a rotation changes a key's secrets ([`rotation`]) and how the
-//! audit log's hash chain is computed and checked ([`audit`]).
+//! audit log's hash chain is computed and checked ([`audit`]), and how usage is bucketed for
+//! billing ([`usage`]).
 //!
 //! It never reads the clock (time is always a parameter, see [`clock::Clock`]) and never touches
 //! a file, a socket or a database; the `clippy.toml` beside this crate enforces the first rule.
@@ -42,5 +43,6 @@ pub mod record;
 pub mod redact;
 pub mod rotation;
 pub mod route;
+pub mod usage;
 pub mod validate;
 pub mod verify;

@@ -62,6 +62,11 @@ impl VerifyCode {
         }
     }
 
+    /// Parses a stable wire code.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     /// Every code, in documentation order.
     pub const ALL: [VerifyCode; 12] = [
         Self::Valid,

@@ -38,6 +38,7 @@ use keyward_core::permission::{Permission, PermissionQuery};
 use keyward_core::quota::QuotaConfig;
 use keyward_core::record::{KeyKind, KeyPolicy, KeyRecord, KeyStatus, Plan, SecretInfo};
 use keyward_core::rotation::{MAX_GRACE, RotationPlan, plan_rotation};
+use keyward_core::usage::{Granularity, UsageCount, UsageCursor};
 use keyward_core::validate::{self, FieldError};
 use keyward_core::verify::{VerifyCode, VerifyRequest, decide};
 use keyward_store::{
@@ -55,14 +56,14 @@ pub use keyward_store::CreditOp;
 pub use shared::{
     Enforcement, EnforcementSource, ReconcileReport, RedisConfig, RedisHealth, SyncReport,
 };
-use usage::LastUsedBuffer;
+use usage::{LastUsedBuffer, UsageBuffer};
 
 /// Largest page a list call returns.
 pub const MAX_PAGE: u32 = 1000;
 /// Page size when none is given.
 pub const DEFAULT_PAGE: u32 = 100;
 /// Permissions a root key may hold.
-pub const ROOT_PERMISSIONS: [&str; 9] = [
+pub const ROOT_PERMISSIONS: [&str; 10] = [
     "keys.create",
     "keys.read",
     "keys.update",
@@ -72,6 +73,7 @@ pub const ROOT_PERMISSIONS: [&str; 9] = [
     "root.manage",
     "plans.read",
     "plans.write",
+    "usage.read",
 ];
 /// Most failed admin authentications written to the audit log per minute; beyond that they
 /// are counted and the count is written with the next event, so a flood of bad credentials
@@ -411,12 +413,60 @@ struct AuthFailureBudget {
     suppressed: u64,
 }
 
+/// A usage read ([`Keyward::usage`]); unset bounds default to the last day (hourly) or the
+/// last 30 days (daily).
+#[derive(Debug, Clone)]
+pub struct UsageQuery {
+    /// Hourly rows or daily sums.
+    pub granularity: Granularity,
+    /// Start (rounded down to the granularity).
+    pub from: Option<OffsetDateTime>,
+    /// End, exclusive (rounded up to the granularity; default: the end of the bucket in
+    /// progress).
+    pub to: Option<OffsetDateTime>,
+    /// Only this key.
+    pub key_id: Option<String>,
+    /// Only usage recorded with this owner.
+    pub owner: Option<String>,
+    /// Only usage recorded with this tenant.
+    pub tenant: Option<String>,
+    /// Page size (1 to [`MAX_USAGE_PAGE`]; default [`DEFAULT_USAGE_PAGE`]).
+    pub limit: Option<u32>,
+    /// Continue after this row (a previous report's `next`).
+    pub after: Option<UsageCursor>,
+}
+
+/// A page of usage rows.
+#[derive(Debug, Clone)]
+pub struct UsageReport {
+    /// The granularity of `items`.
+    pub granularity: Granularity,
+    /// The range covered, after rounding: buckets starting in `[from, to)`.
+    pub from: OffsetDateTime,
+    /// End of the range, exclusive.
+    pub to: OffsetDateTime,
+    /// Rows ordered by (start, key_id, code).
+    pub items: Vec<UsageCount>,
+    /// Where the next page starts, if there may be one.
+    pub next: Option<UsageCursor>,
+}
+
+/// Largest usage page.
+pub const MAX_USAGE_PAGE: u32 = 10_000;
+/// Usage page size when none is given.
+pub const DEFAULT_USAGE_PAGE: u32 = 1000;
+/// Longest range of an hourly usage read.
+pub const MAX_USAGE_HOURS_SPAN: time::Duration = time::Duration::days(93);
+/// Longest range of a daily usage read.
+pub const MAX_USAGE_DAYS_SPAN: time::Duration = time::Duration::days(3660);
+
 /// The keyward service.
 pub struct Keyward {
     store: Arc<dyn KeyStore>,
     clock: Arc<dyn Clock>,
     cache: VerifyCache,
     last_used: LastUsedBuffer,
+    usage: UsageBuffer,
     auth_failures: Mutex<AuthFailureBudget>,
     limiter: Limiter,
     leases: Leases,
@@ -498,6 +548,7 @@ impl Keyward {
             clock,
             cache: VerifyCache::new(config.cache),
             last_used: LastUsedBuffer::default(),
+            usage: UsageBuffer::default(),
             auth_failures: Mutex::new(AuthFailureBudget {
                 window_start: now,
                 written: 0,
@@ -638,6 +689,17 @@ impl Keyward {
         }
         if verification.code == VerifyCode::Valid {
             self.last_used.record(&record.key_id, now);
+        }
+        if kind == KeyKind::Api {
+            // Credits are spent only by an admitted request on a key with a quota.
+            let credits = if verification.code == VerifyCode::Valid && verification.quota.is_some()
+            {
+                cost
+            } else {
+                0
+            };
+            let hour = Granularity::Hour.floor(now);
+            self.usage.record(&record, hour, verification.code, credits);
         }
         verification.key = Some(record);
         Ok(verification)
@@ -1811,6 +1873,79 @@ impl Keyward {
             return Err(e.into());
         }
         Ok(batch.len())
+    }
+
+    /// Adds the usage counted since the last flush to the store; the server calls it
+    /// periodically and at shutdown. Returns how many (key, hour, outcome) rows were written.
+    /// A failed flush keeps the counts for the next one.
+    pub async fn flush_usage(&self) -> Result<usize, EngineError> {
+        let batch = self.usage.drain();
+        if let Err(e) = self.store.add_usage(&batch).await {
+            self.usage.restore(batch);
+            return Err(e.into());
+        }
+        Ok(batch.len())
+    }
+
+    /// Reads usage for billing (written by [`flush_usage`](Self::flush_usage), so counts of
+    /// the last flush interval are not in it yet).
+    pub async fn usage(&self, query: UsageQuery) -> Result<UsageReport, EngineError> {
+        let granularity = query.granularity;
+        let now = self.clock.now();
+        // By default the bucket in progress is included (its counts so far).
+        let to = match query.to {
+            Some(to) => granularity.ceil(to),
+            None => granularity.floor(now) + time::Duration::milliseconds(granularity.millis()),
+        };
+        let default_span = match granularity {
+            Granularity::Hour => time::Duration::days(1),
+            Granularity::Day => time::Duration::days(30),
+        };
+        let from = granularity.floor(query.from.unwrap_or(to - default_span));
+        if from >= to {
+            return Err(FieldError::new("from", "must be before 'to'").into());
+        }
+        let longest = match granularity {
+            Granularity::Hour => MAX_USAGE_HOURS_SPAN,
+            Granularity::Day => MAX_USAGE_DAYS_SPAN,
+        };
+        if to - from > longest {
+            return Err(FieldError::new(
+                "from",
+                format!(
+                    "the range may span at most {} days at granularity '{}'",
+                    longest.whole_days(),
+                    granularity.as_str()
+                ),
+            )
+            .into());
+        }
+        let limit = query.limit.unwrap_or(DEFAULT_USAGE_PAGE);
+        if !(1..=MAX_USAGE_PAGE).contains(&limit) {
+            return Err(FieldError::new(
+                "limit",
+                format!("must be between 1 and {MAX_USAGE_PAGE}"),
+            )
+            .into());
+        }
+        let filter = keyward_store::UsageFilter {
+            granularity,
+            from,
+            to,
+            key_id: query.key_id,
+            owner: query.owner,
+            tenant: query.tenant,
+            limit,
+            after: query.after,
+        };
+        let page = self.store.list_usage(&filter).await?;
+        Ok(UsageReport {
+            granularity,
+            from,
+            to,
+            items: page.items,
+            next: page.next,
+        })
     }
 
     /// Checks that the store answers (for `/readyz`).

@@ -14,9 +14,10 @@ use keyward_core::audit::{AuditAction, AuditDraft, AuditEvent};
 use keyward_core::key::KeyHash;
 use keyward_core::quota::{Balance, QuotaConfig};
 use keyward_core::record::{KeyKind, KeyRecord, Plan};
+use keyward_core::usage::UsageCount;
 use keyward_store::{
     AuditFilter, ChangeFeed, CreditOp, FoundKey, KeyFilter, KeyStore, KeyWrite, Page, PlanWrite,
-    StoreError,
+    StoreError, UsageFilter, UsagePage,
 };
 use metrics::{counter, histogram};
 use time::OffsetDateTime;
@@ -116,6 +117,14 @@ impl KeyStore for MeteredStore {
 
     async fn touch_last_used(&self, uses: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
         timed("touch_last_used", self.inner.touch_last_used(uses)).await
+    }
+
+    async fn add_usage(&self, counts: &[UsageCount]) -> Result<(), StoreError> {
+        timed("add_usage", self.inner.add_usage(counts)).await
+    }
+
+    async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError> {
+        timed("list_usage", self.inner.list_usage(filter)).await
     }
 
     async fn count_root_keys(&self) -> Result<u64, StoreError> {

@@ -383,10 +383,11 @@ fn build_report(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample_record() -> KeyRecord {
+    /// An active API key record (also used by other modules' tests).
+    pub(crate) fn sample_record() -> KeyRecord {
         let t0 = OffsetDateTime::UNIX_EPOCH;
         KeyRecord {
             key_id: "key_00000000000000000000".into(),

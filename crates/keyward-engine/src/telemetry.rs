@@ -186,7 +186,7 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
 pub const CACHES: [&str; 3] = ["secrets", "records", "not_found"];
 
 /// The `KeyStore` operations, as they appear in the `op` label.
-pub const STORE_OPS: [&str; 19] = [
+pub const STORE_OPS: [&str; 21] = [
     "changes",
     "change_head",
     "find_by_hash",
@@ -196,6 +196,8 @@ pub const STORE_OPS: [&str; 19] = [
     "append_audit",
     "list_audit",
     "touch_last_used",
+    "add_usage",
+    "list_usage",
     "count_root_keys",
     "create_first_root_key",
     "ping",

@@ -106,6 +106,19 @@ impl KeyStore for CountingStore {
     async fn touch_last_used(&self, uses: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
         self.inner.touch_last_used(uses).await
     }
+    async fn add_usage(
+        &self,
+        counts: &[keyward_core::usage::UsageCount],
+    ) -> Result<(), StoreError> {
+        self.check_up()?;
+        self.inner.add_usage(counts).await
+    }
+    async fn list_usage(
+        &self,
+        filter: &keyward_store::UsageFilter,
+    ) -> Result<keyward_store::UsagePage, StoreError> {
+        self.inner.list_usage(filter).await
+    }
     async fn count_root_keys(&self) -> Result<u64, StoreError> {
         self.inner.count_root_keys().await
     }
@@ -1568,4 +1581,41 @@ async fn a_resync_keeps_old_entries_for_stale_if_error_but_not_as_fresh() {
         matches!(v.degraded, Some(Degraded::StaleCache { .. })),
         "{v:?}"
     );
+}
+
+#[tokio::test]
+async fn usage_counts_survive_a_failed_flush_and_are_written_once() {
+    use keyward_core::usage::Granularity;
+
+    let f = fixture().await;
+    let created = f.create(&[]).await;
+    let key = created.key.expose();
+    assert_eq!(f.code(key).await, VerifyCode::Valid);
+    assert_eq!(f.code(key).await, VerifyCode::Valid);
+    let query = || UsageQuery {
+        granularity: Granularity::Hour,
+        from: None,
+        to: None,
+        key_id: Some(created.record.key_id.clone()),
+        owner: None,
+        tenant: None,
+        limit: None,
+        after: None,
+    };
+    f.store.down.store(true, Ordering::SeqCst);
+    assert!(f.engine.flush_usage().await.is_err());
+    // Counted while the store is down, too (the key is cached).
+    assert_eq!(f.code(key).await, VerifyCode::Valid);
+    f.store.down.store(false, Ordering::SeqCst);
+    assert_eq!(f.engine.flush_usage().await.unwrap(), 1);
+    assert_eq!(
+        f.engine.flush_usage().await.unwrap(),
+        0,
+        "nothing is written twice"
+    );
+    let report = f.engine.usage(query()).await.unwrap();
+    assert_eq!(report.items.len(), 1);
+    assert_eq!(report.items[0].verifications, 3);
+    assert_eq!(report.items[0].code, VerifyCode::Valid);
+    assert_eq!(report.items[0].owner, "billing-team");
 }

@@ -147,6 +147,7 @@ permissions! {
     RootManage => "root.manage",
     PlansRead => "plans.read",
     PlansWrite => "plans.write",
+    UsageRead => "usage.read",
 }
 
 /// A root key that holds permission `P`; extracting it is the authorization check.

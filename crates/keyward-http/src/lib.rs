@@ -20,6 +20,7 @@ pub mod prometheus;
 pub mod reports;
 pub mod root_keys;
 pub mod system;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,6 +89,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
             post(root_keys::revoke_root_key),
         )
         .route("/v1/reports/rotation", get(reports::rotation_report))
+        .route("/v1/usage", get(usage::get_usage))
         .route("/v1/audit", get(audit::list_audit))
         .route("/v1/audit/verify", post(audit::verify_audit))
         .route("/healthz", get(system::healthz))
@@ -184,6 +186,7 @@ impl Modify for SecurityAddon {
         keys::verify_key, auth::nginx_auth, keys::adjust_credits, keys::get_credits, plans::create_plan, plans::list_plans,
         plans::get_plan, plans::replace_plan, plans::delete_plan, root_keys::create_root_key, root_keys::list_root_keys, root_keys::revoke_root_key,
         audit::list_audit, audit::verify_audit, system::healthz, system::readyz, reports::rotation_report,
+        usage::get_usage,
     ),
     modifiers(&SecurityAddon),
     tags(
@@ -193,6 +196,7 @@ impl Modify for SecurityAddon {
         (name = "root-keys", description = "Credentials of the admin API"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "system", description = "Health and readiness"),
+        (name = "usage", description = "Usage for billing"),
     )
 )]
 struct ApiDoc;

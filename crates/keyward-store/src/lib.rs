@@ -18,12 +18,14 @@ mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod testsuite;
+mod usage;
 
 use async_trait::async_trait;
 use keyward_core::audit::{AuditDraft, AuditEvent};
 use keyward_core::key::KeyHash;
 use keyward_core::quota::{Balance, QuotaConfig};
 use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, Plan, SecretInfo};
+use keyward_core::usage::{Granularity, UsageCount, UsageCursor};
 use time::OffsetDateTime;
 
 pub use postgres::{PostgresOptions, PostgresStore};
@@ -122,6 +124,36 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Cursor for the next page, if there may be one.
     pub next_cursor: Option<i64>,
+}
+
+/// Filters for reading usage.
+#[derive(Debug, Clone)]
+pub struct UsageFilter {
+    /// Hourly rows, or their sums per day.
+    pub granularity: Granularity,
+    /// Buckets starting at or after this time (a bucket start).
+    pub from: OffsetDateTime,
+    /// Buckets starting before this time.
+    pub to: OffsetDateTime,
+    /// Only this key.
+    pub key_id: Option<String>,
+    /// Only usage recorded with this owner.
+    pub owner: Option<String>,
+    /// Only usage recorded with this tenant.
+    pub tenant: Option<String>,
+    /// Page size.
+    pub limit: u32,
+    /// Continue after this row.
+    pub after: Option<UsageCursor>,
+}
+
+/// One page of usage rows, ordered by (start, key_id, code).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsagePage {
+    /// The rows.
+    pub items: Vec<UsageCount>,
+    /// Where the next page starts, if there may be one.
+    pub next: Option<UsageCursor>,
 }
 
 /// A write of one plan, committed atomically with its audit event.
@@ -227,6 +259,13 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Records when keys were last used; later times win, earlier ones are ignored.
     async fn touch_last_used(&self, uses: &[(String, OffsetDateTime)]) -> Result<(), StoreError>;
+
+    /// Adds hourly usage counts (each `start` an hour) to the stored ones; rows that do not
+    /// exist yet are created. Counts from several nodes for the same hour add up.
+    async fn add_usage(&self, counts: &[UsageCount]) -> Result<(), StoreError>;
+
+    /// Reads usage, summed per `filter.granularity`.
+    async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError>;
 
     /// Number of root keys ever created (revoked ones included).
     async fn count_root_keys(&self) -> Result<u64, StoreError>;

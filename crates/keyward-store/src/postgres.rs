@@ -50,9 +50,12 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 use time::OffsetDateTime;
 
+use keyward_core::usage::UsageCount;
+
+use crate::usage::{UsageQuery, UsageTuple, page, to_i64};
 use crate::{
     AuditFilter, Change, ChangeFeed, CreditOp, FoundKey, KeyFilter, KeyStore, KeyWrite, Page,
-    PlanWrite, StoreError,
+    PlanWrite, StoreError, UsageFilter, UsagePage,
 };
 
 /// The migrations of the PostgreSQL schema (separate from SQLite's).
@@ -473,6 +476,40 @@ impl PostgresStore {
             None
         };
         Ok(Page { items, next_cursor })
+    }
+
+    async fn list_usage_once(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError> {
+        let q = UsageQuery::new(filter);
+        // Text is compared bytewise (COLLATE "C"), as on SQLite, so pages split the same way
+        // whatever the database's collation.
+        let rows: Vec<UsageTuple> = sqlx::query_as(
+            r#"SELECT bucket, key_id, code, owner, tenant, verifications, credits FROM (
+                 SELECT (hour / $1) * $1 AS bucket, key_id COLLATE "C" AS key_id,
+                        code COLLATE "C" AS code, max(owner) AS owner, max(tenant) AS tenant,
+                        sum(verifications)::bigint AS verifications,
+                        sum(credits)::bigint AS credits
+                 FROM usage_hourly
+                 WHERE hour >= $2 AND hour < $3 AND ($4::text IS NULL OR key_id = $4)
+                   AND ($5::text IS NULL OR owner = $5) AND ($6::text IS NULL OR tenant = $6)
+                 GROUP BY 1, 2, 3
+               ) AS t
+               WHERE bucket > $7 OR (bucket = $7 AND (key_id > $8 OR (key_id = $8 AND code > $9)))
+               ORDER BY bucket, key_id, code LIMIT $10"#,
+        )
+        .bind(q.bucket)
+        .bind(q.from)
+        .bind(q.to)
+        .bind(q.key_id)
+        .bind(q.owner)
+        .bind(q.tenant)
+        .bind(q.after_bucket)
+        .bind(q.after_key_id)
+        .bind(q.after_code)
+        .bind(q.fetch)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        page(rows, filter.limit)
     }
 
     async fn balance_once(
@@ -960,6 +997,49 @@ impl KeyStore for PostgresStore {
         .await
         .map_err(backend)?;
         Ok(())
+    }
+
+    async fn add_usage(&self, counts: &[UsageCount]) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let hours: Vec<i64> = counts.iter().map(|c| to_millis(c.start)).collect();
+        let key_ids: Vec<&str> = counts.iter().map(|c| c.key_id.as_str()).collect();
+        let codes: Vec<&str> = counts.iter().map(|c| c.code.as_str()).collect();
+        let owners: Vec<&str> = counts.iter().map(|c| c.owner.as_str()).collect();
+        let tenants: Vec<Option<&str>> = counts.iter().map(|c| c.tenant.as_deref()).collect();
+        let verifications: Vec<i64> = counts.iter().map(|c| to_i64(c.verifications)).collect();
+        let credits: Vec<i64> = counts.iter().map(|c| to_i64(c.credits)).collect();
+        // One statement, not retried (a write). Rows of the batch that share a bucket are
+        // summed first: ON CONFLICT may touch each row only once per statement.
+        sqlx::query(
+            "INSERT INTO usage_hourly (hour, key_id, code, owner, tenant, verifications, credits)
+             SELECT hour, key_id, code, max(owner), max(tenant), sum(verifications)::bigint,
+                    sum(credits)::bigint
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::bigint[], $7::bigint[])
+                  AS u (hour, key_id, code, owner, tenant, verifications, credits)
+             GROUP BY hour, key_id, code
+             ON CONFLICT (hour, key_id, code) DO UPDATE SET
+               verifications = usage_hourly.verifications + excluded.verifications,
+               credits = usage_hourly.credits + excluded.credits,
+               owner = excluded.owner, tenant = excluded.tenant",
+        )
+        .bind(&hours)
+        .bind(&key_ids)
+        .bind(&codes)
+        .bind(&owners)
+        .bind(&tenants)
+        .bind(&verifications)
+        .bind(&credits)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError> {
+        self.read(|| self.list_usage_once(filter)).await
     }
 
     async fn count_root_keys(&self) -> Result<u64, StoreError> {

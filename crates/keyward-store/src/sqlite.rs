@@ -22,8 +22,12 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
+use keyward_core::usage::UsageCount;
+
+use crate::usage::{UsageQuery, UsageTuple, page, to_i64};
 use crate::{
     AuditFilter, CreditOp, FoundKey, KeyFilter, KeyStore, KeyWrite, Page, PlanWrite, StoreError,
+    UsageFilter, UsagePage,
 };
 
 /// File name of the database inside the data directory.
@@ -579,6 +583,66 @@ impl KeyStore for SqliteStore {
             .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)
+    }
+
+    async fn add_usage(&self, counts: &[UsageCount]) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await?;
+        for c in counts {
+            sqlx::query(
+                "INSERT INTO usage_hourly (hour, key_id, code, owner, tenant, verifications, credits)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (hour, key_id, code) DO UPDATE SET
+                   verifications = verifications + excluded.verifications,
+                   credits = credits + excluded.credits,
+                   owner = excluded.owner, tenant = excluded.tenant",
+            )
+            .bind(to_millis(c.start))
+            .bind(&c.key_id)
+            .bind(c.code.as_str())
+            .bind(&c.owner)
+            .bind(&c.tenant)
+            .bind(to_i64(c.verifications))
+            .bind(to_i64(c.credits))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError> {
+        let q = UsageQuery::new(filter);
+        let rows: Vec<UsageTuple> = sqlx::query_as(
+            "SELECT bucket, key_id, code, owner, tenant, verifications, credits FROM (
+               SELECT (hour / ?1) * ?1 AS bucket, key_id, code,
+                      MAX(owner) AS owner, MAX(tenant) AS tenant,
+                      CAST(SUM(verifications) AS BIGINT) AS verifications,
+                      CAST(SUM(credits) AS BIGINT) AS credits
+               FROM usage_hourly
+               WHERE hour >= ?2 AND hour < ?3 AND (?4 IS NULL OR key_id = ?4)
+                 AND (?5 IS NULL OR owner = ?5) AND (?6 IS NULL OR tenant = ?6)
+               GROUP BY 1, 2, 3
+             ) AS t
+             WHERE bucket > ?7 OR (bucket = ?7 AND (key_id > ?8 OR (key_id = ?8 AND code > ?9)))
+             ORDER BY bucket, key_id, code LIMIT ?10",
+        )
+        .bind(q.bucket)
+        .bind(q.from)
+        .bind(q.to)
+        .bind(q.key_id)
+        .bind(q.owner)
+        .bind(q.tenant)
+        .bind(q.after_bucket)
+        .bind(q.after_key_id)
+        .bind(q.after_code)
+        .bind(q.fetch)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(backend)?;
+        page(rows, filter.limit)
     }
 
     async fn count_root_keys(&self) -> Result<u64, StoreError> {

@@ -731,3 +731,38 @@ pub struct RotationReportView {
     /// Overdue keys, then keys due soon, each earliest due first.
     pub keys: Vec<RotationReportEntry>,
 }
+
+/// One row of `GET /v1/usage`: verifications of one key with one outcome in one bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageRow {
+    /// Start of the hour or day (UTC).
+    pub start: Timestamp,
+    /// The key.
+    pub key_id: String,
+    /// The key's owner when it was used.
+    pub owner: String,
+    /// The key's tenant when it was used.
+    pub tenant: Option<String>,
+    /// The verification outcome (VALID, RATE_LIMITED, USAGE_EXCEEDED, REVOKED, ...).
+    pub code: String,
+    /// Verifications with this outcome.
+    pub verifications: u64,
+    /// Credits they took from the key's quota (0 for keys without a quota).
+    pub credits: u64,
+}
+
+/// `GET /v1/usage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageReportView {
+    /// `hour` or `day`.
+    pub granularity: String,
+    /// Buckets starting at or after this time (the request's `from`, rounded down).
+    pub from: Timestamp,
+    /// Buckets starting before this time (the request's `to`, rounded up).
+    pub to: Timestamp,
+    /// Rows ordered by start, key_id, code.
+    pub items: Vec<UsageRow>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next_cursor: Option<String>,
+}

@@ -38,6 +38,9 @@ pub enum Command {
     /// Manage plans (templates of limits, quota and permissions).
     #[command(subcommand)]
     Plans(PlansCommand),
+    /// Read usage for billing (verifications and credits per key, hour or day).
+    #[command(subcommand)]
+    Usage(UsageCommand),
     /// Replay a leaked key's traffic in-process (simulated time, no network) and show how
     /// fast anomaly detection catches it.
     SimulateLeak(SimulateLeakArgs),
@@ -120,7 +123,7 @@ pub struct ServeArgs {
     /// Log line format (logs go to standard error).
     #[arg(long, env = "KEYWARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Seconds between writes of buffered last_used_at times.
+    /// Seconds between writes of buffered last_used_at times and usage counts (see GET /v1/usage).
     #[arg(long, env = "KEYWARD_LAST_USED_FLUSH_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub last_used_flush_seconds: u64,
     /// Quota credits leased from the store per write: larger means fewer writes on busy keys,
@@ -526,6 +529,40 @@ pub struct AuditListArgs {
     /// Cursor from a previous page.
     #[arg(long)]
     pub cursor: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// Write usage rows as CSV (every page of GET /v1/usage): start, key_id, owner, tenant,
+    /// code, verifications, credits.
+    Export(UsageExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UsageExportArgs {
+    /// Only this key.
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// Only usage recorded with this owner.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Only usage recorded with this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Start, RFC 3339 (rounded down; default: a day or 30 days before --to).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End, exclusive, RFC 3339 (rounded up; default: the end of the hour or day in progress).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// hour or day (UTC).
+    #[arg(long, default_value = "hour")]
+    pub granularity: String,
+    /// Write the CSV to this file instead of standard output.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

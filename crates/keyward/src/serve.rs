@@ -160,6 +160,9 @@ pub fn spawn_upkeep(engine: Arc<Keyward>, every: Duration) -> tokio::task::JoinH
                 if let Err(e) = engine.flush_last_used().await {
                     tracing::warn!(error = %e, "writing last_used_at failed; will retry");
                 }
+                if let Err(e) = engine.flush_usage().await {
+                    tracing::warn!(error = %e, "writing usage counts failed; will retry");
+                }
                 engine.maintain();
                 if let Err(e) = engine.sync_shared().await {
                     tracing::warn!(error = %e, "writing spent credits behind to the store failed; will retry");
@@ -199,10 +202,13 @@ pub fn spawn_upkeep(engine: Arc<Keyward>, every: Duration) -> tokio::task::JoinH
     })
 }
 
-/// Flushes `last_used_at` and returns unspent quota leases before the process exits.
+/// Flushes `last_used_at` and usage counts, and returns unspent quota leases before the process exits.
 pub async fn shutdown_engine(engine: &Keyward) {
     if let Err(e) = engine.flush_last_used().await {
         tracing::warn!(error = %e, "writing last_used_at at shutdown failed");
+    }
+    if let Err(e) = engine.flush_usage().await {
+        tracing::warn!(error = %e, "writing usage counts at shutdown failed");
     }
     if let Err(e) = engine.release_leases().await {
         tracing::warn!(error = %e, "returning unspent quota credits at shutdown failed");

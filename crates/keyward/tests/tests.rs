@@ -38,5 +38,7 @@ mod process;
 mod proxy;
 #[path = "it/shared_limits.rs"]
 mod shared_limits;
+#[path = "it/usage.rs"]
+mod usage;
 #[path = "it/webhooks.rs"]
 mod webhooks;

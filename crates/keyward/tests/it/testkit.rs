@@ -356,6 +356,18 @@ impl Process {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Stops the process with SIGTERM and waits for it: its shutdown code runs (final flushes).
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "keyward serve exited with {status} after SIGTERM"
+        );
+    }
+
     /// Kills the process with SIGKILL: no shutdown code runs.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

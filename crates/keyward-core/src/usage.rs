@@ -1,0 +1,206 @@
+//! Usage for billing: how many verifications each key had, by outcome, and the credits they
+//! spent, counted per hour (UTC) and summed per day on reading.
+//!
+//! Verifications are counted in memory on the verify path and written to the store in
+//! batches off it (see `keyward-engine`); the store adds each batch to its hourly rows, so
+//! several nodes counting the same key add up. A day is 24 whole UTC hours.
+
+use time::{Duration, OffsetDateTime};
+
+use crate::audit::unix_millis;
+use crate::verify::VerifyCode;
+
+/// The size of a usage bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// One hour (UTC).
+    Hour,
+    /// One day (UTC).
+    Day,
+}
+
+impl Granularity {
+    /// The stable name (`hour`, `day`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hour => "hour",
+            Self::Day => "day",
+        }
+    }
+
+    /// Parses a stable name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "hour" => Some(Self::Hour),
+            "day" => Some(Self::Day),
+            _ => None,
+        }
+    }
+
+    /// The bucket length in milliseconds.
+    pub fn millis(self) -> i64 {
+        match self {
+            Self::Hour => 3_600_000,
+            Self::Day => 86_400_000,
+        }
+    }
+
+    /// The start of the bucket holding `t`.
+    pub fn floor(self, t: OffsetDateTime) -> OffsetDateTime {
+        from_millis(floor_millis(unix_millis(t), self.millis()))
+    }
+
+    /// `t` if it starts a bucket, else the start of the next bucket.
+    pub fn ceil(self, t: OffsetDateTime) -> OffsetDateTime {
+        let floor = self.floor(t);
+        if floor == t {
+            t
+        } else {
+            floor + Duration::milliseconds(self.millis())
+        }
+    }
+}
+
+/// Verifications of one key with one outcome in one bucket, and the credits they spent.
+///
+/// On the way into the store `start` is an hour; read back per day, it is the day's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageCount {
+    /// Start of the bucket (UTC).
+    pub start: OffsetDateTime,
+    /// The key.
+    pub key_id: String,
+    /// The key's owner when it was used.
+    pub owner: String,
+    /// The key's tenant when it was used.
+    pub tenant: Option<String>,
+    /// The outcome.
+    pub code: VerifyCode,
+    /// How many verifications had this outcome.
+    pub verifications: u64,
+    /// Credits those verifications took from the key's quota (0 for keys without one).
+    pub credits: u64,
+}
+
+/// A position in a usage report: rows are ordered by (start, key_id, code), and a page ends
+/// after this row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageCursor {
+    /// The last row's bucket start.
+    pub start: OffsetDateTime,
+    /// The last row's key.
+    pub key_id: String,
+    /// The last row's outcome.
+    pub code: VerifyCode,
+}
+
+impl UsageCursor {
+    /// The cursor after `row`.
+    pub fn after(row: &UsageCount) -> Self {
+        Self {
+            start: row.start,
+            key_id: row.key_id.clone(),
+            code: row.code,
+        }
+    }
+
+    /// The opaque text form given to clients: `MILLIS.CODE.KEY_ID`.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}.{}.{}",
+            unix_millis(self.start),
+            self.code.as_str(),
+            self.key_id
+        )
+    }
+
+    /// Parses [`encode`](Self::encode)'s form; `None` if it is not one.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, '.');
+        let millis: i64 = parts.next()?.parse().ok()?;
+        let code = VerifyCode::parse(parts.next()?)?;
+        let key_id = parts.next()?;
+        if key_id.is_empty() {
+            return None;
+        }
+        let start =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).ok()?;
+        Some(Self {
+            start,
+            key_id: key_id.to_owned(),
+            code,
+        })
+    }
+}
+
+fn from_millis(ms: i64) -> OffsetDateTime {
+    // Every i64 millisecond count that came from an OffsetDateTime converts back.
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn floor_millis(ms: i64, size: i64) -> i64 {
+    ms.div_euclid(size) * size
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn buckets_are_whole_utc_hours_and_days() {
+        let t = datetime!(2026-11-28 23:19:44.5 UTC);
+        assert_eq!(Granularity::Hour.floor(t), datetime!(2026-11-28 23:00 UTC));
+        assert_eq!(Granularity::Hour.ceil(t), datetime!(2026-11-29 00:00 UTC));
+        assert_eq!(Granularity::Day.floor(t), datetime!(2026-11-28 00:00 UTC));
+        assert_eq!(Granularity::Day.ceil(t), datetime!(2026-11-29 00:00 UTC));
+        let whole = datetime!(2026-11-28 00:00 UTC);
+        assert_eq!(Granularity::Day.ceil(whole), whole);
+        assert_eq!(Granularity::Hour.floor(whole), whole);
+        // An offset time is bucketed by its UTC instant.
+        let offset = datetime!(2026-11-28 01:30 +02:00);
+        assert_eq!(
+            Granularity::Day.floor(offset),
+            datetime!(2026-11-27 00:00 UTC)
+        );
+        // Before the epoch, floor still rounds down.
+        let early = datetime!(1969-12-31 23:30 UTC);
+        assert_eq!(
+            Granularity::Hour.floor(early),
+            datetime!(1969-12-31 23:00 UTC)
+        );
+    }
+
+    #[test]
+    fn granularity_names_round_trip() {
+        for g in [Granularity::Hour, Granularity::Day] {
+            assert_eq!(Granularity::parse(g.as_str()), Some(g));
+        }
+        assert_eq!(Granularity::parse("week"), None);
+        assert_eq!(Granularity::parse("Hour"), None);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let cursor = UsageCursor {
+            start: datetime!(2026-11-28 10:00 UTC),
+            key_id: "key_abc.def".into(),
+            code: VerifyCode::RateLimited,
+        };
+        let text = cursor.encode();
+        assert_eq!(text, "1795860000000.RATE_LIMITED.key_abc.def");
+        assert_eq!(UsageCursor::parse(&text), Some(cursor));
+        for bad in [
+            "",
+            "x.VALID.key_1",
+            "1.NOPE.key_1",
+            "1.VALID.",
+            "1.VALID",
+            "99999999999999999.VALID.k",
+        ] {
+            assert_eq!(UsageCursor::parse(bad), None, "{bad:?}");
+        }
+    }
+}
