@@ -5,6 +5,7 @@
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -15,33 +16,80 @@ use serde::de::DeserializeOwned;
 use crate::AppState;
 use crate::error::ApiError;
 
-/// A JSON body whose rejections are problem+json errors.
+/// A JSON object body whose rejections are problem+json errors.
+///
+/// Every request body of the API is an object. serde would also accept a struct written as a
+/// JSON array of its fields in order (`["kw_live_..."]` for a verify request), which no
+/// client means to send; such bodies get a 400 like any other body of the wrong type.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(unsupported_media_type());
+        }
+        let bytes = match Bytes::from_request(req, state).await {
+            Ok(bytes) => bytes,
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(payload_too_large());
+            }
+            Err(rejection) => return Err(ApiError::new("invalid_request", rejection.body_text())),
+        };
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::new(
+                "invalid_request",
+                "invalid JSON body: expected a JSON object, found an array",
+            ));
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(&rejection)),
         }
     }
 }
 
+/// `application/json`, or any `application/...+json`, as axum's `Json` accepts.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype
+                .rsplit_once('+')
+                .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json")))
+}
+
+fn payload_too_large() -> ApiError {
+    ApiError::new(
+        "payload_too_large",
+        format!(
+            "request bodies are limited to {} bytes",
+            crate::MAX_BODY_BYTES
+        ),
+    )
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        "unsupported_media_type",
+        "send the body with 'Content-Type: application/json'",
+    )
+}
+
 fn json_rejection(rejection: &JsonRejection) -> ApiError {
     match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            "payload_too_large",
-            format!(
-                "request bodies are limited to {} bytes",
-                crate::MAX_BODY_BYTES
-            ),
-        ),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
-            "unsupported_media_type",
-            "send the body with 'Content-Type: application/json'",
-        ),
+        StatusCode::PAYLOAD_TOO_LARGE => payload_too_large(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => unsupported_media_type(),
         _ => match rejection {
             JsonRejection::JsonDataError(e) => ApiError::new(
                 "invalid_request",

@@ -65,6 +65,48 @@ async fn malformed_bodies_get_clear_4xx() {
     post("application/json", b"null".to_vec())
         .await
         .problem(400, "invalid_request");
+    // serde reads a struct from an array of its fields; the API takes objects only.
+    for body in [&br#"["o"]"#[..], b" \n [\"o\", null]"] {
+        let array = post("application/json", body.to_vec()).await;
+        assert!(
+            array.problem(400, "invalid_request")["detail"]
+                .as_str()
+                .unwrap()
+                .contains("expected a JSON object, found an array"),
+        );
+    }
+    // JSON media types with parameters or a +json suffix are accepted, as before.
+    for ct in [
+        "application/json; charset=utf-8",
+        "application/vnd.api+json",
+        "Application/JSON",
+    ] {
+        let ok = post(ct, br#"{"owner": "o"}"#.to_vec()).await;
+        assert_eq!(
+            ok.status,
+            201,
+            "{ct}: {}",
+            String::from_utf8_lossy(&ok.body)
+        );
+    }
+    post("application/jsonx", br#"{"owner": "o"}"#.to_vec())
+        .await
+        .problem(415, "unsupported_media_type");
+
+    // A verify request written as an array holding a real key is refused, not verified.
+    let (key, _) = s.create(json!({"owner": "o"})).await;
+    s.http
+        .raw(
+            "POST",
+            "/v1/keys/verify",
+            root,
+            Some((
+                "application/json",
+                serde_json::to_vec(&json!([key])).unwrap(),
+            )),
+        )
+        .await
+        .problem(400, "invalid_request");
 }
 
 #[tokio::test(flavor = "multi_thread")]
