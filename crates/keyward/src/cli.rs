@@ -669,7 +669,75 @@ pub struct AnomalyArgs {
     pub anomaly_failures_per_minute: u32,
 }
 
+/// Parses anomaly settings written as flags (the gateway file's keys), with the command line's
+/// checks.
+#[derive(Debug, Parser)]
+#[command(name = "anomaly settings", no_binary_name = true)]
+struct AnomalySettings {
+    #[command(flatten)]
+    args: AnomalyArgs,
+}
+
 impl AnomalyArgs {
+    /// The argument ids, as `ArgMatches::value_source` knows them.
+    pub const IDS: [&'static str; 7] = [
+        "on_anomaly",
+        "on_anomaly_tenant",
+        "auto_disable_max_per_hour",
+        "anomaly_spike_factor",
+        "anomaly_min_rate_per_minute",
+        "anomaly_new_ips_per_minute",
+        "anomaly_failures_per_minute",
+    ];
+
+    /// Parses settings given as `--flag value` pairs, checked as on the command line (the
+    /// environment still supplies what the flags leave out).
+    pub fn parse_flags(flags: &[String]) -> Result<Self, clap::Error> {
+        AnomalySettings::try_parse_from(flags).map(|s| s.args)
+    }
+
+    /// These settings where `given(id)` (set on the command line or in the environment), and
+    /// `file`'s elsewhere.
+    pub fn overlay(self, file: Self, given: impl Fn(&str) -> bool) -> Self {
+        Self {
+            on_anomaly: if given("on_anomaly") {
+                self.on_anomaly
+            } else {
+                file.on_anomaly
+            },
+            on_anomaly_tenant: if given("on_anomaly_tenant") {
+                self.on_anomaly_tenant
+            } else {
+                file.on_anomaly_tenant
+            },
+            auto_disable_max_per_hour: if given("auto_disable_max_per_hour") {
+                self.auto_disable_max_per_hour
+            } else {
+                file.auto_disable_max_per_hour
+            },
+            anomaly_spike_factor: if given("anomaly_spike_factor") {
+                self.anomaly_spike_factor
+            } else {
+                file.anomaly_spike_factor
+            },
+            anomaly_min_rate_per_minute: if given("anomaly_min_rate_per_minute") {
+                self.anomaly_min_rate_per_minute
+            } else {
+                file.anomaly_min_rate_per_minute
+            },
+            anomaly_new_ips_per_minute: if given("anomaly_new_ips_per_minute") {
+                self.anomaly_new_ips_per_minute
+            } else {
+                file.anomaly_new_ips_per_minute
+            },
+            anomaly_failures_per_minute: if given("anomaly_failures_per_minute") {
+                self.anomaly_failures_per_minute
+            } else {
+                file.anomaly_failures_per_minute
+            },
+        }
+    }
+
     /// The engine's settings.
     pub fn config(&self) -> keyward_engine::anomaly::AnomalyConfig {
         use keyward_engine::anomaly::{AnomalyConfig, Thresholds};

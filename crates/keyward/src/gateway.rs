@@ -24,6 +24,14 @@
 //! webhook_max_attempts = 5            # attempts per event and endpoint
 //! rotation_policies = ["acme/live=90", "*/*=365"]  # TENANT/ENVIRONMENT=DAYS, `*` for any
 //! expiry_warning_days = 7             # notice for key_expiring_soon
+//! on_anomaly = "alert"                # or "disable" (README "Anomaly detection and response")
+//! on_anomaly_tenants = ["acme=disable"]  # per-tenant response, TENANT=alert|disable
+//! auto_disable_max_per_hour = 10      # safety brake on automatic disables (per node)
+//! anomaly_spike_factor = 5.0          # rate this many times the baseline is a spike
+//! anomaly_min_rate_per_minute = 60    # rates below this are never a spike
+//! anomaly_new_ips_per_minute = 20     # new caller addresses per minute that are a burst
+//! anomaly_failures_per_minute = 30    # failed verifications per minute that are a burst
+//! # Each anomaly setting given as a flag or environment variable wins over the file's.
 //!
 //! [[route]]
 //! prefix = "/orders"                  # path prefix, matched at segment boundaries
@@ -39,6 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cli::AnomalyArgs;
 use crate::serve::{join_per_core, serve_per_core, stopped};
 use anyhow::{Context, bail};
 use keyward_core::permission::PermissionQuery;
@@ -74,6 +83,14 @@ struct FileConfig {
     #[serde(default)]
     rotation_policies: Vec<String>,
     expiry_warning_days: Option<u32>,
+    on_anomaly: Option<String>,
+    #[serde(default)]
+    on_anomaly_tenants: Vec<String>,
+    auto_disable_max_per_hour: Option<u32>,
+    anomaly_spike_factor: Option<f64>,
+    anomaly_min_rate_per_minute: Option<u32>,
+    anomaly_new_ips_per_minute: Option<u32>,
+    anomaly_failures_per_minute: Option<u32>,
     #[serde(rename = "route", default)]
     routes: Vec<FileRoute>,
 }
@@ -109,6 +126,46 @@ pub struct Loaded {
     pub webhooks: Vec<String>,
     pub webhook_max_attempts: u32,
     pub rotation: keyward_engine::rotation::RotationConfig,
+    /// Anomaly settings from the file (defaults, or the environment, where it is silent).
+    pub anomaly: AnomalyArgs,
+}
+
+impl FileConfig {
+    /// The file's anomaly keys as the flags they mirror.
+    fn anomaly_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        let mut push = |flag: &str, value: Option<String>| {
+            if let Some(value) = value {
+                flags.push(format!("--{flag}"));
+                flags.push(value);
+            }
+        };
+        push("on-anomaly", self.on_anomaly.clone());
+        for tenant in &self.on_anomaly_tenants {
+            push("on-anomaly-tenant", Some(tenant.clone()));
+        }
+        push(
+            "auto-disable-max-per-hour",
+            self.auto_disable_max_per_hour.map(|v| v.to_string()),
+        );
+        push(
+            "anomaly-spike-factor",
+            self.anomaly_spike_factor.map(|v| v.to_string()),
+        );
+        push(
+            "anomaly-min-rate-per-minute",
+            self.anomaly_min_rate_per_minute.map(|v| v.to_string()),
+        );
+        push(
+            "anomaly-new-ips-per-minute",
+            self.anomaly_new_ips_per_minute.map(|v| v.to_string()),
+        );
+        push(
+            "anomaly-failures-per-minute",
+            self.anomaly_failures_per_minute.map(|v| v.to_string()),
+        );
+        flags
+    }
 }
 
 /// Reads and validates a gateway config file; errors name the file and the field.
@@ -126,6 +183,16 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             path.display()
         );
     }
+    let anomaly = AnomalyArgs::parse_flags(&file.anomaly_flags()).map_err(|e| {
+        // clap's rendering names the flag; the file's key is the same name with '_'.
+        let message = e.to_string();
+        let first = message.lines().next().unwrap_or_default();
+        anyhow::anyhow!(
+            "{}: anomaly settings: {}",
+            path.display(),
+            first.trim_start_matches("error: ")
+        )
+    })?;
     let routes = file
         .routes
         .into_iter()
@@ -171,6 +238,7 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("{}: rotation_policies: {e}", path.display()))?;
     Ok(Loaded {
+        anomaly,
         webhooks: file.webhooks,
         webhook_max_attempts: file.webhook_max_attempts.unwrap_or(5).clamp(1, 20),
         rotation: keyward_engine::rotation::RotationConfig {
@@ -227,10 +295,14 @@ pub async fn run(
     config_path: &Path,
     store_url: Option<&str>,
     redis: Option<keyward_engine::RedisConfig>,
-    anomaly: keyward_engine::anomaly::AnomalyConfig,
+    anomaly: AnomalyArgs,
+    anomaly_given: impl Fn(&str) -> bool,
 ) -> anyhow::Result<()> {
     crate::serve::init_logging(crate::cli::LogFormat::Text);
     let mut loaded = load(config_path)?;
+    let anomaly = anomaly
+        .overlay(loaded.anomaly.clone(), anomaly_given)
+        .config();
     if redis.is_some() {
         loaded.redis = redis;
     }
@@ -384,6 +456,78 @@ cost = 2
         assert!(!plain.fail_open_unknown_keys);
         assert_eq!(plain.stale_if_error, Duration::from_secs(300));
         assert!(plain.redis.is_none());
+    }
+
+    #[test]
+    fn anomaly_settings_load_from_the_file_and_flags_win() {
+        use keyward_engine::anomaly::AnomalyAction;
+
+        let base = "listen = \"127.0.0.1:0\"\ndata_dir = \"/tmp/x\"\n";
+        let route = "[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n";
+        let loaded = load_text(&format!(
+            "{base}on_anomaly = \"disable\"\non_anomaly_tenants = [\"acme=alert\", \"beta=disable\"]\n\
+             auto_disable_max_per_hour = 3\nanomaly_spike_factor = 8.5\n\
+             anomaly_min_rate_per_minute = 120\nanomaly_new_ips_per_minute = 40\n\
+             anomaly_failures_per_minute = 50\n{route}"
+        ))
+        .unwrap();
+        let config = loaded.anomaly.clone().config();
+        assert_eq!(config.on_anomaly, AnomalyAction::Disable);
+        assert_eq!(
+            config.tenants.get("acme").copied(),
+            Some(AnomalyAction::Alert)
+        );
+        assert_eq!(
+            config.tenants.get("beta").copied(),
+            Some(AnomalyAction::Disable)
+        );
+        assert_eq!(config.max_auto_disables_per_hour, 3);
+        assert_eq!(config.thresholds.spike_factor, 8.5);
+        assert_eq!(config.thresholds.min_rate_per_minute, 120.0);
+        assert_eq!(config.thresholds.new_ips_per_minute, 40);
+        assert_eq!(config.thresholds.failures_per_minute, 50);
+
+        // A flag (or variable) given for one setting wins over the file for that setting only.
+        let given =
+            AnomalyArgs::parse_flags(&["--auto-disable-max-per-hour".into(), "0".into()]).unwrap();
+        let merged = given
+            .overlay(loaded.anomaly, |id| id == "auto_disable_max_per_hour")
+            .config();
+        assert_eq!(merged.max_auto_disables_per_hour, 0);
+        assert_eq!(merged.on_anomaly, AnomalyAction::Disable);
+        assert_eq!(merged.thresholds.spike_factor, 8.5);
+
+        // Left out, the settings are the command line's defaults.
+        let plain = load_text(&format!("{base}{route}"))
+            .unwrap()
+            .anomaly
+            .config();
+        let defaults = AnomalyArgs::parse_flags(&[]).unwrap().config();
+        assert_eq!(plain.on_anomaly, defaults.on_anomaly);
+        assert_eq!(plain.max_auto_disables_per_hour, 10);
+        assert_eq!(plain.thresholds.spike_factor, 5.0);
+
+        // Bad values get the command line's checks, naming the setting.
+        for (line, expected) in [
+            ("on_anomaly = \"panic\"", "on-anomaly"),
+            ("on_anomaly_tenants = [\"acme\"]", "TENANT=alert|disable"),
+            ("anomaly_spike_factor = 1.0", "between 1.5 and 1000"),
+            (
+                "anomaly_new_ips_per_minute = 1",
+                "anomaly-new-ips-per-minute",
+            ),
+            (
+                "auto_disable_max_per_hour = 100001",
+                "auto-disable-max-per-hour",
+            ),
+        ] {
+            let err = format!(
+                "{:#}",
+                load_text(&format!("{base}{line}\n{route}")).err().unwrap()
+            );
+            assert!(err.contains("anomaly settings"), "{line}: {err}");
+            assert!(err.contains(expected), "{line}: {err}");
+        }
     }
 
     #[test]

@@ -15,7 +15,8 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use keyward_wire::{
     AuditList, AuditVerifyReport, CreateKeyRequest, CreateRootKeyRequest, CreatedKey, Credits,
     CreditsRequest, KeyList, KeyView, LimitSpec, PlanList, PlanRequest, PlanView, QuotaSpec,
@@ -53,7 +54,26 @@ fn main() -> ExitCode {
             "keyward: internal error (panic){location}; the message is withheld because it may contain request data"
         );
     }));
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.format(&mut Cli::command()).exit(),
+    };
+    // The gateway's anomaly settings given as flags or variables win over its file's.
+    let anomaly_given: Vec<&'static str> = matches
+        .subcommand_matches("gateway")
+        .map(|m| {
+            cli::AnomalyArgs::IDS
+                .into_iter()
+                .filter(|id| {
+                    matches!(
+                        m.value_source(id),
+                        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     // KEYWARD_WORKER_THREADS sizes the async runtime (default: one thread per core).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = std::env::var("KEYWARD_WORKER_THREADS")
@@ -70,7 +90,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, &anomaly_given)) {
         Ok(code) => code,
         // A closed pipe (`keyward audit list | head`) is the reader's choice, not a failure.
         Err(e)
@@ -88,14 +108,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, anomaly_given: &[&str]) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Gateway(args) => gateway::run(
             &args.config,
             args.store.as_deref(),
             args.redis.config(),
-            args.anomaly.config(),
+            args.anomaly,
+            |id| anomaly_given.contains(&id),
         )
         .await
         .map(|()| ExitCode::SUCCESS),
