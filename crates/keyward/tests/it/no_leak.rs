@@ -3,7 +3,8 @@
 //! unknown JSON fields, in metadata, as a root key, in a broken body), and a panicking handler.
 //! Every key the session created or presented is then looked for in every output channel: the
 //! server's JSON log at debug level, every response body and header, the audit log (through the
-//! API and in the bytes of the SQLite files), and `GET /metrics` when the server has it.
+//! API and in the bytes of the SQLite files), `GET /metrics` when the server has it, and the
+//! usage report (`GET /v1/usage` and its CSV export).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -394,6 +395,30 @@ async fn no_plaintext_key_reaches_any_output_channel() {
 
     let keys = s.keys.clone();
     assert!(keys.len() >= 7);
+    // A clean stop writes the usage counts; a second start serves them (the usage report and
+    // its CSV export are output channels too).
+    server.terminate();
+    let server = Process::start_with(
+        &[
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        logs.path(),
+    );
+    s.http = Http::new(server.addr);
+    let usage = s.admin("GET", "/v1/usage?granularity=day", None).await;
+    assert_eq!(usage.status, 200);
+    assert!(contains(&usage.body, &live_id), "usage names key_ids");
+    let csv = server.cli(&root, &["usage", "export", "--granularity", "day"]);
+    assert!(
+        csv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&csv.stderr)
+    );
+    assert!(contains(&csv.stdout, &live_id));
+    assert_no_key("keyward usage export", &csv.stdout, &keys);
     server.kill();
 
     // The log: JSON lines, naming key_ids, never a key.
