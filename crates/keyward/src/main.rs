@@ -93,6 +93,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             args.store.as_deref(),
             args.redis.config(),
             args.anomaly.config(),
+            &args.traces,
         )
         .await
         .map(|()| ExitCode::SUCCESS),

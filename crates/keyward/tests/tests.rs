@@ -38,5 +38,7 @@ mod process;
 mod proxy;
 #[path = "it/shared_limits.rs"]
 mod shared_limits;
+#[path = "it/traces.rs"]
+mod traces;
 #[path = "it/webhooks.rs"]
 mod webhooks;
