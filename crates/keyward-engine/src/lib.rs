@@ -46,6 +46,7 @@ use keyward_store::{
 };
 use serde_json::{Map, Value, json};
 use time::{Duration, OffsetDateTime};
+use tracing::Instrument as _;
 
 pub use admission::LimitReport;
 use admission::{Leases, Limiter, period_of};
@@ -633,12 +634,22 @@ impl Keyward {
         kind: KeyKind,
         cost: u64,
     ) -> Result<Verification, EngineError> {
+        let span = verify_span(kind);
         if kind == KeyKind::Root {
-            return self.decide_kind(presented, request, kind, cost).await;
+            let result = self
+                .decide_kind(presented, request, kind, cost)
+                .instrument(span.clone())
+                .await;
+            record_verification(&span, &result);
+            return result;
         }
         let started = std::time::Instant::now();
-        let result = self.decide_kind(presented, request, kind, cost).await;
+        let result = self
+            .decide_kind(presented, request, kind, cost)
+            .instrument(span.clone())
+            .await;
         telemetry::verification(&result, started.elapsed());
+        record_verification(&span, &result);
         result
     }
 
@@ -2077,6 +2088,42 @@ async fn next_backoff(current: std::time::Duration) -> std::time::Duration {
     }
     tokio::time::sleep(current).await;
     (current * 2).min(FEED_BACKOFF_MAX)
+}
+
+/// The span of one verification (see README "Traces"): its attributes are `key_kind`, and,
+/// once decided, the outcome `code`, the `key_id` and `tenant` of the key found, and whether the
+/// answer was `degraded`. Never the presented key. Without a trace exporter the span is
+/// disabled, and creating and recording it costs a cached callsite check.
+fn verify_span(kind: KeyKind) -> tracing::Span {
+    tracing::info_span!(
+        "verify",
+        key_kind = kind.as_str(),
+        code = tracing::field::Empty,
+        key_id = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+        degraded = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+fn record_verification(span: &tracing::Span, result: &Result<Verification, EngineError>) {
+    if span.is_disabled() {
+        return;
+    }
+    match result {
+        Ok(v) => {
+            span.record("code", v.code.as_str());
+            if let Some(key) = &v.key {
+                span.record("key_id", key.key_id.as_str());
+                span.record("tenant", key.tenant.as_deref());
+            }
+            span.record("degraded", v.degraded.as_ref().map(Degraded::reason));
+        }
+        // The error's text stays in the log; the span only says that it failed.
+        Err(_) => {
+            span.record("otel.status_code", "error");
+        }
+    }
 }
 
 /// One debug line per refused verification, with the key_id when the key is known (never the

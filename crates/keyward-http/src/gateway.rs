@@ -28,6 +28,8 @@ use keyward_engine::Keyward;
 use crate::enforce::{API_KEY_HEADER, decorate, missing_key, presented_key, refusal};
 use crate::error::ApiError;
 use crate::extract::RemoteAddr;
+use crate::spans;
+use tracing::Instrument as _;
 
 /// Query parameter a route may accept keys in (off by default).
 pub const QUERY_KEY_PARAM: &str = "api_key";
@@ -164,10 +166,26 @@ async fn proxy(
     RemoteAddr(remote): RemoteAddr,
     request: Request,
 ) -> Response {
-    match forward(&state, remote, request).await {
+    let span = spans::request_span(spans::Server::Gateway, request.method());
+    if !span.is_disabled() {
+        // The route's configured prefix, never the request's own path (it may carry a key).
+        let path = request.uri().path();
+        if let Some(route) = keyward_core::route::is_canonical_path(path)
+            .then(|| route_for(&state.config, path))
+            .flatten()
+        {
+            spans::record_route(&span, request.method(), &route.prefix);
+        }
+    }
+    let response = match forward(&state, remote, request)
+        .instrument(span.clone())
+        .await
+    {
         Ok(response) => response,
         Err(response) => response,
-    }
+    };
+    spans::record_status(&span, response.status());
+    response
 }
 
 async fn forward(

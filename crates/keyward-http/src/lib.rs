@@ -19,6 +19,7 @@ pub mod plans;
 pub mod prometheus;
 pub mod reports;
 pub mod root_keys;
+mod spans;
 pub mod system;
 pub mod usage;
 
@@ -34,6 +35,7 @@ use axum::routing::{get, post};
 use keyward_engine::Keyward;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument as _;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -121,27 +123,33 @@ fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response
     ApiError::new("internal", "an internal error occurred; it has been logged").into_response()
 }
 
-/// Logs one line per request with the route template, never the raw URI or headers (a key
-/// pasted into a path or query must not reach the log).
+/// Traces and logs each request by its route template, never the raw URI or headers (a key
+/// pasted into a path or query must not reach the log or a trace): one span per request (see
+/// [`spans`]) and one log line.
 async fn log_request(request: Request, next: Next) -> Response {
-    // Nothing is captured when the line would be filtered out: this runs on every request.
-    if !tracing::enabled!(tracing::Level::INFO) {
+    let span = spans::request_span(spans::Server::Admin, request.method());
+    let logged = tracing::enabled!(tracing::Level::INFO);
+    // Nothing is captured when neither wants it: this runs on every request.
+    if span.is_disabled() && !logged {
         return next.run(request).await;
     }
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "<unmatched>".to_owned(), |p| p.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    if let Some(route) = &route {
+        spans::record_route(&span, &method, route.as_str());
+    }
     let started = Instant::now();
-    let response = next.run(request).await;
-    tracing::info!(
-        %method,
-        route,
-        status = response.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
-        "request"
-    );
+    let response = next.run(request).instrument(span.clone()).await;
+    spans::record_status(&span, response.status());
+    if logged {
+        tracing::info!(
+            %method,
+            route = route.as_ref().map_or("<unmatched>", MatchedPath::as_str),
+            status = response.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+            "request"
+        );
+    }
     response
 }
 

@@ -1,5 +1,5 @@
-//! keyward's logging: the `tracing` subscriber every keyward process installs, and the last
-//! line of defence that keeps a plaintext key out of the log.
+//! keyward's logging and traces: the `tracing` subscriber every keyward process installs, and
+//! the last line of defence that keeps a plaintext key out of the log and out of exported spans.
 //!
 //! Code is expected to log a key's `key_id`, never the key. Because a mistake there, or a key
 //! quoted in user input, an error message or a panic, would otherwise be written in clear, every
@@ -7,6 +7,11 @@
 //! the whole line (message, every field, text or JSON) is run through
 //! [`keyward_core::redact::redact`]. [`install_panic_hook`] sends panic messages through the
 //! same path instead of the default hook's raw write to standard error.
+//!
+//! Events are for the log and spans are for traces: the log layer formats events only, and
+//! spans are seen only by the OpenTelemetry layer that [`subscriber_with_traces`] adds when
+//! traces are configured ([`traces`]). Without it no layer wants a span, so creating one costs
+//! a cached callsite check and nothing else.
 //!
 //! ```
 //! use keyward_telemetry::{Format, subscriber};
@@ -16,12 +21,17 @@
 //! tracing::subscriber::with_default(log, || tracing::info!(key_id = "key_123", "key created"));
 //! ```
 
+pub mod traces;
+
 use std::io::{self, Write};
 
 use keyward_core::redact::redact;
-use tracing::Subscriber;
-use tracing_subscriber::EnvFilter;
+use tracing::{Metadata, Subscriber};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Layer, SubscriberExt as _};
+use tracing_subscriber::{EnvFilter, Registry, filter};
+
+use crate::traces::Traces;
 
 /// The shape of log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,8 +120,8 @@ impl<W: Write> Drop for RedactingWriter<W> {
     }
 }
 
-/// The subscriber keyward installs: `filter`, `format`, every line redacted on its way to
-/// `writer`. Tests pass a capturing writer; the server passes standard error.
+/// The subscriber keyward installs without traces: `filter`, `format`, every line redacted on
+/// its way to `writer`. Tests pass a capturing writer; the server passes standard error.
 pub fn subscriber<W>(
     format: Format,
     filter: EnvFilter,
@@ -121,22 +131,63 @@ pub fn subscriber<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    subscriber_with_traces(format, filter, writer, ansi, None)
+}
+
+/// [`subscriber`], plus, when `traces` is given, an OpenTelemetry layer that records keyward's
+/// spans (and the warnings and errors inside them) into its tracer; see [`traces::exported`].
+/// The log output is the same either way: spans never appear in log lines.
+pub fn subscriber_with_traces<W>(
+    format: Format,
+    filter: EnvFilter,
+    writer: W,
+    ansi: bool,
+    traces: Option<&Traces>,
+) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(RedactingMakeWriter::new(writer));
-    match format {
-        Format::Text => Box::new(builder.finish()),
-        Format::Json => Box::new(builder.json().finish()),
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        Format::Text => fmt.boxed(),
+        Format::Json => fmt.json().boxed(),
+    };
+    // Events (and `enabled!` hints) only: a span in the log layer would put its fields into every line inside it,
+    // and, with nothing else interested, would be created for nothing on every request.
+    let log = fmt.with_filter(filter::FilterExt::and(
+        filter,
+        filter::filter_fn(|metadata: &Metadata<'_>| !metadata.is_span()),
+    ));
+    let logged = Registry::default().with(log);
+    match traces {
+        // No OpenTelemetry layer at all, not a disabled one: nothing wants a span.
+        None => Box::new(logged),
+        Some(traces) => {
+            let otel = tracing_opentelemetry::layer()
+                .with_tracer(traces.tracer())
+                .with_threads(false)
+                .with_tracked_inactivity(false)
+                .with_filter(filter::filter_fn(traces::exported));
+            Box::new(logged.with(otel))
+        }
     }
 }
 
 /// Installs the process-wide subscriber writing to standard error (`KEYWARD_LOG` sets the
-/// filter, `info` by default) and the redacting panic hook. Later calls change nothing.
-pub fn init(format: Format) {
+/// filter, `info` by default), with an OpenTelemetry layer when `traces` is given, and the
+/// redacting panic hook. Later calls change nothing.
+pub fn init(format: Format, traces: Option<&Traces>) {
     let filter = EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing::subscriber::set_global_default(subscriber(format, filter, io::stderr, ansi));
+    let _ = tracing::subscriber::set_global_default(subscriber_with_traces(
+        format,
+        filter,
+        io::stderr,
+        ansi,
+        traces,
+    ));
     install_panic_hook();
 }
 

@@ -60,6 +60,86 @@ pub struct GatewayArgs {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub anomaly: AnomalyArgs,
+    /// Overrides the config file's `otlp_endpoint` and `otlp_service_name` when given.
+    #[command(flatten)]
+    pub traces: TraceArgs,
+}
+
+/// OpenTelemetry traces (see README "Traces"): off unless an endpoint is given.
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    /// Export traces over OTLP/gRPC to this collector (http://host:port, for example
+    /// http://127.0.0.1:4317). Without it no spans are recorded at all.
+    #[arg(long, env = "KEYWARD_OTLP_ENDPOINT", value_name = "URL", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+    /// The service.name resource attribute of exported traces (default: keyward).
+    #[arg(long, env = "KEYWARD_OTLP_SERVICE_NAME", value_name = "NAME", value_parser = parse_service_name)]
+    pub otlp_service_name: Option<String>,
+}
+
+impl TraceArgs {
+    /// The trace export settings, if an endpoint is configured (`file` holds the gateway
+    /// config file's, which the flags override).
+    pub fn config(
+        &self,
+        file_endpoint: Option<&str>,
+        file_service_name: Option<&str>,
+    ) -> Option<keyward_telemetry::traces::OtlpConfig> {
+        let endpoint = self.otlp_endpoint.as_deref().or(file_endpoint)?;
+        Some(keyward_telemetry::traces::OtlpConfig {
+            endpoint: endpoint.to_owned(),
+            service_name: self
+                .otlp_service_name
+                .as_deref()
+                .or(file_service_name)
+                .unwrap_or(keyward_telemetry::traces::DEFAULT_SERVICE_NAME)
+                .to_owned(),
+        })
+    }
+}
+
+/// Checks an OTLP/gRPC endpoint: `http://host[:port]`, with no path, query or credentials.
+pub fn parse_otlp_endpoint(text: &str) -> Result<String, String> {
+    const EXPECTED: &str = "expected an OTLP/gRPC endpoint such as http://127.0.0.1:4317";
+    let uri: hyper::Uri = text
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); {EXPECTED}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "https is not supported (keyward is built without TLS for OTLP): send to a \
+                 collector on this host or a trusted network over http://; {EXPECTED}"
+            ));
+        }
+        _ => return Err(EXPECTED.to_owned()),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(EXPECTED.to_owned());
+    };
+    if authority.host().is_empty() {
+        return Err(EXPECTED.to_owned());
+    }
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "credentials in the URL are not supported (pass them as headers in \
+             OTEL_EXPORTER_OTLP_HEADERS); {EXPECTED}"
+        ));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "an OTLP/gRPC endpoint has no path or query; {EXPECTED}"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// A service name: not empty, at most 255 characters.
+pub fn parse_service_name(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() || text.len() > 255 {
+        return Err("expected a name of 1 to 255 characters".to_owned());
+    }
+    Ok(text.to_owned())
 }
 
 /// Webhooks and rotation policy (see README "Webhooks" and "Rotation policy").
@@ -150,6 +230,8 @@ pub struct ServeArgs {
     pub anomaly: AnomalyArgs,
     #[command(flatten)]
     pub notify: NotifyArgs,
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 /// Shared limits and quotas (every node with the same Redis and namespace shares them).

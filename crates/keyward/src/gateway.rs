@@ -32,6 +32,8 @@
 //! anomaly_new_ips_per_minute = 20     # new caller addresses per minute that are a burst
 //! anomaly_failures_per_minute = 30    # failed verifications per minute that are a burst
 //! # Each anomaly setting given as a flag or environment variable wins over the file's.
+//! otlp_endpoint = "http://127.0.0.1:4317"  # optional: export traces over OTLP/gRPC
+//! otlp_service_name = "keyward-edge"  # service.name of exported traces (default "keyward")
 //!
 //! [[route]]
 //! prefix = "/orders"                  # path prefix, matched at segment boundaries
@@ -91,6 +93,8 @@ struct FileConfig {
     anomaly_min_rate_per_minute: Option<u32>,
     anomaly_new_ips_per_minute: Option<u32>,
     anomaly_failures_per_minute: Option<u32>,
+    otlp_endpoint: Option<String>,
+    otlp_service_name: Option<String>,
     #[serde(rename = "route", default)]
     routes: Vec<FileRoute>,
 }
@@ -126,6 +130,10 @@ pub struct Loaded {
     pub webhooks: Vec<String>,
     pub webhook_max_attempts: u32,
     pub rotation: keyward_engine::rotation::RotationConfig,
+    /// Where to export traces (checked); `--otlp-endpoint` overrides it.
+    pub otlp_endpoint: Option<String>,
+    /// The service name of exported traces; `--otlp-service-name` overrides it.
+    pub otlp_service_name: Option<String>,
     /// Anomaly settings from the file (defaults, or the environment, where it is silent).
     pub anomaly: AnomalyArgs,
 }
@@ -237,8 +245,22 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         .map(|p| keyward_engine::rotation::RotationPolicy::parse(p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("{}: rotation_policies: {e}", path.display()))?;
+    let otlp_endpoint = file
+        .otlp_endpoint
+        .as_deref()
+        .map(crate::cli::parse_otlp_endpoint)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{}: otlp_endpoint: {e}", path.display()))?;
+    let otlp_service_name = file
+        .otlp_service_name
+        .as_deref()
+        .map(crate::cli::parse_service_name)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{}: otlp_service_name: {e}", path.display()))?;
     Ok(Loaded {
         anomaly,
+        otlp_endpoint,
+        otlp_service_name,
         webhooks: file.webhooks,
         webhook_max_attempts: file.webhook_max_attempts.unwrap_or(5).clamp(1, 20),
         rotation: keyward_engine::rotation::RotationConfig {
@@ -297,12 +319,34 @@ pub async fn run(
     redis: Option<keyward_engine::RedisConfig>,
     anomaly: AnomalyArgs,
     anomaly_given: impl Fn(&str) -> bool,
+    traces: &crate::cli::TraceArgs,
 ) -> anyhow::Result<()> {
-    crate::serve::init_logging(crate::cli::LogFormat::Text);
-    let mut loaded = load(config_path)?;
+    let loaded = load(config_path)?;
+    let traces = crate::serve::init_telemetry(
+        crate::cli::LogFormat::Text,
+        traces
+            .config(
+                loaded.otlp_endpoint.as_deref(),
+                loaded.otlp_service_name.as_deref(),
+            )
+            .as_ref(),
+    )?;
     let anomaly = anomaly
         .overlay(loaded.anomaly.clone(), anomaly_given)
         .config();
+    let result = serve(config_path, loaded, store_url, redis, anomaly).await;
+    // Also after a failed start: the spans of what did happen are still sent.
+    crate::serve::shutdown_traces(traces).await;
+    result
+}
+
+async fn serve(
+    config_path: &Path,
+    mut loaded: Loaded,
+    store_url: Option<&str>,
+    redis: Option<keyward_engine::RedisConfig>,
+    anomaly: keyward_engine::anomaly::AnomalyConfig,
+) -> anyhow::Result<()> {
     if redis.is_some() {
         loaded.redis = redis;
     }
@@ -430,6 +474,8 @@ redis_fallback_nodes = 3
 redis_fallback_credits = 7
 stale_if_error_seconds = 60
 fail_open_unknown_keys = true
+otlp_endpoint = "http://127.0.0.1:4317"
+otlp_service_name = "edge"
 [[route]]
 prefix = "/orders"
 upstream = "http://127.0.0.1:9000"
@@ -448,6 +494,11 @@ cost = 2
         assert_eq!(redis.fallback_credits, 7);
         assert_eq!(loaded.stale_if_error, Duration::from_secs(60));
         assert!(loaded.fail_open_unknown_keys);
+        assert_eq!(
+            loaded.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
+        assert_eq!(loaded.otlp_service_name.as_deref(), Some("edge"));
         // Left out, the outage settings are the safe defaults.
         let plain = load_text(
             "listen = \"127.0.0.1:0\"\ndata_dir = \"/tmp/x\"\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n",
@@ -456,6 +507,29 @@ cost = 2
         assert!(!plain.fail_open_unknown_keys);
         assert_eq!(plain.stale_if_error, Duration::from_secs(300));
         assert!(plain.redis.is_none());
+        assert!(plain.otlp_endpoint.is_none());
+    }
+
+    #[test]
+    fn trace_flags_override_the_file_and_traces_are_off_by_default() {
+        use crate::cli::TraceArgs;
+        let none = TraceArgs {
+            otlp_endpoint: None,
+            otlp_service_name: None,
+        };
+        assert_eq!(none.config(None, None), None);
+        let from_file = none.config(Some("http://collector:4317"), None).unwrap();
+        assert_eq!(from_file.endpoint, "http://collector:4317");
+        assert_eq!(from_file.service_name, "keyward");
+        let flags = TraceArgs {
+            otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+            otlp_service_name: Some("edge".into()),
+        };
+        let overridden = flags
+            .config(Some("http://collector:4317"), Some("file"))
+            .unwrap();
+        assert_eq!(overridden.endpoint, "http://127.0.0.1:4317");
+        assert_eq!(overridden.service_name, "edge");
     }
 
     #[test]
@@ -550,6 +624,12 @@ cost = 2
                 "permissions",
             ),
             (format!("{base}colour = 1\n"), "not a valid gateway config"),
+            (
+                format!(
+                    "{base}otlp_endpoint = \"https://collector:4317\"\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n"
+                ),
+                "otlp_endpoint: https is not supported",
+            ),
             (
                 format!(
                     "{base}store = \"postgres://h/db\"\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n"

@@ -117,6 +117,7 @@ async fn run(cli: Cli, anomaly_given: &[&str]) -> anyhow::Result<ExitCode> {
             args.redis.config(),
             args.anomaly,
             |id| anomaly_given.contains(&id),
+            &args.traces,
         )
         .await
         .map(|()| ExitCode::SUCCESS),

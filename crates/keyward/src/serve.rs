@@ -7,17 +7,52 @@ use anyhow::Context;
 use keyward_engine::clock::SystemClock;
 use keyward_engine::{CacheConfig, EngineConfig, Keyward};
 use keyward_http::AppState;
+use keyward_telemetry::traces::{OtlpConfig, Traces};
 use tokio::net::TcpListener;
 
 use crate::cli::{LogFormat, ServeArgs};
 
-/// Installs the process's logging: every line is redacted of key-shaped text before it is
-/// written, and panics are logged through the same path (see `keyward-telemetry`).
-pub fn init_logging(format: LogFormat) {
-    keyward_telemetry::init(match format {
-        LogFormat::Text => keyward_telemetry::Format::Text,
-        LogFormat::Json => keyward_telemetry::Format::Json,
-    });
+/// Installs the process's logging and, when `traces` is configured, the OpenTelemetry trace
+/// export: every log line and every exported span is redacted of key-shaped text on its way
+/// out, and panics are logged through the same path (see `keyward-telemetry`). Without
+/// `traces` there is no exporter and no OpenTelemetry layer at all.
+///
+/// Must run inside the Tokio runtime (the OTLP exporter's gRPC channel lives there). The
+/// returned provider must go to [`shutdown_traces`] before the process exits.
+pub fn init_telemetry(
+    format: LogFormat,
+    traces: Option<&OtlpConfig>,
+) -> anyhow::Result<Option<Traces>> {
+    let built = traces.map(Traces::otlp).transpose();
+    // Logging comes first in any case, so the error below (and all else) is logged.
+    keyward_telemetry::init(
+        match format {
+            LogFormat::Text => keyward_telemetry::Format::Text,
+            LogFormat::Json => keyward_telemetry::Format::Json,
+        },
+        built.as_ref().ok().and_then(Option::as_ref),
+    );
+    let built = built.context("configuring trace export (--otlp-endpoint)")?;
+    if let Some(config) = traces {
+        tracing::info!(
+            endpoint = %config.endpoint,
+            service_name = %config.service_name,
+            "exporting traces over OTLP/gRPC"
+        );
+    }
+    Ok(built)
+}
+
+/// Exports the spans still queued and stops the trace export (a no-op without traces). Runs
+/// the blocking shutdown on a blocking thread: the export it waits for needs the runtime's
+/// worker threads to drive its gRPC channel.
+pub async fn shutdown_traces(traces: Option<Traces>) {
+    let Some(traces) = traces else { return };
+    match tokio::task::spawn_blocking(move || traces.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "exporting the last traces at shutdown failed"),
+        Err(e) => tracing::warn!(error = %e, "shutting down the trace export failed"),
+    }
 }
 
 pub async fn shutdown_signal() {
@@ -44,7 +79,14 @@ pub async fn shutdown_signal() {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    let traces = init_telemetry(args.log_format, args.traces.config(None, None).as_ref())?;
+    let result = serve(args).await;
+    // Also after a failed start: the spans of what did happen are still sent.
+    shutdown_traces(traces).await;
+    result
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = crate::store::Store::open(
         args.store.as_deref(),
         &args.data_dir,
