@@ -45,20 +45,50 @@ impl Granularity {
         }
     }
 
-    /// The start of the bucket holding `t`.
-    pub fn floor(self, t: OffsetDateTime) -> OffsetDateTime {
-        from_millis(floor_millis(unix_millis(t), self.millis()))
+    /// The start of the bucket holding `t` (in UTC), or `None` if that is not a representable
+    /// time. Buckets are Unix-epoch aligned; for times before 1970 they would not match the
+    /// stores' integer division, which is why [`in_range`] starts at the epoch.
+    pub fn floor(self, t: OffsetDateTime) -> Option<OffsetDateTime> {
+        let ms = floor_millis(unix_millis(t), self.millis());
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
     }
 
-    /// `t` if it starts a bucket, else the start of the next bucket.
-    pub fn ceil(self, t: OffsetDateTime) -> OffsetDateTime {
-        let floor = self.floor(t);
+    /// `t` if it starts a bucket, else the start of the next bucket (`None` past the last
+    /// representable time).
+    pub fn ceil(self, t: OffsetDateTime) -> Option<OffsetDateTime> {
+        let floor = self.floor(t)?;
         if floor == t {
-            t
+            Some(floor)
         } else {
-            floor + Duration::milliseconds(self.millis())
+            floor.checked_add(Duration::milliseconds(self.millis()))
         }
     }
+
+    /// The range a report covers when the caller gives no `from`: one day of hours, or 30 days.
+    pub fn default_span(self) -> Duration {
+        match self {
+            Self::Hour => Duration::days(1),
+            Self::Day => Duration::days(30),
+        }
+    }
+
+    /// The longest range one report may cover: 93 days of hours, or 3660 days.
+    pub fn max_span(self) -> Duration {
+        match self {
+            Self::Hour => Duration::days(93),
+            Self::Day => Duration::days(3660),
+        }
+    }
+}
+
+/// The earliest time a usage report may name (the Unix epoch: buckets are epoch-aligned).
+pub const EARLIEST: OffsetDateTime = time::macros::datetime!(1970-01-01 00:00 UTC);
+/// The first time past the range a usage report may name.
+pub const LATEST: OffsetDateTime = time::macros::datetime!(9000-01-01 00:00 UTC);
+
+/// Whether `t` is within the times a usage report may name, `[EARLIEST, LATEST)`.
+pub fn in_range(t: OffsetDateTime) -> bool {
+    (EARLIEST..LATEST).contains(&t)
 }
 
 /// Verifications of one key with one outcome in one bucket, and the credits they spent.
@@ -133,12 +163,6 @@ impl UsageCursor {
     }
 }
 
-fn from_millis(ms: i64) -> OffsetDateTime {
-    // Every i64 millisecond count that came from an OffsetDateTime converts back.
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
 fn floor_millis(ms: i64, size: i64) -> i64 {
     ms.div_euclid(size) * size
 }
@@ -151,26 +175,25 @@ mod tests {
 
     #[test]
     fn buckets_are_whole_utc_hours_and_days() {
+        let (hour, day) = (Granularity::Hour, Granularity::Day);
         let t = datetime!(2026-11-28 23:19:44.5 UTC);
-        assert_eq!(Granularity::Hour.floor(t), datetime!(2026-11-28 23:00 UTC));
-        assert_eq!(Granularity::Hour.ceil(t), datetime!(2026-11-29 00:00 UTC));
-        assert_eq!(Granularity::Day.floor(t), datetime!(2026-11-28 00:00 UTC));
-        assert_eq!(Granularity::Day.ceil(t), datetime!(2026-11-29 00:00 UTC));
+        assert_eq!(hour.floor(t), Some(datetime!(2026-11-28 23:00 UTC)));
+        assert_eq!(hour.ceil(t), Some(datetime!(2026-11-29 00:00 UTC)));
+        assert_eq!(day.floor(t), Some(datetime!(2026-11-28 00:00 UTC)));
+        assert_eq!(day.ceil(t), Some(datetime!(2026-11-29 00:00 UTC)));
         let whole = datetime!(2026-11-28 00:00 UTC);
-        assert_eq!(Granularity::Day.ceil(whole), whole);
-        assert_eq!(Granularity::Hour.floor(whole), whole);
-        // An offset time is bucketed by its UTC instant.
+        assert_eq!(day.ceil(whole), Some(whole));
+        assert_eq!(hour.floor(whole), Some(whole));
+        // An offset time is bucketed by its UTC instant, and the bucket is given in UTC.
         let offset = datetime!(2026-11-28 01:30 +02:00);
-        assert_eq!(
-            Granularity::Day.floor(offset),
-            datetime!(2026-11-27 00:00 UTC)
-        );
-        // Before the epoch, floor still rounds down.
-        let early = datetime!(1969-12-31 23:30 UTC);
-        assert_eq!(
-            Granularity::Hour.floor(early),
-            datetime!(1969-12-31 23:00 UTC)
-        );
+        let floored = day.floor(offset).unwrap();
+        assert_eq!(floored, datetime!(2026-11-27 00:00 UTC));
+        assert!(floored.offset().is_utc());
+        // Times whose bucket is not representable give None, never a made-up time.
+        assert_eq!(hour.ceil(datetime!(9999-12-31 23:30 UTC)), None);
+        assert_eq!(day.floor(datetime!(9999-12-31 23:30 -01:00)), None);
+        assert!(in_range(EARLIEST) && !in_range(LATEST));
+        assert!(!in_range(datetime!(1969-12-31 23:59:59 UTC)));
     }
 
     #[test]

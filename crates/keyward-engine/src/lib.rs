@@ -456,10 +456,6 @@ pub struct UsageReport {
 pub const MAX_USAGE_PAGE: u32 = 10_000;
 /// Usage page size when none is given.
 pub const DEFAULT_USAGE_PAGE: u32 = 1000;
-/// Longest range of an hourly usage read.
-pub const MAX_USAGE_HOURS_SPAN: time::Duration = time::Duration::days(93);
-/// Longest range of a daily usage read.
-pub const MAX_USAGE_DAYS_SPAN: time::Duration = time::Duration::days(3660);
 
 /// The keyward service.
 pub struct Keyward {
@@ -635,19 +631,26 @@ impl Keyward {
         cost: u64,
     ) -> Result<Verification, EngineError> {
         let span = verify_span(kind);
+        // Instrumenting would move the whole decision future (kilobytes) into the wrapper on
+        // every call, which showed in the verify benchmark. With traces off the span is
+        // disabled and the decision runs in place; with traces on it is boxed, so only a
+        // pointer moves.
+        let decision = async {
+            if span.is_disabled() {
+                self.decide_kind(presented, request, kind, cost).await
+            } else {
+                Box::pin(self.decide_kind(presented, request, kind, cost))
+                    .instrument(span.clone())
+                    .await
+            }
+        };
         if kind == KeyKind::Root {
-            let result = self
-                .decide_kind(presented, request, kind, cost)
-                .instrument(span.clone())
-                .await;
+            let result = decision.await;
             record_verification(&span, &result);
             return result;
         }
         let started = std::time::Instant::now();
-        let result = self
-            .decide_kind(presented, request, kind, cost)
-            .instrument(span.clone())
-            .await;
+        let result = decision.await;
         telemetry::verification(&result, started.elapsed());
         record_verification(&span, &result);
         result
@@ -695,8 +698,14 @@ impl Keyward {
             degraded,
             ..Verification::without_key(decision.code)
         };
-        if decision.code == VerifyCode::Valid && kind == KeyKind::Api {
-            self.admit(&record, cost, now, &mut verification).await?;
+        let policy = &record.policy;
+        if decision.code == VerifyCode::Valid
+            && kind == KeyKind::Api
+            && (!policy.limits.is_empty() || policy.quota.is_some())
+        {
+            // Boxed for the same reason as the store read in `lookup`: admission (Redis
+            // included) is a large future, and only keys with limits or a quota need it.
+            Box::pin(self.admit(&record, cost, now, &mut verification)).await?;
         }
         if verification.code == VerifyCode::Valid {
             self.last_used.record(&record.key_id, now);
@@ -709,8 +718,10 @@ impl Keyward {
             } else {
                 0
             };
-            let hour = Granularity::Hour.floor(now);
-            self.usage.record(&record, hour, verification.code, credits);
+            // Every time a clock gives has an hour; a time that had none would not be billed.
+            if let Some(hour) = Granularity::Hour.floor(now) {
+                self.usage.record(&record, hour, verification.code, credits);
+            }
         }
         verification.key = Some(record);
         Ok(verification)
@@ -911,7 +922,9 @@ impl Keyward {
             }
             SecretLookup::NotFound(_) | SecretLookup::Unknown => None,
         };
-        match self.probe_store(hash, now, generation, trusted).await {
+        // Boxed: the store read's future is large, and keeping it inline would make every
+        // verification's future (moved on each call) that large, cache hits included.
+        match Box::pin(self.probe_store(hash, now, generation, trusted)).await {
             Err(EngineError::Store(StoreError::Backend(source))) => {
                 let usable = |at: OffsetDateTime| now - at <= self.config.cache.stale_if_error;
                 if let (SecretLookup::Known(secret), Some(record)) = (&cached, cached_record)
@@ -1889,37 +1902,49 @@ impl Keyward {
     /// Adds the usage counted since the last flush to the store; the server calls it
     /// periodically and at shutdown. Returns how many (key, hour, outcome) rows were written.
     /// A failed flush keeps the counts for the next one.
+    /// Cancelling it (dropping the future mid-write) also keeps them; only a write whose
+    /// commit is lost on its way back is counted twice by the retry.
     pub async fn flush_usage(&self) -> Result<usize, EngineError> {
-        let batch = self.usage.drain();
-        if let Err(e) = self.store.add_usage(&batch).await {
-            self.usage.restore(batch);
-            return Err(e.into());
-        }
-        Ok(batch.len())
+        let batch = self.usage.take_batch();
+        self.store.add_usage(batch.counts()).await?;
+        Ok(batch.written())
     }
 
     /// Reads usage for billing (written by [`flush_usage`](Self::flush_usage), so counts of
     /// the last flush interval are not in it yet).
     pub async fn usage(&self, query: UsageQuery) -> Result<UsageReport, EngineError> {
         let granularity = query.granularity;
-        let now = self.clock.now();
-        // By default the bucket in progress is included (its counts so far).
+        let out_of_range = |field: &'static str| {
+            FieldError::new(
+                field,
+                "must be a time from 1970-01-01T00:00:00Z to before 9000-01-01T00:00:00Z",
+            )
+        };
+        for (field, t) in [("from", query.from), ("to", query.to)] {
+            if t.is_some_and(|t| !keyward_core::usage::in_range(t)) {
+                return Err(out_of_range(field).into());
+            }
+        }
+        // By default the bucket in progress is included (its counts so far). Within the
+        // range checked above, rounding and the default span cannot leave the calendar.
         let to = match query.to {
             Some(to) => granularity.ceil(to),
-            None => granularity.floor(now) + time::Duration::milliseconds(granularity.millis()),
-        };
-        let default_span = match granularity {
-            Granularity::Hour => time::Duration::days(1),
-            Granularity::Day => time::Duration::days(30),
-        };
-        let from = granularity.floor(query.from.unwrap_or(to - default_span));
+            None => granularity
+                .floor(self.clock.now())
+                .and_then(|t| t.checked_add(Duration::milliseconds(granularity.millis()))),
+        }
+        .ok_or_else(|| out_of_range("to"))?;
+        let from = match query.from {
+            Some(from) => Some(from),
+            None => to.checked_sub(granularity.default_span()),
+        }
+        .and_then(|from| granularity.floor(from))
+        .filter(|from| keyward_core::usage::in_range(*from))
+        .ok_or_else(|| out_of_range("from"))?;
         if from >= to {
             return Err(FieldError::new("from", "must be before 'to'").into());
         }
-        let longest = match granularity {
-            Granularity::Hour => MAX_USAGE_HOURS_SPAN,
-            Granularity::Day => MAX_USAGE_DAYS_SPAN,
-        };
+        let longest = granularity.max_span();
         if to - from > longest {
             return Err(FieldError::new(
                 "from",
@@ -1928,6 +1953,20 @@ impl Keyward {
                     longest.whole_days(),
                     granularity.as_str()
                 ),
+            )
+            .into());
+        }
+        // A cursor belongs to a page of this granularity and range: its row starts a bucket
+        // inside it (a cursor from another query would silently skip rows).
+        if let Some(after) = &query.after
+            && (granularity.floor(after.start) != Some(after.start)
+                || after.start < from
+                || after.start >= to)
+        {
+            return Err(FieldError::new(
+                "cursor",
+                "does not belong to this granularity and range: pass the same from, to and \
+                 granularity as the request that returned it",
             )
             .into());
         }

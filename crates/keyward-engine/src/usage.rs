@@ -101,6 +101,18 @@ impl UsageBuffer {
             .collect()
     }
 
+    /// Takes every count out of the buffer for a write; unless the write is confirmed with
+    /// [`PendingUsage::written`], the counts go back into the buffer when the batch is dropped,
+    /// so a failed write, or a flush cancelled while it waits for the store (a task aborted
+    /// at shutdown), loses nothing.
+    pub fn take_batch(&self) -> PendingUsage<'_> {
+        PendingUsage {
+            buffer: self,
+            counts: self.drain(),
+            written: false,
+        }
+    }
+
     /// Puts counts the store did not take back, adding them to any counted since.
     pub fn restore(&self, batch: Vec<UsageCount>) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -118,6 +130,33 @@ impl UsageBuffer {
                 c.verifications,
                 c.credits,
             );
+        }
+    }
+}
+
+/// A batch of usage counts on its way to the store (see [`UsageBuffer::take_batch`]).
+pub(crate) struct PendingUsage<'a> {
+    buffer: &'a UsageBuffer,
+    counts: Vec<UsageCount>,
+    written: bool,
+}
+
+impl PendingUsage<'_> {
+    pub fn counts(&self) -> &[UsageCount] {
+        &self.counts
+    }
+
+    /// The store has the batch: it is not put back. Returns its size.
+    pub fn written(mut self) -> usize {
+        self.written = true;
+        self.counts.len()
+    }
+}
+
+impl Drop for PendingUsage<'_> {
+    fn drop(&mut self) {
+        if !self.written {
+            self.buffer.restore(std::mem::take(&mut self.counts));
         }
     }
 }
@@ -179,7 +218,9 @@ mod tests {
     #[test]
     fn counts_per_key_hour_and_outcome_and_puts_back_what_the_store_refused() {
         let buffer = UsageBuffer::default();
-        let h0 = Granularity::Hour.floor(datetime!(2026-11-28 10:15 UTC));
+        let h0 = Granularity::Hour
+            .floor(datetime!(2026-11-28 10:15 UTC))
+            .unwrap();
         let h1 = h0 + time::Duration::hours(1);
         let a = record("key_a", "alice");
         buffer.record(&a, h0, VerifyCode::Valid, 5);
@@ -214,5 +255,22 @@ mod tests {
             "restored counts add to newer ones, under the newer owner"
         );
         assert_eq!(again.len(), 4);
+    }
+
+    #[test]
+    fn a_batch_not_confirmed_as_written_goes_back() {
+        let buffer = UsageBuffer::default();
+        let h0 = Granularity::Hour
+            .floor(datetime!(2026-11-28 10:15 UTC))
+            .unwrap();
+        buffer.record(&record("key_a", "alice"), h0, VerifyCode::Valid, 0);
+        // Dropped unconfirmed (the write failed, or the flush was cancelled mid-write).
+        let batch = buffer.take_batch();
+        assert_eq!(batch.counts().len(), 1);
+        drop(batch);
+        let batch = buffer.take_batch();
+        assert_eq!(batch.counts().len(), 1, "the counts came back");
+        assert_eq!(batch.written(), 1);
+        assert!(buffer.drain().is_empty(), "a written batch is not put back");
     }
 }

@@ -30,7 +30,7 @@ pub struct UsageParams {
     /// `hour`, minus 30 days for `day`).
     from: Option<String>,
     /// End, exclusive, RFC 3339, rounded up to the hour or day (default: the end of the hour or
-    /// day in progress). At most 93 days
+    /// day in progress). Times are from 1970 to before 9000. At most 93 days
     /// after `from` for `hour`, 3660 for `day`.
     to: Option<String>,
     /// `hour` (default) or `day` (UTC days).
@@ -72,12 +72,19 @@ impl UsageParams {
                 })
             })
             .transpose()?;
+        // The cursor names its granularity, so a day page never continues an hour page.
         let after = self
             .cursor
             .map(|c| {
-                UsageCursor::parse(&c).ok_or_else(|| {
-                    ApiError::field("cursor", "is not a cursor returned by this API")
-                })
+                c.strip_prefix(granularity.as_str())
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .and_then(UsageCursor::parse)
+                    .ok_or_else(|| {
+                        ApiError::field(
+                            "cursor",
+                            "is not a cursor returned by this API for this granularity",
+                        )
+                    })
             })
             .transpose()?;
         Ok(UsageQuery {
@@ -111,7 +118,9 @@ fn view(report: UsageReport) -> UsageReportView {
                 credits: c.credits,
             })
             .collect(),
-        next_cursor: report.next.map(|c| c.encode()),
+        next_cursor: report
+            .next
+            .map(|c| format!("{}.{}", report.granularity.as_str(), c.encode())),
     }
 }
 

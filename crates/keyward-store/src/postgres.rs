@@ -1011,7 +1011,9 @@ impl KeyStore for PostgresStore {
         let verifications: Vec<i64> = counts.iter().map(|c| to_i64(c.verifications)).collect();
         let credits: Vec<i64> = counts.iter().map(|c| to_i64(c.credits)).collect();
         // One statement, not retried (a write). Rows of the batch that share a bucket are
-        // summed first: ON CONFLICT may touch each row only once per statement.
+        // summed first: ON CONFLICT may touch each row only once per statement. Rows are
+        // written in key order, so two nodes flushing the same rows lock them in the same
+        // order and cannot deadlock.
         sqlx::query(
             "INSERT INTO usage_hourly (hour, key_id, code, owner, tenant, verifications, credits)
              SELECT hour, key_id, code, max(owner), max(tenant), sum(verifications)::bigint,
@@ -1020,6 +1022,7 @@ impl KeyStore for PostgresStore {
                          $6::bigint[], $7::bigint[])
                   AS u (hour, key_id, code, owner, tenant, verifications, credits)
              GROUP BY hour, key_id, code
+             ORDER BY hour, key_id, code
              ON CONFLICT (hour, key_id, code) DO UPDATE SET
                verifications = usage_hourly.verifications + excluded.verifications,
                credits = usage_hourly.credits + excluded.credits,

@@ -216,6 +216,48 @@ async fn usage(store: &dyn KeyStore) {
         rows(store.list_usage(&filter(Granularity::Hour)).await.unwrap())
     );
     assert_eq!(walked.len(), 5);
+
+    // Real key_ids mix cases; both backends order them bytewise ('B' < 'a'), so pages split
+    // the same way whatever PostgreSQL's collation, and a daily walk visits every sum once.
+    let later = T0 + Duration::days(10);
+    store
+        .add_usage(&[
+            count(later, "key_a", "alice", VerifyCode::Valid, 1, 0),
+            count(later, "key_B", "bob", VerifyCode::Valid, 2, 0),
+            count(
+                later + Duration::hours(5),
+                "key_B",
+                "bob",
+                VerifyCode::Valid,
+                3,
+                0,
+            ),
+            count(later, "key_Z", "bob", VerifyCode::Revoked, 4, 0),
+        ])
+        .await
+        .unwrap();
+    let mut daily = filter(Granularity::Day);
+    daily.from = later;
+    daily.to = later + Duration::days(1);
+    daily.limit = 1;
+    let mut walked = Vec::new();
+    loop {
+        let page = store.list_usage(&daily).await.unwrap();
+        let next = page.next.clone();
+        walked.extend(rows(page));
+        match next {
+            Some(cursor) => daily.after = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(
+        walked,
+        vec![
+            (later, "key_B".into(), VerifyCode::Valid, 5, 0),
+            (later, "key_Z".into(), VerifyCode::Revoked, 4, 0),
+            (later, "key_a".into(), VerifyCode::Valid, 1, 0),
+        ]
+    );
 }
 
 /// Bootstrap writes a root key only into a store that never had one.

@@ -45,9 +45,20 @@ fn key(prefix: &str) -> String {
         .to_owned()
 }
 
+/// Serialises the tests that install a subscriber. tracing caches each callsite's interest
+/// process-wide, computed over every live subscriber; a process runs one, but parallel tests
+/// would each see the others' interest (one with traces makes another's spans enabled).
+fn one_subscriber_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    tracing::callsite::rebuild_interest_cache();
+    guard
+}
+
 /// Logs through the real subscriber in `format` (and with or without ANSI) and returns what
 /// reached the destination.
 fn log(format: Format, ansi: bool, emit: impl FnOnce()) -> String {
+    let _one = one_subscriber_at_a_time();
     let capture = Capture::default();
     let subscriber = subscriber(format, EnvFilter::new("trace"), capture.clone(), ansi);
     tracing::subscriber::with_default(subscriber, emit);
@@ -134,6 +145,7 @@ fn a_key_written_in_pieces_is_redacted_whole() {
 #[test]
 fn a_panic_message_is_logged_redacted() {
     let secret = key("kw_live");
+    let _one = one_subscriber_at_a_time();
     install_panic_hook();
     let capture = Capture::default();
     let subscriber = subscriber(Format::Json, EnvFilter::new("info"), capture.clone(), false);
@@ -201,6 +213,7 @@ mod traces {
     /// Runs `emit` under the real subscriber with traces going to a collecting exporter;
     /// returns the exported spans and the log output.
     fn trace(emit: impl FnOnce()) -> (Vec<SpanData>, String) {
+        let _one = super::one_subscriber_at_a_time();
         let collect = Collect::default();
         let traces = Traces::with_exporter(collect.clone(), "keyward-test");
         let log = Capture::default();
@@ -358,6 +371,7 @@ mod traces {
             Capture::default(),
             false,
         );
+        let _one = super::one_subscriber_at_a_time();
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("verify", key_id = "key_x");
             assert!(span.is_disabled());

@@ -143,9 +143,9 @@ impl FileConfig {
     fn anomaly_flags(&self) -> Vec<String> {
         let mut flags = Vec::new();
         let mut push = |flag: &str, value: Option<String>| {
+            // One `--flag=value` token, so a value starting with '-' stays a value.
             if let Some(value) = value {
-                flags.push(format!("--{flag}"));
-                flags.push(value);
+                flags.push(format!("--{flag}={value}"));
             }
         };
         push("on-anomaly", self.on_anomaly.clone());
@@ -436,17 +436,22 @@ async fn serve(
     );
     crate::serve::shutdown_signal().await;
     let _ = stop_tx.send(true);
-    join_per_core(gateway).await?;
-    if let Some(admin) = admin {
-        admin
-            .await
-            .context("admin task")?
-            .context("serving the admin API")?;
+    let served = async {
+        join_per_core(gateway).await?;
+        if let Some(admin) = admin {
+            admin
+                .await
+                .context("admin task")?
+                .context("serving the admin API")?;
+        }
+        anyhow::Ok(())
     }
-    upkeep.abort();
+    .await;
+    // Even after a serving error, the buffered counts are written before the process exits.
+    crate::serve::stop_upkeep(upkeep).await;
     crate::serve::shutdown_engine(&engine).await;
     store.close().await;
-    Ok(())
+    served
 }
 
 #[cfg(test)]
@@ -578,8 +583,14 @@ cost = 2
             .config();
         let defaults = AnomalyArgs::parse_flags(&[]).unwrap().config();
         assert_eq!(plain.on_anomaly, defaults.on_anomaly);
-        assert_eq!(plain.max_auto_disables_per_hour, 10);
-        assert_eq!(plain.thresholds.spike_factor, 5.0);
+        assert_eq!(
+            plain.max_auto_disables_per_hour,
+            defaults.max_auto_disables_per_hour
+        );
+        assert_eq!(
+            plain.thresholds.spike_factor,
+            defaults.thresholds.spike_factor
+        );
 
         // Bad values get the command line's checks, naming the setting.
         for (line, expected) in [
@@ -602,6 +613,21 @@ cost = 2
             assert!(err.contains("anomaly settings"), "{line}: {err}");
             assert!(err.contains(expected), "{line}: {err}");
         }
+    }
+
+    /// `IDS` decides which settings the command line overrides: it must name every one.
+    #[test]
+    fn anomaly_ids_name_every_anomaly_setting() {
+        use clap::Args;
+        let command = AnomalyArgs::augment_args(clap::Command::new("keyward"));
+        let mut ids: Vec<&str> = command
+            .get_arguments()
+            .map(|a| a.get_id().as_str())
+            .collect();
+        ids.sort_unstable();
+        let mut listed = AnomalyArgs::IDS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(ids, listed);
     }
 
     #[test]

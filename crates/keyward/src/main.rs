@@ -334,11 +334,22 @@ async fn usage_export(args: UsageExportArgs) -> anyhow::Result<ExitCode> {
         cursor: Option<String>,
     }
     let client = Client::new(&args.client.url)?;
-    let sink: Box<dyn std::io::Write> = match &args.file {
-        Some(path) => Box::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        ),
+    // A file is written beside its destination and renamed into place at the end, so a
+    // failed export never replaces an earlier good one.
+    let mut partial = match &args.file {
+        Some(path) => {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let file = tempfile::NamedTempFile::new_in(dir)
+                .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+            Some((path, file))
+        }
+        None => None,
+    };
+    let sink: Box<dyn std::io::Write + '_> = match &mut partial {
+        Some((_, file)) => Box::new(file.as_file_mut()),
         None => Box::new(std::io::stdout().lock()),
     };
     let mut csv = csv::Writer::from_writer(sink);
@@ -383,6 +394,11 @@ async fn usage_export(args: UsageExportArgs) -> anyhow::Result<ExitCode> {
         q.to = Some(page.to.0.format(&Rfc3339)?);
     }
     csv.flush().context("cannot write the CSV")?;
+    drop(csv);
+    if let Some((path, file)) = partial {
+        file.persist(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

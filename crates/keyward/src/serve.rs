@@ -156,16 +156,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%local, %location, "keyward listening");
     shutdown_signal().await;
     let _ = stop_tx.send(true);
-    http.await.context("HTTP task")?.context("serving HTTP")?;
-    if let Some(grpc) = ext_authz {
-        grpc.await
-            .context("ext_authz task")?
-            .context("serving ext_authz")?;
+    let served = async {
+        http.await.context("HTTP task")?.context("serving HTTP")?;
+        if let Some(grpc) = ext_authz {
+            grpc.await
+                .context("ext_authz task")?
+                .context("serving ext_authz")?;
+        }
+        anyhow::Ok(())
     }
-    flusher.abort();
+    .await;
+    // Even after a serving error, the buffered counts are written before the process exits.
+    stop_upkeep(flusher).await;
     shutdown_engine(&engine).await;
     store.close().await;
-    Ok(())
+    served
+}
+
+/// Stops the upkeep task and waits until it has stopped, so the final flushes below never
+/// overlap a periodic one (the engine's flushes put back a batch whose write was cancelled).
+pub async fn stop_upkeep(upkeep: tokio::task::JoinHandle<()>) {
+    upkeep.abort();
+    let _ = upkeep.await;
 }
 
 /// Adds shared limits and quotas on Redis to an engine, if configured.

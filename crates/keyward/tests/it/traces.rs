@@ -442,6 +442,11 @@ async fn serve_exports_verify_and_request_spans_with_no_key_in_them() {
             "the export contains the key {secret}:\n{exported}"
         );
     }
+    // Nor did the exporter have to redact one: no span recorded a key in the first place.
+    assert!(
+        !exported.contains("[REDACTED]"),
+        "a span recorded a key (redacted on export):\n{exported}"
+    );
     assert!(server.log().contains("exporting traces over OTLP/gRPC"));
 }
 
@@ -597,4 +602,9 @@ async fn the_gateway_exports_request_spans_named_by_route_prefix() {
             "the export contains the key {secret}:\n{exported}"
         );
     }
+    // Nor did the exporter have to redact one: no span recorded a key in the first place.
+    assert!(
+        !exported.contains("[REDACTED]"),
+        "a span recorded a key (redacted on export):\n{exported}"
+    );
 }

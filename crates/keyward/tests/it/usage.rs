@@ -52,6 +52,15 @@ async fn usage_is_counted_per_key_hour_and_outcome_and_reported_per_hour_and_day
         s.verify(json!({"key": "kw_live_nope"})).await["code"],
         "MALFORMED"
     );
+    let unknown = keyward_core::key::generate_key(
+        &keyward_core::key::Prefix::new("kw_live").unwrap(),
+        &mut rand::rngs::SysRng,
+    )
+    .unwrap();
+    assert_eq!(
+        s.verify(json!({"key": unknown.expose()})).await["code"],
+        "NOT_FOUND"
+    );
     // Nothing is in the store before the flush: counting stays off the verify path.
     let before = s.admin("GET", "/v1/usage", None).await;
     assert_eq!(before.status, 200);
@@ -186,7 +195,26 @@ async fn usage_refuses_bad_queries_and_needs_usage_read() {
         ("limit=10001", "limit"),
         ("limit=-1", "limit"),
         ("cursor=garbage", "cursor"),
-        ("cursor=1.NOT_A_CODE.key_x", "cursor"),
+        ("cursor=hour.1.NOT_A_CODE.key_x", "cursor"),
+        // Times whose buckets leave the calendar, or that come before the epoch.
+        ("to=9999-12-31T23:00:01Z", "to"),
+        ("to=9999-12-31T23:30:00-01:00&granularity=day", "to"),
+        ("to=0000-01-01T12:00:00Z", "to"),
+        ("from=1969-12-31T00:00:00Z", "from"),
+        ("to=1970-01-01T05:00:00Z", "from"),
+        // A cursor of an hourly page does not continue a daily one, nor another range.
+        (
+            "granularity=day&cursor=hour.1780304400000.VALID.key_x",
+            "cursor",
+        ),
+        (
+            "from=2026-06-01T00:00:00Z&to=2026-06-02T00:00:00Z&cursor=hour.1780000000000.VALID.key_x",
+            "cursor",
+        ),
+        (
+            "from=2026-06-01T00:00:00Z&to=2026-06-02T00:00:00Z&cursor=hour.1780304400001.VALID.key_x",
+            "cursor",
+        ),
     ] {
         let r = s.admin("GET", &format!("/v1/usage?{query}"), None).await;
         let body = r.problem(400, "invalid_field");
@@ -262,18 +290,14 @@ async fn usage_refuses_bad_queries_and_needs_usage_read() {
 fn usage_export_writes_csv_after_a_clean_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_owned();
-    let server = Process::start(dir.path());
+    // No periodic flush during the test: only the shutdown's flush can write the counts.
+    let args = ["--data-dir", &data, "--last-used-flush-seconds", "3600"];
+    let server = Process::start_with(&args, dir.path());
     let root = server.root_key.clone().unwrap();
+    let owner = "team, \"quoted\"";
     let created = server.cli(
         &root,
-        &[
-            "keys",
-            "create",
-            "--owner",
-            "team, \"quoted\"",
-            "--output",
-            "json",
-        ],
+        &["keys", "create", "--owner", owner, "--output", "json"],
     );
     assert!(
         created.status.success(),
@@ -283,32 +307,39 @@ fn usage_export_writes_csv_after_a_clean_shutdown() {
     let created: Value = serde_json::from_slice(&created.stdout).unwrap();
     let key = created["key"].as_str().unwrap().to_owned();
     let key_id = created["record"]["key_id"].as_str().unwrap().to_owned();
-    let day_before = today();
     for _ in 0..3 {
         assert!(server.cli(&root, &["verify", &key]).status.success());
     }
-    // Stopped before its periodic flush (every 5 s by default): the shutdown writes the counts.
     server.terminate();
 
-    let server = Process::start_with(&["--data-dir", &data], dir.path());
+    let server = Process::start_with(&args, dir.path());
     let out = server.cli(&root, &["usage", "export", "--granularity", "day"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let csv = String::from_utf8(out.stdout).unwrap();
-    let mut lines = csv.lines();
+    let (header, rows) = parse_csv(&out.stdout);
     assert_eq!(
-        lines.next(),
-        Some("start,key_id,owner,tenant,code,verifications,credits")
+        header,
+        [
+            "start",
+            "key_id",
+            "owner",
+            "tenant",
+            "code",
+            "verifications",
+            "credits"
+        ]
     );
-    let row = lines.next().unwrap();
-    // The day the verifications were counted in (the test may straddle midnight UTC).
-    let counted = [day_before, today()]
-        .map(|day| format!("{day}T00:00:00Z,{key_id},\"team, \"\"quoted\"\"\",,VALID,3,0"));
-    assert!(counted.contains(&row.to_owned()), "{row}");
-    assert_eq!(lines.next(), None);
+    // The verifications may straddle midnight (two daily rows); together they are three.
+    assert!(!rows.is_empty());
+    for row in &rows {
+        assert!(row[0].ends_with("T00:00:00Z"), "{row:?}");
+        assert_eq!(&row[1..5], [key_id.as_str(), owner, "", "VALID"], "{row:?}");
+        assert_eq!(row[6], "0");
+    }
+    assert_eq!(verifications(&rows), 3);
 
     let file = dir.path().join("usage.csv");
     let out = server.cli(
@@ -324,23 +355,45 @@ fn usage_export_writes_csv_after_a_clean_shutdown() {
     );
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
-    let written = std::fs::read_to_string(&file).unwrap();
-    assert_eq!(written.lines().count(), 2, "{written}");
-    assert!(written.contains(&format!("{key_id},")));
+    let (_, hourly) = parse_csv(&std::fs::read(&file).unwrap());
+    assert!(hourly.iter().all(|row| row[1] == key_id));
+    assert_eq!(verifications(&hourly), 3);
 
-    let bad = server.cli(&root, &["usage", "export", "--granularity", "week"]);
+    // A refused export names the problem in one line, and leaves an earlier file alone.
+    let bad = server.cli(
+        &root,
+        &[
+            "usage",
+            "export",
+            "--granularity",
+            "week",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    );
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("granularity"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (_, kept) = parse_csv(&std::fs::read(&file).unwrap());
+    assert_eq!(kept, hourly);
 }
 
-fn today() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}",
-        now.year(),
-        u8::from(now.month()),
-        now.day()
-    )
+fn parse_csv(bytes: &[u8]) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut reader = csv::Reader::from_reader(bytes);
+    let header = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let rows = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect();
+    (header, rows)
+}
+
+fn verifications(rows: &[Vec<String>]) -> u64 {
+    rows.iter().map(|r| r[5].parse::<u64>().unwrap()).sum()
 }
