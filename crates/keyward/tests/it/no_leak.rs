@@ -154,15 +154,13 @@ impl Session {
 async fn no_plaintext_key_reaches_any_output_channel() {
     let data = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let server = Process::start_with(
-        &[
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--log-format",
-            "json",
-        ],
-        logs.path(),
-    );
+    let serve_args = [
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--log-format",
+        "json",
+    ];
+    let server = Process::start_with(&serve_args, logs.path());
     let root = server.root_key.clone().unwrap();
     let mut s = Session {
         http: Http::new(server.addr),
@@ -398,15 +396,7 @@ async fn no_plaintext_key_reaches_any_output_channel() {
     // A clean stop writes the usage counts; a second start serves them (the usage report and
     // its CSV export are output channels too).
     server.terminate();
-    let server = Process::start_with(
-        &[
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--log-format",
-            "json",
-        ],
-        logs.path(),
-    );
+    let server = Process::start_with(&serve_args, logs.path());
     s.http = Http::new(server.addr);
     let usage = s.admin("GET", "/v1/usage?granularity=day", None).await;
     assert_eq!(usage.status, 200);
