@@ -15,6 +15,7 @@
 //! ```
 
 mod postgres;
+mod sql;
 mod sqlite;
 #[cfg(test)]
 mod testsuite;

@@ -9,21 +9,22 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyward_core::audit::{AuditDraft, AuditEvent, GENESIS_HASH, unix_millis};
+use keyward_core::audit::{AuditDraft, AuditEvent, GENESIS_HASH};
 use keyward_core::key::KeyHash;
 use keyward_core::permission::Permission;
 use keyward_core::quota::{Balance, QuotaConfig, current_balance};
-use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, Plan, SecretInfo};
+use keyward_core::record::{KeyRecord, KeyStatus, Plan, SecretInfo};
 use keyward_core::route::RoutePattern;
-use serde_json::Value;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
 use keyward_core::usage::UsageCount;
 
+use crate::sql::{
+    backend, event_from_row, json_text, opt_from_millis, plan_from_row, record_from_row,
+    secret_from_row, to_millis,
+};
 use crate::usage::{UsageQuery, UsageTuple, page, to_i64};
 use crate::{
     AuditFilter, CreditOp, FoundKey, KeyFilter, KeyStore, KeyWrite, Page, PlanWrite, StoreError,
@@ -38,35 +39,6 @@ pub const DB_FILE: &str = "keyward.db";
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
-}
-
-fn backend(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Duplicate,
-        _ => StoreError::Backend(Box::new(e)),
-    }
-}
-
-fn to_millis(t: OffsetDateTime) -> i64 {
-    unix_millis(t)
-}
-
-fn from_millis(ms: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .map_err(|_| StoreError::Corrupt(format!("timestamp {ms} is out of range")))
-}
-
-fn opt_from_millis(ms: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
-    ms.map(from_millis).transpose()
-}
-
-fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> String {
-    // Serializing plain strings and maps cannot fail.
-    serde_json::to_string(value).unwrap_or_default()
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("column {column}: {e}")))
 }
 
 impl SqliteStore {
@@ -170,88 +142,6 @@ impl SqliteStore {
     }
 }
 
-fn secret_from_row(row: &SqliteRow) -> Result<SecretInfo, StoreError> {
-    let version: i64 = row.try_get("hash_version").map_err(backend)?;
-    let hex: String = row.try_get("hash").map_err(backend)?;
-    Ok(SecretInfo {
-        hash: KeyHash::from_stored(version, &hex)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        start: row.try_get("start").map_err(backend)?,
-        created_at: from_millis(row.try_get("created_at").map_err(backend)?)?,
-        expires_at: opt_from_millis(row.try_get("expires_at").map_err(backend)?)?,
-    })
-}
-
-fn record_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
-    let get_text = |c: &str| -> Result<String, StoreError> { row.try_get(c).map_err(backend) };
-    let get_opt_text =
-        |c: &str| -> Result<Option<String>, StoreError> { row.try_get(c).map_err(backend) };
-    let get_opt_ms = |c: &str| -> Result<Option<OffsetDateTime>, StoreError> {
-        opt_from_millis(row.try_get(c).map_err(backend)?)
-    };
-    let kind = get_text("kind")?;
-    let permissions: Vec<String> = parse_json("permissions", &get_text("permissions")?)?;
-    let routes: Vec<String> = parse_json("routes", &get_text("routes")?)?;
-    Ok(KeyRecord {
-        key_id: get_text("key_id")?,
-        kind: KeyKind::from_stored(&kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown key kind {kind:?}")))?,
-        owner: get_text("owner")?,
-        name: get_opt_text("name")?,
-        tenant: get_opt_text("tenant")?,
-        environment: get_text("environment")?,
-        purpose: get_opt_text("purpose")?,
-        tags: parse_json("tags", &get_text("tags")?)?,
-        meta: parse_json("meta", &get_text("meta")?)?,
-        permissions: permissions
-            .iter()
-            .map(|p| Permission::new(p).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .collect::<Result<_, _>>()?,
-        routes: routes
-            .iter()
-            .map(|r| RoutePattern::new(r).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .collect::<Result<_, _>>()?,
-        expires_at: get_opt_ms("expires_at")?,
-        enabled: row.try_get::<bool, _>("enabled").map_err(backend)?,
-        created_at: from_millis(row.try_get("created_at").map_err(backend)?)?,
-        created_by: get_opt_text("created_by")?,
-        updated_at: from_millis(row.try_get("updated_at").map_err(backend)?)?,
-        last_used_at: get_opt_ms("last_used_at")?,
-        revoked_at: get_opt_ms("revoked_at")?,
-        revoked_reason: get_opt_text("revoked_reason")?,
-        rotated_at: get_opt_ms("rotated_at")?,
-        version: row.try_get("version").map_err(backend)?,
-        secrets: Vec::new(),
-        policy: parse_json("policy", &get_text("policy")?)?,
-    })
-}
-
-fn plan_from_row(row: &SqliteRow) -> Result<Plan, StoreError> {
-    let permissions: Vec<String> = parse_json(
-        "permissions",
-        &row.try_get::<String, _>("permissions").map_err(backend)?,
-    )?;
-    let quota: Option<String> = row.try_get("quota").map_err(backend)?;
-    Ok(Plan {
-        plan_id: row.try_get("plan_id").map_err(backend)?,
-        limits: parse_json(
-            "limits",
-            &row.try_get::<String, _>("limits").map_err(backend)?,
-        )?,
-        quota: quota
-            .as_deref()
-            .map(|q| parse_json("quota", q))
-            .transpose()?,
-        permissions: permissions
-            .iter()
-            .map(|p| Permission::new(p).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .collect::<Result<_, _>>()?,
-        version: row.try_get("version").map_err(backend)?,
-        created_at: from_millis(row.try_get("created_at").map_err(backend)?)?,
-        updated_at: from_millis(row.try_get("updated_at").map_err(backend)?)?,
-    })
-}
-
 /// The balance at `now`, refilled if a scheduled refill passed (not yet written back).
 async fn read_balance(
     conn: &mut SqliteConnection,
@@ -291,23 +181,6 @@ async fn write_balance(
     .await
     .map_err(backend)?;
     Ok(())
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<AuditEvent, StoreError> {
-    let summary: String = row.try_get("summary").map_err(backend)?;
-    Ok(AuditEvent {
-        seq: row.try_get("seq").map_err(backend)?,
-        time: from_millis(row.try_get("time").map_err(backend)?)?,
-        actor: row.try_get("actor").map_err(backend)?,
-        action: row.try_get("action").map_err(backend)?,
-        target: row.try_get("target").map_err(backend)?,
-        // An unparsable summary is shown as null; the chain check, which hashes the stored
-        // text, is what reports it.
-        summary: serde_json::from_str::<Value>(&summary).unwrap_or(Value::Null),
-        summary_json: summary,
-        prev_hash: row.try_get("prev_hash").map_err(backend)?,
-        hash: row.try_get("hash").map_err(backend)?,
-    })
 }
 
 /// Appends `draft` to the chain inside the caller's transaction.

@@ -4,8 +4,8 @@
 use keyward_core::audit::unix_millis;
 use keyward_core::usage::{UsageCount, UsageCursor};
 use keyward_core::verify::VerifyCode;
-use time::OffsetDateTime;
 
+use crate::sql::from_millis;
 use crate::{StoreError, UsageFilter, UsagePage};
 
 /// A usage row as both backends select it:
@@ -71,12 +71,7 @@ pub(crate) fn page(rows: Vec<UsageTuple>, limit: u32) -> Result<UsagePage, Store
         .map(
             |(bucket, key_id, code, owner, tenant, verifications, credits)| {
                 Ok(UsageCount {
-                    start: OffsetDateTime::from_unix_timestamp_nanos(
-                        i128::from(bucket) * 1_000_000,
-                    )
-                    .map_err(|_| {
-                        StoreError::Corrupt(format!("usage hour {bucket} is out of range"))
-                    })?,
+                    start: from_millis(bucket)?,
                     code: VerifyCode::parse(&code).ok_or_else(|| {
                         StoreError::Corrupt(format!("unknown usage code {code:?}"))
                     })?,
