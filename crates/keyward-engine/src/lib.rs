@@ -593,13 +593,7 @@ impl Keyward {
         presented: &str,
         request: &VerifyRequest<'_>,
     ) -> Result<Verification, EngineError> {
-        let result = self.verify_kind(presented, request, KeyKind::Api, 1).await;
-        log_verification(&result);
-        if let Ok(verification) = &result {
-            self.anomaly
-                .observe(verification, request.ip, self.clock.now());
-        }
-        result
+        self.verify_cost(presented, request, 1).await
     }
 
     /// Verifies an API key for a request of `cost` units (0 checks without consuming).
