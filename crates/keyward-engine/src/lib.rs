@@ -1094,9 +1094,14 @@ impl Keyward {
         Ok(())
     }
 
+    /// True if the store has a root key (so [`Keyward::bootstrap`] would create none).
+    pub async fn has_root_key(&self) -> Result<bool, EngineError> {
+        Ok(self.store.count_root_keys().await? > 0)
+    }
+
     /// Creates the first root key if the store has never had one; returns it to print once.
     pub async fn bootstrap(&self) -> Result<Option<Created>, EngineError> {
-        if self.store.count_root_keys().await? > 0 {
+        if self.has_root_key().await? {
             return Ok(None);
         }
         let spec = NewKey {

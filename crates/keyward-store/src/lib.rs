@@ -14,6 +14,7 @@
 //! # use keyward_store::KeyStore;
 //! ```
 
+mod data_dir;
 mod postgres;
 mod sql;
 mod sqlite;

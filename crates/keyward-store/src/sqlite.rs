@@ -51,9 +51,7 @@ impl SqliteStore {
             location: data_dir.display().to_string(),
             reason,
         };
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| open_error(format!("cannot create the data directory: {e}")))?;
-        let path = data_dir.join(DB_FILE);
+        let path = crate::data_dir::prepare(data_dir)?;
         let base = SqliteConnectOptions::new()
             .filename(&path)
             .journal_mode(SqliteJournalMode::Wal)

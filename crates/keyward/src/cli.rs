@@ -224,6 +224,10 @@ pub struct ServeArgs {
     /// not know, with no identity, permissions, limits or quota.
     #[arg(long, env = "KEYWARD_FAIL_OPEN_UNKNOWN_KEYS")]
     pub fail_open_unknown_keys: bool,
+    /// Write the first root key of an empty store to this file (created with mode 0600, never
+    /// overwritten) instead of standard output, which service managers ship to log stores.
+    #[arg(long, env = "KEYWARD_BOOTSTRAP_KEY_FILE")]
+    pub bootstrap_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]

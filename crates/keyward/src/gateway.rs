@@ -9,6 +9,8 @@
 //! # store = "postgres://keyward@db/keyward"  # or a shared PostgreSQL store instead of
 //!                                     # data_dir (--store / KEYWARD_STORE override it)
 //! admin_listen = "127.0.0.1:8080"     # optional: the admin API in this process too
+//! bootstrap_key_file = "/run/keyward/root-key"  # optional: write the first root key here
+//!                                     # (mode 0600, never overwritten), not to stdout
 //! ratelimit_headers_on_success = true # RateLimit fields on admitted responses as well
 //! quota_lease = 20                    # credits leased per store write (the crash overcharge bound)
 //! threads = 2                         # gateway threads, one runtime each (default: one per core)
@@ -66,6 +68,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     store: Option<String>,
     admin_listen: Option<SocketAddr>,
+    bootstrap_key_file: Option<PathBuf>,
     #[serde(default)]
     ratelimit_headers_on_success: bool,
     quota_lease: Option<u64>,
@@ -119,6 +122,8 @@ pub struct Loaded {
     /// A PostgreSQL URL: the shared store instead of `data_dir`.
     pub store: Option<String>,
     pub admin_listen: Option<SocketAddr>,
+    /// Where the first root key of an empty store goes instead of standard output.
+    pub bootstrap_key_file: Option<PathBuf>,
     pub quota_lease: u64,
     pub threads: usize,
     pub redis: Option<keyward_engine::RedisConfig>,
@@ -279,6 +284,7 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         data_dir: file.data_dir,
         store: file.store,
         admin_listen: file.admin_listen,
+        bootstrap_key_file: file.bootstrap_key_file,
         quota_lease: file
             .quota_lease
             .unwrap_or(EngineConfig::default().quota_lease)
@@ -378,7 +384,7 @@ async fn serve(
         Keyward::new(store.shared(), Arc::new(SystemClock), config).with_anomaly_detection(anomaly),
         loaded.redis.clone(),
     )?);
-    crate::serve::print_bootstrap(&engine).await?;
+    crate::bootstrap::announce(&engine, loaded.bootstrap_key_file.as_deref()).await?;
     let secret = std::env::var("KEYWARD_WEBHOOK_SECRET")
         .ok()
         .and_then(|s| s.parse::<crate::notify::WebhookSecret>().ok());
@@ -481,6 +487,7 @@ stale_if_error_seconds = 60
 fail_open_unknown_keys = true
 otlp_endpoint = "http://127.0.0.1:4317"
 otlp_service_name = "edge"
+bootstrap_key_file = "/run/keyward/root-key"
 [[route]]
 prefix = "/orders"
 upstream = "http://127.0.0.1:9000"
@@ -504,6 +511,10 @@ cost = 2
             Some("http://127.0.0.1:4317")
         );
         assert_eq!(loaded.otlp_service_name.as_deref(), Some("edge"));
+        assert_eq!(
+            loaded.bootstrap_key_file.as_deref(),
+            Some(Path::new("/run/keyward/root-key"))
+        );
         // Left out, the outage settings are the safe defaults.
         let plain = load_text(
             "listen = \"127.0.0.1:0\"\ndata_dir = \"/tmp/x\"\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n",

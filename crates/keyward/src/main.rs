@@ -2,6 +2,7 @@
 //! server. Errors print as one line (`error: ...`) with exit status 1; `verify` exits 3 when
 //! the key is not valid, and `audit verify` exits 3 when the chain is broken.
 
+mod bootstrap;
 mod cli;
 mod client;
 mod gateway;

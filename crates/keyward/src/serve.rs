@@ -112,7 +112,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_anomaly_detection(args.anomaly.config()),
         args.redis.config(),
     )?);
-    print_bootstrap(&engine).await?;
+    crate::bootstrap::announce(&engine, args.bootstrap_key_file.as_deref()).await?;
     let _webhooks = crate::notify::start(&engine, args.notify.settings()?);
     let flusher = spawn_upkeep(
         Arc::clone(&engine),
@@ -353,27 +353,6 @@ pub async fn join_per_core(
             .await
             .context("joining a server thread")?
             .map_err(|_| anyhow::anyhow!("a server thread panicked"))??;
-    }
-    Ok(())
-}
-
-/// Creates the first root key of an empty store and prints it, once, to standard output (never
-/// to the log: this is the only time it exists in clear).
-pub async fn print_bootstrap(engine: &Keyward) -> anyhow::Result<()> {
-    if let Some(root) = engine
-        .bootstrap()
-        .await
-        .context("creating the first root key")?
-    {
-        println!(
-            "keyward: created the first root key ({}), with all permissions:",
-            root.record.key_id
-        );
-        println!();
-        println!("    {}", root.key.expose());
-        println!();
-        println!("This root key will not be shown again. Store it now, for example:");
-        println!("    export KEYWARD_ROOT_KEY=<the key above>");
     }
     Ok(())
 }

@@ -111,3 +111,97 @@ fn listen_address_and_data_dir_come_from_the_environment() {
     assert!(listening.contains("from-env"), "{listening}");
     assert!(data.join("keyward.db").exists());
 }
+
+/// Issue 10, finding 9: the bootstrap root key went only to standard output, which service
+/// managers ship to log stores. With `--bootstrap-key-file` it goes to a 0600 file instead.
+#[test]
+fn finding_9_bootstrap_key_goes_to_a_private_file_not_stdout() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key_file = dir.path().join("root-key");
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--bootstrap-key-file",
+        key_file.to_str().unwrap(),
+    ];
+    let server = Process::start_with(&args, dir.path());
+    assert_eq!(server.root_key, None, "{:?}", server.stdout_lines);
+    assert!(
+        server
+            .stdout_lines
+            .iter()
+            .any(|l| l.contains("wrote it to") && l.contains("root-key")),
+        "{:?}",
+        server.stdout_lines
+    );
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let root = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(root.starts_with("kwroot_"), "{root}");
+    assert!(
+        !server.log().contains(&root),
+        "the root key reached the log"
+    );
+    let listed = server.cli(&root, &["root", "list"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    server.terminate();
+
+    // A restart on the same store and file: the file is kept as it is, no new key.
+    let restarted = Process::start_with(&args, dir.path());
+    assert_eq!(restarted.root_key, None);
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), root);
+    assert!(restarted.cli(&root, &["root", "list"]).status.success());
+}
+
+#[test]
+fn finding_9_an_existing_bootstrap_key_file_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("root-key");
+    std::fs::write(&key_file, "operator's own notes\n").unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--bootstrap-key-file")
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already exists") && err.contains("never overwrites"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("kwroot_"));
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        "operator's own notes\n"
+    );
+
+    // A store that already has a root key leaves no empty file behind either.
+    let fresh = tempfile::tempdir().unwrap();
+    let data = fresh.path().join("data");
+    let first = Process::start(&data);
+    assert!(first.root_key.is_some());
+    first.terminate();
+    let unused = fresh.path().join("unused-key-file");
+    let again = Process::start_with(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--bootstrap-key-file",
+            unused.to_str().unwrap(),
+        ],
+        fresh.path(),
+    );
+    assert_eq!(again.root_key, None);
+    assert!(!unused.exists(), "an empty key file was left behind");
+}
