@@ -4,6 +4,7 @@
 
 mod cli;
 mod client;
+mod connections;
 mod gateway;
 mod notify;
 mod output;

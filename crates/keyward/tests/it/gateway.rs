@@ -7,7 +7,8 @@ use axum::Router;
 use axum::extract::Request;
 use axum::routing::any;
 use keyward_core::permission::PermissionQuery;
-use keyward_http::gateway::{GatewayConfig, GatewayRoute, gateway_router};
+use keyward_http::gateway::{GatewayConfig, GatewayRoute, serve_gateway};
+use keyward_http::listener::Connections;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -40,7 +41,11 @@ pub(crate) async fn upstream() -> std::net::SocketAddr {
     addr
 }
 
-fn route(prefix: &str, upstream: std::net::SocketAddr, permissions: Option<&str>) -> GatewayRoute {
+pub(crate) fn route(
+    prefix: &str,
+    upstream: std::net::SocketAddr,
+    permissions: Option<&str>,
+) -> GatewayRoute {
     GatewayRoute {
         prefix: prefix.into(),
         upstream: format!("http://{upstream}").parse().unwrap(),
@@ -48,22 +53,33 @@ fn route(prefix: &str, upstream: std::net::SocketAddr, permissions: Option<&str>
         cost: 1,
         allow_query_key: false,
         timeout: Duration::from_millis(300),
+        host: None,
     }
 }
 
 async fn gateway(s: &Server, routes: Vec<GatewayRoute>) -> Http {
-    let app = gateway_router(
+    Http::new(gateway_on(s, routes, Connections::defaults("gateway")).await)
+}
+
+/// The real gateway (`serve_gateway`) on port 0 with `connections`; returns its address.
+pub(crate) async fn gateway_on(
+    s: &Server,
+    routes: Vec<GatewayRoute>,
+    connections: Connections,
+) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_gateway(
+        listener,
         Arc::clone(&s.engine),
         GatewayConfig {
             routes,
             ratelimit_headers_on_success: true,
         },
-    )
-    .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Http::new(addr)
+        connections,
+        std::future::pending(),
+    ));
+    addr
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -206,9 +206,14 @@ impl Server {
         let state = AppState {
             engine: engine.clone(),
         };
-        tokio::spawn(keyward_http::serve(listener, state, async move {
-            let _ = rx.await;
-        }));
+        tokio::spawn(keyward_http::serve(
+            listener,
+            state,
+            keyward_http::listener::Connections::defaults("admin"),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Self {
             http: Http::new(addr),
             root_key: root.key.expose().to_owned(),
