@@ -14,20 +14,26 @@ use tokio::net::TcpListener;
 
 use crate::testkit::{Http, Server};
 
-/// An upstream that answers with the method, path, query and headers it received, or (under
-/// `/slow`) never answers.
+/// An upstream that reads the body and answers with the method, path, query, headers and body
+/// length it received, or (under `/slow`) never answers.
 pub(crate) async fn upstream() -> std::net::SocketAddr {
     async fn echo(request: Request) -> axum::Json<Value> {
+        let (request, body) = request.into_parts();
+        // The body is read whole first, as an upstream that takes uploads would.
+        let body = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .unwrap_or_default();
         let headers: serde_json::Map<String, Value> = request
-            .headers()
+            .headers
             .iter()
             .map(|(k, v)| (k.as_str().to_owned(), Value::from(v.to_str().unwrap_or(""))))
             .collect();
         axum::Json(json!({
-            "method": request.method().as_str(),
-            "path": request.uri().path(),
-            "query": request.uri().query(),
+            "method": request.method.as_str(),
+            "path": request.uri.path(),
+            "query": request.uri.query(),
             "headers": headers,
+            "body_bytes": body.len(),
         }))
     }
     async fn never() -> &'static str {
