@@ -540,15 +540,42 @@ stale_if_error_seconds = 60
 fail_open_unknown_keys = true
 otlp_endpoint = "http://127.0.0.1:4317"
 otlp_service_name = "edge"
+header_read_timeout_ms = 500
+idle_timeout_ms = 7000
+body_read_timeout_ms = 9000
+max_connections = 64
+trusted_proxies = ["10.0.0.0/8", "2001:db8::/32"]
+proxy_protocol = true
+metrics_hosts = ["keyward-1.internal"]
 [[route]]
 prefix = "/orders"
 upstream = "http://127.0.0.1:9000"
 permissions = "orders.read"
 cost = 2
+host = "orders.internal:8080"
 "#,
         )
         .unwrap();
         assert_eq!(loaded.gateway.routes[0].cost, 2);
+        assert_eq!(
+            loaded.gateway.routes[0].host.as_deref(),
+            Some("orders.internal:8080")
+        );
+        let listener = &loaded.gateway_listener;
+        assert_eq!(listener.header_read_timeout, Duration::from_millis(500));
+        assert_eq!(listener.idle_timeout, Duration::from_millis(7000));
+        assert_eq!(listener.body_read_timeout, Duration::from_millis(9000));
+        assert_eq!(listener.max_connections, 64);
+        assert!(
+            listener
+                .trusted_proxies
+                .contains("10.1.1.1".parse().unwrap())
+        );
+        assert!(listener.proxy_protocol);
+        assert_eq!(listener.host_names, ["keyward-1.internal"]);
+        // The admin listener shares the settings but never reads PROXY headers.
+        assert!(!loaded.admin_listener.proxy_protocol);
+        assert_eq!(loaded.admin_listener.max_connections, 64);
         assert!(loaded.gateway.ratelimit_headers_on_success);
         let redis = loaded.redis.unwrap();
         assert_eq!(redis.url, "redis://127.0.0.1:6379");
@@ -572,6 +599,12 @@ cost = 2
         assert_eq!(plain.stale_if_error, Duration::from_secs(300));
         assert!(plain.redis.is_none());
         assert!(plain.otlp_endpoint.is_none());
+        assert!(plain.gateway.routes[0].host.is_none());
+        assert!(plain.gateway_listener.trusted_proxies.is_empty());
+        assert_eq!(
+            plain.gateway_listener.header_read_timeout,
+            Duration::from_secs(10)
+        );
     }
 
     #[test]
@@ -720,6 +753,30 @@ cost = 2
                     "{base}store = \"postgres://h/db\"\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n"
                 ),
                 "not both",
+            ),
+            (
+                format!(
+                    "{base}[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\nhost = \"user@evil\"\n"
+                ),
+                "host must be host or host:port",
+            ),
+            (
+                format!(
+                    "{base}proxy_protocol = true\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n"
+                ),
+                "needs at least one trusted proxy",
+            ),
+            (
+                format!(
+                    "{base}trusted_proxies = [\"10.0.0.0/99\"]\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n"
+                ),
+                "trusted_proxies",
+            ),
+            (
+                format!(
+                    "{base}header_read_timeout_ms = 0\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n"
+                ),
+                "header_read_timeout_ms",
             ),
         ];
         for (text, expected) in cases {
