@@ -699,3 +699,50 @@ async fn also_metrics_answers_only_for_the_listeners_own_host() {
         .await;
     assert_eq!(r.status, 200);
 }
+
+/// The flags reach the listener of the real binary, and an impossible combination is refused
+/// before the server starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn finding_3_and_14_serve_flags_configure_the_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = crate::testkit::Process::start_with(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--header-read-timeout-ms",
+            "200",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--metrics-host",
+            "metrics.internal",
+        ],
+        dir.path(),
+    );
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    read_until_closed(&mut silent).await;
+    let http = Http::new(server.addr);
+    let metrics = http
+        .raw_with_headers("GET", "/metrics", &[("host", "metrics.internal")])
+        .await;
+    assert_eq!(metrics.status, 200);
+
+    let refused = std::process::Command::new(crate::testkit::binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--proxy-protocol",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("other"))
+        .env_remove("KEYWARD_TRUSTED_PROXIES")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("needs at least one trusted proxy"),
+        "{stderr}"
+    );
+}
