@@ -746,3 +746,61 @@ async fn finding_3_and_14_serve_flags_configure_the_listener() {
         "{stderr}"
     );
 }
+
+/// Serving through the listener keeps graceful shutdown: a request in flight when the stop
+/// comes is answered, an idle kept-alive connection is closed, and serving then returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn finding_3_graceful_shutdown_still_finishes_requests_in_flight() {
+    use std::sync::{Arc, Mutex};
+
+    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let gate = Arc::new(Mutex::new(Some((entered_tx, release_rx))));
+    let app = axum::Router::new()
+        .route(
+            "/wait",
+            axum::routing::get(move || {
+                let gate = gate.lock().unwrap().take();
+                async move {
+                    if let Some((entered, release)) = gate {
+                        let _ = entered.send(());
+                        let _ = release.await;
+                    }
+                    "done"
+                }
+            }),
+        )
+        .route("/now", axum::routing::get(|| async { "now" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(keyward_http::listener::serve_router(
+        listener,
+        app,
+        Connections::defaults("test"),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let (status, _) = exchange(&mut idle, "GET /now HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    entered_rx.await.unwrap();
+    stop_tx.send(()).unwrap();
+    // The idle connection is closed by the shutdown...
+    assert!(read_until_closed(&mut idle).await.is_empty());
+    // ...the busy one is answered once its handler finishes, and then serving ends.
+    release_tx.send(()).unwrap();
+    let answer = String::from_utf8(read_until_closed(&mut busy).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.ends_with("done"), "{answer}");
+    tokio::time::timeout(DEADLINE, serving)
+        .await
+        .expect("serving did not end after the shutdown")
+        .unwrap()
+        .unwrap();
+}
