@@ -68,6 +68,8 @@ pub const REDIS_DURATION: &str = "keyward_redis_duration_seconds";
 pub const REDIS_ERRORS: &str = "keyward_redis_errors_total";
 /// Keys accepted from a URL query string (discouraged: URLs end up in logs).
 pub const QUERY_KEY_WARNINGS: &str = "keyward_query_key_warnings_total";
+/// Counter: connections the HTTP listeners closed themselves, by `listener` and `reason`.
+pub const CONNECTIONS_CLOSED: &str = "keyward_connections_closed_total";
 
 /// What kind of metric a name is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +182,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         MetricKind::Counter,
         "API keys accepted from a URL query string.",
     ),
+    (
+        CONNECTIONS_CLOSED,
+        MetricKind::Counter,
+        "HTTP connections closed by keyward: at the connection cap, or after a header, idle or PROXY protocol failure.",
+    ),
 ];
 
 /// The verify caches, as they appear in the `cache` label.
@@ -266,6 +273,7 @@ pub fn describe() {
         LEAK_EVENTS,
         WEBHOOK_DELIVERIES,
         KEY_WRITE_FAILURES,
+        CONNECTIONS_CLOSED,
     ] {
         counter!(name).absolute(0);
     }

@@ -20,6 +20,18 @@ pub const TENANT_HEADER: &str = "x-keyward-tenant";
 /// Alternative to `Authorization: Bearer` for presenting a key.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
+/// True for a name in keyward's `X-Keyward-*` family, in any case and with `_` for `-`:
+/// CGI-style upstreams (and frameworks on them) read `X_Keyward_Owner` as `X-Keyward-Owner`,
+/// so a client must not be able to send either.
+pub fn is_keyward_header(name: &str) -> bool {
+    const PREFIX: &[u8] = b"x-keyward-";
+    name.len() >= PREFIX.len()
+        && name
+            .bytes()
+            .zip(PREFIX)
+            .all(|(a, &b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+}
+
 /// The key a client presented: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     presented_key_in(|name| headers.get(name).and_then(|v| v.to_str().ok()))
@@ -85,12 +97,44 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
+/// The prefix of an encoded header value (RFC 8187's `ext-value` with the UTF-8 charset and
+/// no language).
+pub const ENCODED_PREFIX: &str = "utf-8''";
+
+/// A free-text value (an owner) as a header value. Printable ASCII goes as it is; anything
+/// else, or a value that itself starts with the prefix, goes as RFC 8187 `ext-value`:
+/// `utf-8''` and the UTF-8 bytes percent-encoded except `attr-char`s, so `Zoë Ltd` is
+/// `utf-8''Zo%C3%AB%20Ltd`. A reader decodes a value that starts with `utf-8''` and takes
+/// any other as it is; the two cannot be confused.
+pub fn header_text(value: &str) -> String {
+    use std::fmt::Write as _;
+    let printable = value.bytes().all(|b| (0x20..0x7f).contains(&b));
+    let looks_encoded = value
+        .get(..ENCODED_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(ENCODED_PREFIX));
+    if printable && !looks_encoded {
+        return value.to_owned();
+    }
+    let mut out = String::with_capacity(ENCODED_PREFIX.len() + value.len() * 3);
+    out.push_str(ENCODED_PREFIX);
+    for b in value.bytes() {
+        // RFC 8187 attr-char: ALPHA / DIGIT / "!" / "#" / "$" / "&" / "+" / "-" / "." /
+        // "^" / "_" / "`" / "|" / "~".
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 /// Adds the verify code, identity (if admitted), RateLimit fields and Retry-After.
 pub fn decorate(headers: &mut HeaderMap, v: &Verification) {
     insert(headers, CODE_HEADER, v.code.as_str());
     if let Some(key) = v.key.as_deref().filter(|_| v.code == VerifyCode::Valid) {
         insert(headers, KEY_ID_HEADER, &key.key_id);
-        insert(headers, OWNER_HEADER, &key.owner);
+        insert(headers, OWNER_HEADER, &header_text(&key.owner));
         if let Some(tenant) = &key.tenant {
             insert(headers, TENANT_HEADER, tenant);
         }
@@ -151,5 +195,48 @@ pub fn status(code: VerifyCode) -> StatusCode {
         | VerifyCode::IpNotAllowed
         | VerifyCode::OriginNotAllowed => StatusCode::FORBIDDEN,
         VerifyCode::RateLimited | VerifyCode::UsageExceeded => StatusCode::TOO_MANY_REQUESTS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keyward_family_in_every_spelling() {
+        for name in [
+            "x-keyward-code",
+            "X-Keyward-Owner",
+            "x_keyward_tenant",
+            "X_KEYWARD-",
+            "x-keyward_x",
+        ] {
+            assert!(is_keyward_header(name), "{name}");
+        }
+        for name in [
+            "x-keyward",
+            "x-keywardx-a",
+            "keyward-owner",
+            "x-api-key",
+            "",
+        ] {
+            assert!(!is_keyward_header(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn owners_that_are_not_printable_ascii_are_encoded_not_dropped() {
+        assert_eq!(header_text("billing team"), "billing team");
+        assert_eq!(header_text("Zoë Ltd"), "utf-8''Zo%C3%AB%20Ltd");
+        assert_eq!(header_text("請求"), "utf-8''%E8%AB%8B%E6%B1%82");
+        // A plain value that would read as encoded is encoded itself, so it round-trips.
+        assert_eq!(header_text("UTF-8''x"), "utf-8''UTF-8%27%27x");
+        assert_eq!(header_text("50% off"), "50% off");
+        for owner in ["Zoë Ltd", "請求", "UTF-8''x", "a\u{7f}b"] {
+            assert!(
+                HeaderValue::from_str(&header_text(owner)).is_ok(),
+                "{owner}"
+            );
+        }
     }
 }

@@ -71,6 +71,16 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
         "The request conflicts with the key's current state",
     ),
     ("payload_too_large", 413, "The request body is too large"),
+    (
+        "request_timeout",
+        408,
+        "The request body did not arrive in time",
+    ),
+    (
+        "misdirected_request",
+        421,
+        "This listener does not answer for that host",
+    ),
     ("bad_gateway", 502, "The upstream failed"),
     (
         "gateway_timeout",

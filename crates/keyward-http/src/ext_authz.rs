@@ -31,7 +31,10 @@ use keyward_engine::{Keyward, Verification};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
-use crate::enforce::{decorate, presented_key_in, refusal, status};
+use crate::enforce::{
+    KEY_ID_HEADER, OWNER_HEADER, TENANT_HEADER, decorate, is_keyward_header, presented_key_in,
+    refusal, status,
+};
 
 /// Context extension carrying the route's permission query.
 pub const PERMISSIONS_EXTENSION: &str = "keyward_permissions";
@@ -175,7 +178,8 @@ impl Authorization for ExtAuthz {
         let mut headers = HeaderMap::new();
         decorate(&mut headers, &v);
         let mut ok = OkHttpResponseBuilder::new();
-        for name in ["x-keyward-key-id", "x-keyward-owner", "x-keyward-tenant"] {
+        let mut identity: Vec<&str> = Vec::with_capacity(3);
+        for name in [KEY_ID_HEADER, OWNER_HEADER, TENANT_HEADER] {
             if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
                 ok.add_header(
                     name,
@@ -183,18 +187,17 @@ impl Authorization for ExtAuthz {
                     Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
                     false,
                 );
+                identity.push(name);
             }
         }
         ok.remove_header("authorization");
         ok.remove_header("x-api-key");
-        // Identity headers the client sent itself must not reach the upstream: the ones set
-        // above overwrite theirs, any other x-keyward-* (a tenant for a key without one) goes.
-        for name in client_headers
-            .keys()
-            .filter(|n| n.starts_with("x-keyward-"))
-        {
-            if !headers.contains_key(name.as_str()) {
-                ok.remove_header(name.clone());
+        // Every x-keyward-* header the client sent itself goes (in any case, and with `_` for
+        // `-`), except the identity headers set above, which overwrite the client's: removing
+        // those too could remove keyward's own, depending on the order Envoy applies the two.
+        for name in client_headers.keys().filter(|n| is_keyward_header(n)) {
+            if !identity.iter().any(|set| name.eq_ignore_ascii_case(set)) {
+                ok.remove_header(name.to_ascii_lowercase());
             }
         }
         for name in ["ratelimit-policy", "ratelimit"] {

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::listener::ConnectionInfo;
 
 /// A JSON object body whose rejections are problem+json errors.
 ///
@@ -34,6 +35,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             Ok(bytes) => bytes,
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 return Err(payload_too_large());
+            }
+            Err(rejection) if crate::listener::is_body_read_timeout(&rejection) => {
+                return Err(request_timeout());
             }
             Err(rejection) => return Err(ApiError::new("invalid_request", rejection.body_text())),
         };
@@ -76,6 +80,14 @@ fn payload_too_large() -> ApiError {
             "request bodies are limited to {} bytes",
             crate::MAX_BODY_BYTES
         ),
+    )
+}
+
+/// The answer to a request whose body did not arrive within the listener's body read timeout.
+pub(crate) fn request_timeout() -> ApiError {
+    ApiError::new(
+        "request_timeout",
+        "the request body did not arrive in time; the connection will be closed",
     )
 }
 
@@ -149,7 +161,9 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
-/// The peer address of the connection, when the server was started with connect info.
+/// The client's address: the socket peer, or, when the peer is a trusted proxy, the client it
+/// forwards for (see [`crate::trusted_proxy`]). `None` only for a router served without
+/// connection information.
 pub struct RemoteAddr(pub Option<std::net::IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for RemoteAddr {
@@ -160,11 +174,35 @@ impl<S: Send + Sync> FromRequestParts<S> for RemoteAddr {
     }
 }
 
-fn remote_of(parts: &Parts) -> Option<std::net::IpAddr> {
+/// Where a request comes from in full: the client, and the peer whose word was taken for it
+/// (the gateway builds `X-Forwarded-For` from it). `None` as for [`RemoteAddr`].
+pub struct ClientAddr(pub Option<crate::trusted_proxy::Resolved>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(info) = parts.extensions.get::<ConnectionInfo>() {
+            return Ok(Self(Some(info.resolve(&parts.headers))));
+        }
+        Ok(Self(remote_of(parts).map(|ip| {
+            crate::trusted_proxy::Resolved {
+                client: ip,
+                peer: ip,
+                peer_trusted: false,
+            }
+        })))
+    }
+}
+
+pub(crate) fn remote_of(parts: &Parts) -> Option<std::net::IpAddr> {
+    if let Some(info) = parts.extensions.get::<ConnectionInfo>() {
+        return Some(info.resolve(&parts.headers).client);
+    }
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
+        .map(|ConnectInfo(addr)| addr.ip().to_canonical())
 }
 
 /// A permission a handler requires of the root key.

@@ -4,12 +4,19 @@
 //! query, a cost). The gateway reads the key from `Authorization: Bearer` or `X-API-Key` (or,
 //! only where a route allows it, the `api_key` query parameter, which is logged as a warning),
 //! verifies it with limits and quota, removes it, and forwards the request over a pooled
-//! connection with `X-Keyward-Key-Id`, `X-Keyward-Owner` and `X-Keyward-Tenant`. Refusals are
+//! connection with `X-Keyward-Key-Id`, `X-Keyward-Owner` and `X-Keyward-Tenant`.
+//!
+//! What the upstream sees of the client is what keyward saw, not what the client claims: `Host`
+//! is the route's upstream authority (or its configured `host`), so a key cannot reach another
+//! virtual host behind the same address; every client `X-Keyward-*` header is removed; the
+//! forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP` and the other client-address
+//! headers) and the URL and method override headers are removed and `X-Forwarded-For`,
+//! `X-Forwarded-Host`, `X-Forwarded-Proto` and `X-Real-IP` set by keyward (see
+//! [`crate::trusted_proxy`] for when a proxy's chain is kept). Refusals are
 //! problem+json: 401 (missing or invalid key), 403 (permission, route, IP, origin), 429 (limit,
 //! quota) with `Retry-After` and the RateLimit fields. Upstream failures are 502, timeouts 504,
 //! with no upstream detail in the body.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,8 +34,10 @@ use keyward_engine::Keyward;
 
 use crate::enforce::{API_KEY_HEADER, decorate, missing_key, presented_key, refusal};
 use crate::error::ApiError;
-use crate::extract::RemoteAddr;
+use crate::extract::ClientAddr;
+use crate::listener::Connections;
 use crate::spans;
+use crate::trusted_proxy::Resolved;
 use tracing::Instrument as _;
 
 /// Query parameter a route may accept keys in (off by default).
@@ -49,6 +58,8 @@ pub struct GatewayRoute {
     pub allow_query_key: bool,
     /// Longest wait for the upstream's response headers.
     pub timeout: Duration,
+    /// The `Host` sent upstream (`host[:port]`); the upstream's authority when `None`.
+    pub host: Option<String>,
 }
 
 /// Gateway settings.
@@ -85,21 +96,22 @@ pub fn gateway_router(engine: Arc<Keyward>, config: GatewayConfig) -> Router {
     Router::new().fallback(proxy).with_state(state)
 }
 
-/// Serves the gateway on `listener` until `shutdown` resolves.
+/// Serves the gateway on `listener` under `connections`' timeouts, cap and trusted proxies
+/// (see [`crate::listener`]) until `shutdown` resolves.
 pub async fn serve_gateway(
     listener: tokio::net::TcpListener,
     engine: Arc<Keyward>,
     config: GatewayConfig,
+    connections: Connections,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = gateway_router(engine, config).into_make_service_with_connect_info::<SocketAddr>();
-    // Small answers go out at once rather than waiting on Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::listener::serve_router(
+        listener,
+        gateway_router(engine, config),
+        connections,
+        shutdown,
+    )
+    .await
 }
 
 fn route_for<'a>(config: &'a GatewayConfig, path: &str) -> Option<&'a GatewayRoute> {
@@ -144,26 +156,130 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// Headers that tell an upstream where a request came from, or what it "really" is: a client
+/// must not set them. keyward sets the `X-Forwarded-*` family and `X-Real-IP` itself; the
+/// URL and method overrides (honoured by some frameworks) would otherwise let a request reach
+/// an endpoint or method other than the one its route and key were checked for.
+const CLIENT_CLAIMS: [&str; 19] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-original-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// True for a header name the client may not send upstream. Names are compared with `_` read
+/// as `-`, because CGI-style upstreams (and the frameworks on them) map both to the same
+/// variable: `X_Keyward_Owner` would otherwise pass as `X-Keyward-Owner`.
+fn is_client_claim(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    let same = |protected: &str| {
+        name.len() == protected.len()
+            && name
+                .bytes()
+                .zip(protected.bytes())
+                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    };
+    crate::enforce::is_keyward_header(name) || CLIENT_CLAIMS.iter().any(|c| same(c))
+}
+
 fn clean_forward_headers(headers: &mut HeaderMap) {
+    // Headers the client named in `Connection` are hop-by-hop too (RFC 9110 section 7.6.1).
+    let mut drop: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    // The key never goes upstream, and clients cannot forge identity headers.
+    // The key never goes upstream, and clients cannot forge identity or forwarding headers.
     headers.remove(header::AUTHORIZATION);
     headers.remove(API_KEY_HEADER);
-    let forged: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-keyward-"))
-        .cloned()
-        .collect();
-    for name in forged {
+    drop.extend(headers.keys().filter(|name| is_client_claim(name)).cloned());
+    for name in drop {
         headers.remove(name);
+    }
+}
+
+/// What keyward tells the upstream about a request, worked out from the client's headers
+/// before they are cleaned.
+struct Forwarding {
+    host: Option<HeaderValue>,
+    forwarded_host: Option<HeaderValue>,
+    proto: HeaderValue,
+    forwarded_for: Option<HeaderValue>,
+    real_ip: Option<HeaderValue>,
+}
+
+impl Forwarding {
+    fn of(headers: &HeaderMap, uri: &Uri, route: &GatewayRoute, from: Option<&Resolved>) -> Self {
+        let host = route
+            .host
+            .as_deref()
+            .or_else(|| route.upstream.authority().map(|a| a.as_str()))
+            .and_then(|h| HeaderValue::from_str(h).ok());
+        // The Host the client asked for, if it is a well-formed authority (no user information).
+        let forwarded_host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| uri.authority().map(|a| a.as_str()))
+            .filter(|h| !h.contains('@'))
+            .filter(|h| h.parse::<axum::http::uri::Authority>().is_ok())
+            .and_then(|h| HeaderValue::from_str(h).ok());
+        // keyward speaks plain HTTP; a trusted proxy in front may have terminated TLS and says so.
+        let proto = from
+            .filter(|f| f.peer_trusted)
+            .and_then(|_| headers.get("x-forwarded-proto"))
+            .filter(|p| *p == "https" || *p == "http")
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("http"));
+        Self {
+            host,
+            forwarded_host,
+            proto,
+            forwarded_for: from.and_then(|f| crate::trusted_proxy::forwarded_for(headers, f)),
+            real_ip: from.and_then(|f| HeaderValue::from_str(&f.client.to_string()).ok()),
+        }
+    }
+
+    fn apply(self, headers: &mut HeaderMap) {
+        if let Some(host) = self.host {
+            headers.insert(header::HOST, host);
+        }
+        let set = [
+            ("x-forwarded-host", self.forwarded_host),
+            ("x-forwarded-proto", Some(self.proto)),
+            ("x-forwarded-for", self.forwarded_for),
+            ("x-real-ip", self.real_ip),
+        ];
+        for (name, value) in set {
+            if let Some(value) = value {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
     }
 }
 
 async fn proxy(
     State(state): State<GatewayState>,
-    RemoteAddr(remote): RemoteAddr,
+    ClientAddr(from): ClientAddr,
     request: Request,
 ) -> Response {
     let span = spans::request_span(spans::Server::Gateway, request.method());
@@ -177,7 +293,7 @@ async fn proxy(
             spans::record_route(&span, request.method(), &route.prefix);
         }
     }
-    let response = match forward(&state, remote, request)
+    let response = match forward(&state, from, request)
         .instrument(span.clone())
         .await
     {
@@ -190,7 +306,7 @@ async fn proxy(
 
 async fn forward(
     state: &GatewayState,
-    remote: Option<std::net::IpAddr>,
+    from: Option<Resolved>,
     request: Request,
 ) -> Result<Response, Response> {
     let (mut parts, body) = request.into_parts();
@@ -224,7 +340,7 @@ async fn forward(
         .or_else(|| parts.headers.get(header::REFERER))
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let ip = remote;
+    let ip = from.map(|f| f.client);
     let verify = VerifyRequest {
         query: route.permissions.as_ref(),
         method: Some(parts.method.as_str()),
@@ -253,10 +369,12 @@ async fn forward(
         route.upstream.to_string().trim_end_matches('/'),
         path_and_query
     );
+    let forwarding = Forwarding::of(&parts.headers, &parts.uri, route, from.as_ref());
     parts.uri = upstream
         .parse()
         .map_err(|_| ApiError::new("bad_gateway", "the upstream URL is invalid").into_response())?;
     clean_forward_headers(&mut parts.headers);
+    forwarding.apply(&mut parts.headers);
     // The edge headers are built once: identity goes upstream, RateLimit fields back down.
     let mut edge = HeaderMap::new();
     decorate(&mut edge, &v);
@@ -265,21 +383,6 @@ async fn forward(
             parts
                 .headers
                 .insert(HeaderName::from_static(name), value.clone());
-        }
-    }
-    if let Some(ip) = &remote {
-        let forwarded = match parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(previous) => format!("{previous}, {ip}"),
-            None => ip.to_string(),
-        };
-        if let Ok(value) = HeaderValue::from_str(&forwarded) {
-            parts
-                .headers
-                .insert(HeaderName::from_static("x-forwarded-for"), value);
         }
     }
     let upstream_request = Request::from_parts(parts, body);
@@ -291,6 +394,9 @@ async fn forward(
                 ApiError::new("gateway_timeout", "the upstream did not answer in time")
                     .into_response(),
             );
+        }
+        Ok(Err(e)) if crate::listener::is_body_read_timeout(&e) => {
+            return Err(crate::extract::request_timeout().into_response());
         }
         Ok(Err(e)) => {
             tracing::warn!(route = %route.prefix, error = %e, "upstream request failed");
@@ -328,6 +434,7 @@ mod tests {
             cost: 1,
             allow_query_key: false,
             timeout: Duration::from_secs(1),
+            host: None,
         }
     }
 
@@ -373,5 +480,40 @@ mod tests {
         clean_forward_headers(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("accept"));
+    }
+
+    #[test]
+    fn client_claims_go_in_every_spelling() {
+        let mut headers = HeaderMap::new();
+        for name in [
+            "x-keyward-code",
+            "x_keyward_owner",
+            "x-keyward_tenant",
+            "x-keyward-anything",
+            "x-forwarded-host",
+            "x_forwarded_for",
+            "forwarded",
+            "x-real-ip",
+            "true-client-ip",
+            "x-original-url",
+            "x-http-method-override",
+            "x-listed",
+        ] {
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("forged"),
+            );
+        }
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Listed"),
+        );
+        headers.insert("x-keywardish", HeaderValue::from_static("kept"));
+        headers.insert("x-forwarded", HeaderValue::from_static("kept"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        clean_forward_headers(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-forwarded", "x-keywardish"]);
     }
 }

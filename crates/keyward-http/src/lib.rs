@@ -15,15 +15,17 @@ pub mod ext_authz;
 pub mod extract;
 pub mod gateway;
 pub mod keys;
+pub mod listener;
 pub mod plans;
 pub mod prometheus;
+pub mod proxy_protocol;
 pub mod reports;
 pub mod root_keys;
 mod spans;
 pub mod system;
+pub mod trusted_proxy;
 pub mod usage;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -153,20 +155,15 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Serves the API on `listener` under `connections`' timeouts, cap and trusted proxies (see
+/// [`listener`]) until `shutdown` resolves, then drains in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    connections: listener::Connections,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    // Small answers go out at once rather than waiting on Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    listener::serve_router(listener, router(state), connections, shutdown).await
 }
 
 struct SecurityAddon;

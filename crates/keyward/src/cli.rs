@@ -236,6 +236,8 @@ pub struct ServeArgs {
     pub notify: NotifyArgs,
     #[command(flatten)]
     pub traces: TraceArgs,
+    #[command(flatten)]
+    pub listener: crate::connections::ListenerArgs,
 }
 
 /// Shared limits and quotas (every node with the same Redis and namespace shares them).

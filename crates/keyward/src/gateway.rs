@@ -36,6 +36,14 @@
 //! # Each anomaly setting given as a flag or environment variable wins over the file's.
 //! otlp_endpoint = "http://127.0.0.1:4317"  # optional: export traces over OTLP/gRPC
 //! otlp_service_name = "keyward-edge"  # service.name of exported traces (default "keyward")
+//! # Connections of the gateway and admin listeners (README "Connections and trusted proxies"):
+//! header_read_timeout_ms = 10000      # a request head must arrive within this
+//! idle_timeout_ms = 60000             # no byte either way for this long closes a connection
+//! body_read_timeout_ms = 30000        # a request body must arrive within this (else 408)
+//! max_connections = 10000             # per listener; more are closed on arrival
+//! trusted_proxies = ["10.0.0.0/8"]    # peers whose X-Forwarded-For names the client
+//! proxy_protocol = false              # gateway listener: PROXY v1/v2 from trusted proxies
+//! metrics_hosts = ["keyward-1.internal"]  # admin listener: names /metrics answers for
 //!
 //! [[route]]
 //! prefix = "/orders"                  # path prefix, matched at segment boundaries
@@ -44,6 +52,7 @@
 //! cost = 1                            # units per request (default 1)
 //! allow_query_key = false             # accept ?api_key= (logged as a warning)
 //! timeout_seconds = 30                # upstream response-header timeout (default 30)
+//! host = "orders.internal"            # Host sent upstream (default: the upstream's host:port)
 //! ```
 
 use std::net::SocketAddr;
@@ -59,6 +68,7 @@ use keyward_engine::clock::SystemClock;
 use keyward_engine::{EngineConfig, Keyward};
 use keyward_http::AppState;
 use keyward_http::gateway::{GatewayConfig, GatewayRoute, serve_gateway};
+use keyward_http::listener::Connections;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +108,16 @@ struct FileConfig {
     anomaly_failures_per_minute: Option<u32>,
     otlp_endpoint: Option<String>,
     otlp_service_name: Option<String>,
+    header_read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    max_connections: Option<u64>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    proxy_protocol: bool,
+    #[serde(default)]
+    metrics_hosts: Vec<String>,
     #[serde(rename = "route", default)]
     routes: Vec<FileRoute>,
 }
@@ -112,6 +132,7 @@ struct FileRoute {
     #[serde(default)]
     allow_query_key: bool,
     timeout_seconds: Option<u64>,
+    host: Option<String>,
 }
 
 /// The parsed configuration.
@@ -141,6 +162,10 @@ pub struct Loaded {
     pub otlp_service_name: Option<String>,
     /// Anomaly settings from the file (defaults, or the environment, where it is silent).
     pub anomaly: AnomalyArgs,
+    /// The gateway listener's connections.
+    pub gateway_listener: keyward_http::listener::ListenerConfig,
+    /// The admin listener's connections (no PROXY protocol there).
+    pub admin_listener: keyward_http::listener::ListenerConfig,
 }
 
 impl FileConfig {
@@ -228,6 +253,15 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
                 .map(PermissionQuery::parse)
                 .transpose()
                 .with_context(|| format!("{at}.permissions"))?;
+            if let Some(host) = &r.host {
+                let authority = host
+                    .parse::<hyper::http::uri::Authority>()
+                    .ok()
+                    .filter(|a| !a.as_str().contains('@'));
+                if authority.is_none() {
+                    bail!("{at}.host must be host or host:port");
+                }
+            }
             Ok(GatewayRoute {
                 prefix: r.prefix,
                 upstream,
@@ -235,6 +269,7 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
                 cost: r.cost.unwrap_or(1),
                 allow_query_key: r.allow_query_key,
                 timeout: Duration::from_secs(r.timeout_seconds.unwrap_or(30).max(1)),
+                host: r.host,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -262,7 +297,27 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         .map(crate::cli::parse_service_name)
         .transpose()
         .map_err(|e| anyhow::anyhow!("{}: otlp_service_name: {e}", path.display()))?;
+    let listener = crate::connections::FileListener {
+        header_read_timeout_ms: file.header_read_timeout_ms,
+        idle_timeout_ms: file.idle_timeout_ms,
+        body_read_timeout_ms: file.body_read_timeout_ms,
+        max_connections: file.max_connections,
+        trusted_proxies: file.trusted_proxies.clone(),
+        proxy_protocol: file.proxy_protocol,
+        metrics_hosts: file.metrics_hosts.clone(),
+    }
+    .config()
+    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let admin_listener = keyward_http::listener::ListenerConfig {
+        proxy_protocol: false,
+        ..listener.clone()
+    };
+    // Checked here, so a bad combination fails before anything starts.
+    keyward_http::listener::Connections::new("gateway", listener.clone())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(Loaded {
+        gateway_listener: listener,
+        admin_listener,
         anomaly,
         otlp_endpoint,
         otlp_service_name,
@@ -415,6 +470,7 @@ async fn serve(
             Some(tokio::spawn(keyward_http::serve(
                 admin_listener,
                 state,
+                Connections::new("admin", loaded.admin_listener.clone())?,
                 stopped(stop_rx.clone()),
             )))
         }
@@ -422,6 +478,8 @@ async fn serve(
     };
     let upkeep = crate::serve::spawn_upkeep(Arc::clone(&engine), Duration::from_secs(5));
     let (gateway_engine, config) = (Arc::clone(&engine), loaded.gateway.clone());
+    // One set of connection slots for every gateway thread: the cap is per listener.
+    let connections = Connections::new("gateway", loaded.gateway_listener.clone())?;
     let (bound, gateway) = serve_per_core(
         loaded.listen,
         loaded.threads,
@@ -429,8 +487,9 @@ async fn serve(
         &stop_rx,
         move |listener, stop| {
             let (engine, config) = (Arc::clone(&gateway_engine), config.clone());
+            let connections = connections.clone();
             async move {
-                serve_gateway(listener, engine, config, stopped(stop))
+                serve_gateway(listener, engine, config, connections, stopped(stop))
                     .await
                     .context("serving the gateway")
             }
@@ -488,15 +547,42 @@ fail_open_unknown_keys = true
 otlp_endpoint = "http://127.0.0.1:4317"
 otlp_service_name = "edge"
 bootstrap_key_file = "/run/keyward/root-key"
+header_read_timeout_ms = 500
+idle_timeout_ms = 7000
+body_read_timeout_ms = 9000
+max_connections = 64
+trusted_proxies = ["10.0.0.0/8", "2001:db8::/32"]
+proxy_protocol = true
+metrics_hosts = ["keyward-1.internal"]
 [[route]]
 prefix = "/orders"
 upstream = "http://127.0.0.1:9000"
 permissions = "orders.read"
 cost = 2
+host = "orders.internal:8080"
 "#,
         )
         .unwrap();
         assert_eq!(loaded.gateway.routes[0].cost, 2);
+        assert_eq!(
+            loaded.gateway.routes[0].host.as_deref(),
+            Some("orders.internal:8080")
+        );
+        let listener = &loaded.gateway_listener;
+        assert_eq!(listener.header_read_timeout, Duration::from_millis(500));
+        assert_eq!(listener.idle_timeout, Duration::from_millis(7000));
+        assert_eq!(listener.body_read_timeout, Duration::from_millis(9000));
+        assert_eq!(listener.max_connections, 64);
+        assert!(
+            listener
+                .trusted_proxies
+                .contains("10.1.1.1".parse().unwrap())
+        );
+        assert!(listener.proxy_protocol);
+        assert_eq!(listener.host_names, ["keyward-1.internal"]);
+        // The admin listener shares the settings but never reads PROXY headers.
+        assert!(!loaded.admin_listener.proxy_protocol);
+        assert_eq!(loaded.admin_listener.max_connections, 64);
         assert!(loaded.gateway.ratelimit_headers_on_success);
         let redis = loaded.redis.unwrap();
         assert_eq!(redis.url, "redis://127.0.0.1:6379");
@@ -524,6 +610,12 @@ cost = 2
         assert_eq!(plain.stale_if_error, Duration::from_secs(300));
         assert!(plain.redis.is_none());
         assert!(plain.otlp_endpoint.is_none());
+        assert!(plain.gateway.routes[0].host.is_none());
+        assert!(plain.gateway_listener.trusted_proxies.is_empty());
+        assert_eq!(
+            plain.gateway_listener.header_read_timeout,
+            Duration::from_secs(10)
+        );
     }
 
     #[test]
@@ -672,6 +764,30 @@ cost = 2
                     "{base}store = \"postgres://h/db\"\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n"
                 ),
                 "not both",
+            ),
+            (
+                format!(
+                    "{base}[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\nhost = \"user@evil\"\n"
+                ),
+                "host must be host or host:port",
+            ),
+            (
+                format!(
+                    "{base}proxy_protocol = true\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n"
+                ),
+                "needs at least one trusted proxy",
+            ),
+            (
+                format!(
+                    "{base}trusted_proxies = [\"10.0.0.0/99\"]\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n"
+                ),
+                "trusted_proxies",
+            ),
+            (
+                format!(
+                    "{base}header_read_timeout_ms = 0\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n"
+                ),
+                "header_read_timeout_ms",
             ),
         ];
         for (text, expected) in cases {

@@ -5,6 +5,7 @@
 mod bootstrap;
 mod cli;
 mod client;
+mod connections;
 mod gateway;
 mod notify;
 mod output;

@@ -87,6 +87,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Checked before anything starts: a bad listener setting is a usage error.
+    let connections = args.listener.connections("admin")?;
     let store = crate::store::Store::open(
         args.store.as_deref(),
         &args.data_dir,
@@ -149,6 +151,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let http = tokio::spawn(keyward_http::serve(
         listener,
         state,
+        connections,
         stopped(stop_rx.clone()),
     ));
     let location = store.describe(&args.data_dir);

@@ -14,6 +14,10 @@ mod api;
 mod bad_input;
 #[path = "it/cli.rs"]
 mod cli;
+#[path = "it/connections.rs"]
+mod connections;
+#[path = "it/edge.rs"]
+mod edge;
 #[path = "it/ext_authz.rs"]
 mod ext_authz;
 #[path = "it/gateway.rs"]

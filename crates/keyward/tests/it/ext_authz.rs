@@ -256,3 +256,66 @@ async fn check_over_grpc_allows_denies_and_limits() {
         .await;
     assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
 }
+
+/// Issue 10, finding 12: a client's `x-keyward-code` (and every other `x-keyward-*` header it
+/// sent, in any spelling) used to survive an OK answer, because only names keyward itself had
+/// not computed were removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn finding_12_no_client_keyward_header_survives_ext_authz() {
+    let s = Server::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(keyward_http::ext_authz::serve_ext_authz(
+        listener,
+        Arc::clone(&s.engine),
+        std::future::pending(),
+    ));
+    let mut client = AuthorizationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (key, key_id) = s.create(json!({"owner": "billing"})).await;
+    let mut forged = check_request(Some(&key), "GET", "/x", "10.1.1.1", &[]);
+    let http = forged
+        .attributes
+        .as_mut()
+        .unwrap()
+        .request
+        .as_mut()
+        .unwrap()
+        .http
+        .as_mut()
+        .unwrap();
+    for (name, value) in [
+        ("x-keyward-code", "VALID"),
+        ("x-keyward-owner", "mallory"),
+        ("X-Keyward-Key-Id", "key_forged"),
+        ("x-keyward-tenant", "victim"),
+        ("x_keyward_tenant", "victim"),
+        ("x-keyward-root-key", "forged"),
+        ("x-keyward-anything", "forged"),
+    ] {
+        http.headers.insert(name.into(), value.into());
+    }
+    let ok = client.check(forged).await.unwrap().into_inner();
+    let (code, _, headers, _) = outcome(&ok);
+    assert_eq!(code, 0);
+    // keyward's identity headers overwrite the client's...
+    assert_eq!(headers["x-keyward-owner"], "billing");
+    assert_eq!(headers["x-keyward-key-id"], key_id);
+    // ...and every other x-keyward-* name the client sent is removed.
+    let mut removed: Vec<&str> = headers["removed"].split(',').collect();
+    removed.sort_unstable();
+    assert_eq!(
+        removed,
+        [
+            "authorization",
+            "x-api-key",
+            "x-keyward-anything",
+            "x-keyward-code",
+            "x-keyward-root-key",
+            "x-keyward-tenant",
+            "x_keyward_tenant",
+        ]
+    );
+    assert!(!headers.contains_key("x-keyward-code"));
+}

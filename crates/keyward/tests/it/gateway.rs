@@ -7,26 +7,33 @@ use axum::Router;
 use axum::extract::Request;
 use axum::routing::any;
 use keyward_core::permission::PermissionQuery;
-use keyward_http::gateway::{GatewayConfig, GatewayRoute, gateway_router};
+use keyward_http::gateway::{GatewayConfig, GatewayRoute, serve_gateway};
+use keyward_http::listener::Connections;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::testkit::{Http, Server};
 
-/// An upstream that answers with the method, path, query and headers it received, or (under
-/// `/slow`) never answers.
+/// An upstream that reads the body and answers with the method, path, query, headers and body
+/// length it received, or (under `/slow`) never answers.
 pub(crate) async fn upstream() -> std::net::SocketAddr {
     async fn echo(request: Request) -> axum::Json<Value> {
+        let (request, body) = request.into_parts();
+        // The body is read whole first, as an upstream that takes uploads would.
+        let body = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .unwrap_or_default();
         let headers: serde_json::Map<String, Value> = request
-            .headers()
+            .headers
             .iter()
             .map(|(k, v)| (k.as_str().to_owned(), Value::from(v.to_str().unwrap_or(""))))
             .collect();
         axum::Json(json!({
-            "method": request.method().as_str(),
-            "path": request.uri().path(),
-            "query": request.uri().query(),
+            "method": request.method.as_str(),
+            "path": request.uri.path(),
+            "query": request.uri.query(),
             "headers": headers,
+            "body_bytes": body.len(),
         }))
     }
     async fn never() -> &'static str {
@@ -40,7 +47,11 @@ pub(crate) async fn upstream() -> std::net::SocketAddr {
     addr
 }
 
-fn route(prefix: &str, upstream: std::net::SocketAddr, permissions: Option<&str>) -> GatewayRoute {
+pub(crate) fn route(
+    prefix: &str,
+    upstream: std::net::SocketAddr,
+    permissions: Option<&str>,
+) -> GatewayRoute {
     GatewayRoute {
         prefix: prefix.into(),
         upstream: format!("http://{upstream}").parse().unwrap(),
@@ -48,22 +59,33 @@ fn route(prefix: &str, upstream: std::net::SocketAddr, permissions: Option<&str>
         cost: 1,
         allow_query_key: false,
         timeout: Duration::from_millis(300),
+        host: None,
     }
 }
 
 async fn gateway(s: &Server, routes: Vec<GatewayRoute>) -> Http {
-    let app = gateway_router(
+    Http::new(gateway_on(s, routes, Connections::defaults("gateway")).await)
+}
+
+/// The real gateway (`serve_gateway`) on port 0 with `connections`; returns its address.
+pub(crate) async fn gateway_on(
+    s: &Server,
+    routes: Vec<GatewayRoute>,
+    connections: Connections,
+) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_gateway(
+        listener,
         Arc::clone(&s.engine),
         GatewayConfig {
             routes,
             ratelimit_headers_on_success: true,
         },
-    )
-    .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Http::new(addr)
+        connections,
+        std::future::pending(),
+    ));
+    addr
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -191,6 +191,18 @@ impl Server {
 
     /// Starts with an engine adjusted by `configure` (for example its anomaly settings).
     pub async fn start_with(configure: impl FnOnce(Keyward) -> Keyward) -> Self {
+        Self::start_listening(
+            configure,
+            keyward_http::listener::Connections::defaults("admin"),
+        )
+        .await
+    }
+
+    /// Starts with the admin listener's connection policy (timeouts, cap, trusted proxies).
+    pub async fn start_listening(
+        configure: impl FnOnce(Keyward) -> Keyward,
+        connections: keyward_http::listener::Connections,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).await.unwrap();
         let clock = Arc::new(ManualClock::new(T0));
@@ -206,9 +218,14 @@ impl Server {
         let state = AppState {
             engine: engine.clone(),
         };
-        tokio::spawn(keyward_http::serve(listener, state, async move {
-            let _ = rx.await;
-        }));
+        tokio::spawn(keyward_http::serve(
+            listener,
+            state,
+            connections,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Self {
             http: Http::new(addr),
             root_key: root.key.expose().to_owned(),
