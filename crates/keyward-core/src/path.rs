@@ -185,6 +185,12 @@ pub fn split_query(target: &[u8]) -> (&[u8], Option<&[u8]>) {
     }
 }
 
+/// Normalises the path of a request target (`/a/b?query`), as `/v1/auth`'s `X-Original-URI`,
+/// ext_authz's `path` and verify's `path` carry it. The query is not looked at.
+pub fn normalize_target(target: &[u8], options: PathOptions) -> Result<NormalPath, PathError> {
+    normalize(split_query(target).0, options)
+}
+
 /// Characters a percent-encoding is decoded to: allowed raw in a segment, and read the same
 /// raw or encoded by every server. `;` (parameters), `+` (a space to some), `*` (the
 /// allowlist wildcard), `/` and `%` are not among them.
@@ -587,6 +593,8 @@ mod tests {
     fn split_query_splits_at_the_first_question_mark() {
         assert_eq!(split_query(b"/a?b=1?c"), (&b"/a"[..], Some(&b"b=1?c"[..])));
         assert_eq!(split_query(b"/a"), (&b"/a"[..], None));
+        let target = normalize_target(b"/%61/b?x=../%2F", PathOptions::default()).unwrap();
+        assert_eq!(target.as_str(), "/a/b");
     }
 
     fn prefix(p: &str) -> PathPrefix {
