@@ -14,6 +14,8 @@ mod api;
 mod bad_input;
 #[path = "it/cli.rs"]
 mod cli;
+#[path = "it/edge_routing.rs"]
+mod edge_routing;
 #[path = "it/ext_authz.rs"]
 mod ext_authz;
 #[path = "it/gateway.rs"]

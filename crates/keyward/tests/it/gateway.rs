@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Request;
 use axum::routing::any;
+use keyward_core::path::PathPrefix;
 use keyward_core::permission::PermissionQuery;
 use keyward_http::gateway::{GatewayConfig, GatewayRoute, gateway_router};
 use serde_json::{Value, json};
@@ -40,18 +41,25 @@ pub(crate) async fn upstream() -> std::net::SocketAddr {
     addr
 }
 
-fn route(prefix: &str, upstream: std::net::SocketAddr, permissions: Option<&str>) -> GatewayRoute {
+pub(crate) fn route(
+    prefix: &str,
+    upstream: std::net::SocketAddr,
+    permissions: Option<&str>,
+) -> GatewayRoute {
     GatewayRoute {
-        prefix: prefix.into(),
+        prefix: PathPrefix::new(prefix, false).unwrap(),
         upstream: format!("http://{upstream}").parse().unwrap(),
         permissions: permissions.map(|p| PermissionQuery::parse(p).unwrap()),
         cost: 1,
         allow_query_key: false,
         timeout: Duration::from_millis(300),
+        allow_path_params: false,
+        tenant: None,
+        environment: None,
     }
 }
 
-async fn gateway(s: &Server, routes: Vec<GatewayRoute>) -> Http {
+pub(crate) async fn gateway(s: &Server, routes: Vec<GatewayRoute>) -> Http {
     let app = gateway_router(
         Arc::clone(&s.engine),
         GatewayConfig {
