@@ -218,17 +218,14 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-fn push_escaped(out: &mut String, b: u8) {
+fn push_escaped(out: &mut Vec<u8>, b: u8) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    out.push('%');
-    out.push(char::from(HEX[usize::from(b >> 4)]));
-    out.push(char::from(HEX[usize::from(b & 0xF)]));
+    out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xF)]]);
 }
 
 /// Checks that the high bytes of a path, raw or percent-encoded, form UTF-8. Only called for
 /// paths that have any, so a plain ASCII path costs nothing more.
-fn decoded_is_utf8(text: &str) -> bool {
-    let bytes = text.as_bytes();
+fn decoded_is_utf8(bytes: &[u8]) -> bool {
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -255,7 +252,8 @@ pub fn normalize(path: &[u8], options: PathOptions) -> Result<NormalPath, PathEr
     let Some((&b'/', rest)) = path.split_first() else {
         return Err(PathError::NotAbsolute);
     };
-    let mut out = String::with_capacity(path.len() + 8);
+    // Bytes, all ASCII: raw bytes outside ASCII are escaped on the way in.
+    let mut out: Vec<u8> = Vec::with_capacity(path.len() + 8);
     let mut segments = Vec::new();
     let mut trailing_slash = false;
     let mut has_params = false;
@@ -263,7 +261,7 @@ pub fn normalize(path: &[u8], options: PathOptions) -> Result<NormalPath, PathEr
     let mut i = 0;
     loop {
         // One segment: rest[i..] up to the next '/' or the end.
-        out.push('/');
+        out.push(b'/');
         let start = out.len();
         let mut name_end = None;
         while let Some(&b) = rest.get(i) {
@@ -291,7 +289,7 @@ pub fn normalize(path: &[u8], options: PathOptions) -> Result<NormalPath, PathEr
                         {
                             return Err(PathError::DoubleEncoding);
                         }
-                        v if decodes(v) => out.push(char::from(v)),
+                        v if decodes(v) => out.push(v),
                         v => {
                             high_bytes |= v >= 0x80;
                             push_escaped(&mut out, v);
@@ -301,13 +299,13 @@ pub fn normalize(path: &[u8], options: PathOptions) -> Result<NormalPath, PathEr
                 b';' if options.allow_path_params => {
                     has_params = true;
                     name_end.get_or_insert(out.len());
-                    out.push(';');
+                    out.push(b';');
                 }
                 b';' => return Err(PathError::PathParameter),
                 b'\\' => return Err(PathError::Backslash),
                 0..=0x1F | 0x7F => return Err(PathError::ControlCharacter),
                 b' ' | b'#' | b'?' => return Err(PathError::InvalidCharacter),
-                b if raw_allowed(b) => out.push(char::from(b)),
+                b if raw_allowed(b) => out.push(b),
                 b => {
                     high_bytes |= b >= 0x80;
                     push_escaped(&mut out, b);
@@ -323,15 +321,15 @@ pub fn normalize(path: &[u8], options: PathOptions) -> Result<NormalPath, PathEr
                 out.pop();
                 trailing_slash = !segments.is_empty();
                 if trailing_slash {
-                    out.push('/');
+                    out.push(b'/');
                 }
                 break;
             }
             return Err(PathError::EmptySegment);
         }
         match &out[start..name_end] {
-            "" => return Err(PathError::EmptySegment),
-            "." | ".." => return Err(PathError::DotSegment),
+            b"" => return Err(PathError::EmptySegment),
+            b"." | b".." => return Err(PathError::DotSegment),
             _ => {}
         }
         if segments.len() == MAX_SEGMENTS {
@@ -348,13 +346,15 @@ pub fn normalize(path: &[u8], options: PathOptions) -> Result<NormalPath, PathEr
         i += 1; // the '/'
     }
     if out.is_empty() {
-        out.push('/');
+        out.push(b'/');
     }
     if high_bytes && !decoded_is_utf8(&out) {
         return Err(PathError::InvalidUtf8);
     }
+    // Always ASCII, so this never fails; the check is the price of no `unsafe`.
+    let text = String::from_utf8(out).map_err(|_| PathError::InvalidUtf8)?;
     Ok(NormalPath {
-        text: out,
+        text,
         segments,
         trailing_slash,
         has_params,
