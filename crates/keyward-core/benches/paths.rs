@@ -54,7 +54,13 @@ fn bench_paths(c: &mut Criterion) {
     let many_a = normalize("/a".repeat(MAX_SEGMENTS).as_bytes(), options).unwrap();
     assert!(!route_allowed(&adversarial, Some("GET"), Some(&many_a)));
     c.bench_function("allowlist_64_adversarial_patterns_128_segments", |b| {
-        b.iter(|| route_allowed(black_box(&adversarial), Some("GET"), Some(black_box(&many_a))))
+        b.iter(|| {
+            route_allowed(
+                black_box(&adversarial),
+                Some("GET"),
+                Some(black_box(&many_a)),
+            )
+        })
     });
     c.bench_function("normalize_and_allowlist_64_double_star_longest_path", |b| {
         b.iter(|| {

@@ -198,8 +198,19 @@ fn decodes(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
-            b'-' | b'.' | b'_' | b'~' | b':' | b'@' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')'
-                | b',' | b'='
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b':'
+                | b'@'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b','
+                | b'='
         )
 }
 
@@ -229,7 +240,11 @@ fn decoded_is_utf8(bytes: &[u8]) -> bool {
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(h), Some(l)) => {
                 decoded.push((h << 4) | l);
                 i += 3;
@@ -538,7 +553,10 @@ mod tests {
         let p = with_params("/orders/admin;x=1/users;jsessionid=2").unwrap();
         assert_eq!(p.as_str(), "/orders/admin;x=1/users;jsessionid=2");
         assert!(p.has_params());
-        assert_eq!(p.segments().collect::<Vec<_>>(), ["orders", "admin", "users"]);
+        assert_eq!(
+            p.segments().collect::<Vec<_>>(),
+            ["orders", "admin", "users"]
+        );
         for (bad, error) in [
             ("/orders/..;/admin", PathError::DotSegment),
             ("/orders/.;x", PathError::DotSegment),
@@ -622,7 +640,10 @@ mod tests {
         assert_eq!(chosen(&routes, "/ordersx"), Some("/"));
         assert_eq!(chosen(&[prefix("/orders")], "/ordersx"), None);
         assert_eq!(chosen(&[prefix("/orders/")], "/orders"), Some("/orders/"));
-        assert_eq!(chosen(&[prefix("/caf%C3%A9")], "/caf\u{e9}/x"), Some("/caf%C3%A9"));
+        assert_eq!(
+            chosen(&[prefix("/caf%C3%A9")], "/caf\u{e9}/x"),
+            Some("/caf%C3%A9")
+        );
     }
 
     #[test]

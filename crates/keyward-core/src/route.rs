@@ -186,7 +186,10 @@ fn match_one(pattern: &PatternSegment, text: &str) -> bool {
     let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
         return false;
     };
-    if text.len() < first.len() + last.len() || !text.starts_with(first.as_str()) || !text.ends_with(last.as_str()) {
+    if text.len() < first.len() + last.len()
+        || !text.starts_with(first.as_str())
+        || !text.ends_with(last.as_str())
+    {
         return false;
     }
     let mut middle = &text[first.len()..text.len() - last.len()];
@@ -320,7 +323,11 @@ mod tests {
         let split = path(&deep);
         assert_eq!(split.len(), 122);
         assert!(route_allowed(&routes, Some("GET"), Some(&split)));
-        assert!(!route_allowed(&routes, Some("GET"), Some(&path("/r64/end"))));
+        assert!(!route_allowed(
+            &routes,
+            Some("GET"),
+            Some(&path("/r64/end"))
+        ));
     }
 
     #[test]

@@ -143,10 +143,7 @@ pub fn decide(
         .is_some_and(|t| key.tenant.as_deref() != Some(t))
     {
         VerifyCode::TenantNotAllowed
-    } else if request
-        .environment
-        .is_some_and(|e| key.environment != e)
-    {
+    } else if request.environment.is_some_and(|e| key.environment != e) {
         VerifyCode::EnvironmentNotAllowed
     } else if request
         .query

@@ -1358,7 +1358,11 @@ async fn finding_6_fail_open_never_admits_where_a_tenant_or_environment_is_requi
         .verify(unknown.expose(), &VerifyRequest::default())
         .await
         .unwrap();
-    assert_eq!(admitted.code, VerifyCode::Valid, "fail-open itself still works");
+    assert_eq!(
+        admitted.code,
+        VerifyCode::Valid,
+        "fail-open itself still works"
+    );
 }
 
 fn unknown_root() -> PlaintextKey {

@@ -41,9 +41,7 @@ use keyward_engine::{Keyward, Verification};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
-use crate::enforce::{
-    CODE_HEADER, INVALID_PATH_CODE, decorate, presented_key_in, refusal, status,
-};
+use crate::enforce::{CODE_HEADER, INVALID_PATH_CODE, decorate, presented_key_in, refusal, status};
 
 /// Context extension carrying the route's permission query.
 pub const PERMISSIONS_EXTENSION: &str = "keyward_permissions";
@@ -200,9 +198,9 @@ impl Authorization for ExtAuthz {
             })?,
         };
         // Envoy's `path` is the request target, query included.
-        let path = match http.map(|h| {
-            normalize_target(h.path.as_bytes(), PathOptions { allow_path_params })
-        }) {
+        let path = match http
+            .map(|h| normalize_target(h.path.as_bytes(), PathOptions { allow_path_params }))
+        {
             Some(Err(e)) => return Ok(Response::new(denied_path(e))),
             Some(Ok(path)) => Some(path),
             None => None,

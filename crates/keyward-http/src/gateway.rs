@@ -1,16 +1,18 @@
 //! The gateway: a reverse proxy that enforces keys in-process.
 //!
 //! Each route maps a path prefix to an upstream and says what the request needs (a permission
-//! query, a cost, optionally a tenant and an environment). The path is normalised once
-//! ([`keyward_core::path`]); the route is chosen, the key's allowlist checked and the upstream
-//! addressed with that one normal form, and a path that cannot be normalised safely is refused
-//! with 400 before any key is looked up. The gateway reads the key from `Authorization: Bearer` or `X-API-Key` (or,
-//! only where a route allows it, the `api_key` query parameter, which is logged as a warning),
-//! verifies it with limits and quota, removes it, and forwards the request over a pooled
-//! connection with `X-Keyward-Key-Id`, `X-Keyward-Owner` and `X-Keyward-Tenant`. Refusals are
-//! problem+json: 401 (missing or invalid key), 403 (permission, route, IP, origin), 429 (limit,
-//! quota) with `Retry-After` and the RateLimit fields. Upstream failures are 502, timeouts 504,
-//! with no upstream detail in the body.
+//! query, a cost, optionally a tenant and an environment). The gateway reads the key from
+//! `Authorization: Bearer` or `X-API-Key` (or, only where a route allows it, the `api_key` query
+//! parameter, which is logged as a warning), verifies it with limits and quota, removes it, and
+//! forwards the request over a pooled connection with `X-Keyward-Key-Id`, `X-Keyward-Owner` and
+//! `X-Keyward-Tenant`. Refusals are problem+json: 401 (missing or invalid key), 403 (tenant,
+//! environment, permission, route, IP, origin), 429 (limit, quota) with `Retry-After` and the
+//! RateLimit fields. Upstream failures are 502, timeouts 504, with no upstream detail in the
+//! body.
+//!
+//! The path is normalised once ([`keyward_core::path`]); the route is chosen, the key's
+//! allowlist checked and the upstream addressed with that one normal form, and a path that
+//! cannot be normalised safely is refused with 400 before any key is looked up.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,14 +26,14 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use keyward_core::path::{NormalPath, PathError, PathOptions, PathPrefix, longest_prefix, normalize};
+use keyward_core::path::{
+    NormalPath, PathError, PathOptions, PathPrefix, longest_prefix, normalize,
+};
 use keyward_core::permission::PermissionQuery;
 use keyward_core::verify::{VerifyCode, VerifyRequest};
 use keyward_engine::Keyward;
 
-use crate::enforce::{
-    API_KEY_HEADER, decorate, invalid_path, missing_key, presented_key, refusal,
-};
+use crate::enforce::{API_KEY_HEADER, decorate, invalid_path, missing_key, presented_key, refusal};
 use crate::error::ApiError;
 use crate::extract::RemoteAddr;
 use crate::spans;
@@ -207,8 +209,8 @@ async fn forward(
     // Routes are chosen by prefix: a path an upstream reads differently from keyward (escapes,
     // case, dot segments, parameters) could reach another route's endpoint. So the route, the
     // allowlist and the upstream all see one normal form, and what has none is refused.
-    let path = normalize(parts.uri.path().as_bytes(), GATEWAY_PATH)
-        .map_err(|e| invalid_path(e, None))?;
+    let path =
+        normalize(parts.uri.path().as_bytes(), GATEWAY_PATH).map_err(|e| invalid_path(e, None))?;
     let route = choose_route(&state.config, &path).ok_or_else(|| {
         ApiError::new("not_found", "no gateway route matches this path").into_response()
     })?;
@@ -379,7 +381,11 @@ mod tests {
             "/orders/admin;x/users",
             "/Orders/Admin/",
         ] {
-            assert_eq!(chosen(&config, spelling), Some("/orders/admin"), "{spelling}");
+            assert_eq!(
+                chosen(&config, spelling),
+                Some("/orders/admin"),
+                "{spelling}"
+            );
         }
     }
 

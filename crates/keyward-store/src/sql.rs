@@ -113,7 +113,10 @@ pub(crate) fn record_from_row(row: &impl Columns) -> Result<KeyRecord, StoreErro
         meta: parse_json("meta", &row.text("meta")?)?,
         permissions: permissions("permissions", &row.text("permissions")?)?,
         // A pattern stored under older, looser rules still loads (and matches nothing).
-        routes: routes.iter().map(|r| RoutePattern::from_stored(r)).collect(),
+        routes: routes
+            .iter()
+            .map(|r| RoutePattern::from_stored(r))
+            .collect(),
         expires_at: opt_time("expires_at")?,
         enabled: row.flag("enabled")?,
         created_at: from_millis(row.int("created_at")?)?,

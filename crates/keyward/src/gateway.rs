@@ -263,7 +263,10 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     // Two prefixes that differ only in case (or spelling) would make the choice between them
     // depend on the request's case or on their order.
     for (i, a) in routes.iter().enumerate() {
-        if let Some(j) = routes[..i].iter().position(|b| b.prefix.overlaps(&a.prefix)) {
+        if let Some(j) = routes[..i]
+            .iter()
+            .position(|b| b.prefix.overlaps(&a.prefix))
+        {
             bail!(
                 "{}: route[{j}] and route[{i}] have the same prefix ({:?} and {:?}; prefixes are compared after normalisation and ignoring case)",
                 path.display(),

@@ -290,9 +290,7 @@ async fn every_verify_code() {
     // A path that cannot be normalised safely is a bad request, not an answer about the key.
     let mut traversal = ok.clone();
     traversal["path"] = json!("/v1/orders/../admin");
-    let refused = s
-        .admin("POST", "/v1/keys/verify", Some(traversal))
-        .await;
+    let refused = s.admin("POST", "/v1/keys/verify", Some(traversal)).await;
     assert_eq!(refused.problem(400, "invalid_field")["field"], "path");
     assert_eq!(
         code(s.verify(json!({"key": key})).await),

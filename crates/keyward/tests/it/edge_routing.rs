@@ -78,7 +78,11 @@ async fn finding_1_no_spelling_of_a_path_escapes_the_stricter_route() {
     ] {
         let r = gw.raw("GET", spelling, Some(&reader), None).await;
         r.problem(403, "insufficient_permissions");
-        assert_eq!(r.header("x-keyward-code"), "INSUFFICIENT_PERMISSIONS", "{spelling}");
+        assert_eq!(
+            r.header("x-keyward-code"),
+            "INSUFFICIENT_PERMISSIONS",
+            "{spelling}"
+        );
         assert_eq!(
             gw.raw("GET", spelling, Some(&admin), None).await.status,
             200,
@@ -109,10 +113,18 @@ async fn finding_1_the_upstream_receives_exactly_the_normal_form() {
         let r = gw
             .raw("GET", &format!("{sent}?q=%2F..%2F&x=1"), Some(&admin), None)
             .await;
-        assert_eq!(r.status, 200, "{sent}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "{sent}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         let echoed = r.json();
         assert_eq!(echoed["path"], forwarded, "{sent}");
-        assert_eq!(echoed["query"], "q=%2F..%2F&x=1", "the query is passed as sent");
+        assert_eq!(
+            echoed["query"], "q=%2F..%2F&x=1",
+            "the query is passed as sent"
+        );
     }
 }
 
@@ -146,7 +158,10 @@ async fn finding_1_paths_that_cannot_be_normalised_are_refused_with_400() {
     for target in [&b"/orders/x\\..\\admin"[..], b"/orders/\0"] {
         let (status, text) = send_target(&gw, target, &key).await;
         assert_eq!(status, 400, "{target:?}: {text}");
-        assert!(!text.contains("\"path\""), "nothing reached the upstream: {text}");
+        assert!(
+            !text.contains("\"path\""),
+            "nothing reached the upstream: {text}"
+        );
     }
 }
 
@@ -166,7 +181,11 @@ async fn finding_1_double_dot_semicolon_cannot_escape_a_double_star_allowlist() 
         .await
         .problem(403, "route_not_allowed");
     // Servers that strip path parameters read these as /admin.
-    for path in ["/public/..;/admin", "/public/..;x=1/admin", "/public/%2e%2e;/admin"] {
+    for path in [
+        "/public/..;/admin",
+        "/public/..;x=1/admin",
+        "/public/%2e%2e;/admin",
+    ] {
         gw.raw("GET", path, Some(&key), None)
             .await
             .problem(400, "invalid_request");
@@ -240,7 +259,10 @@ async fn finding_13_a_60_kb_path_is_refused_before_any_matching() {
     let r = gw.raw("GET", &huge, Some(&key), None).await;
     let body = r.problem(400, "invalid_request");
     assert!(
-        body["detail"].as_str().unwrap().contains("longer than 4096"),
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 4096"),
         "{body}"
     );
     // The deepest path allowed is matched normally.
@@ -283,16 +305,36 @@ async fn finding_6_gateway_routes_require_their_tenant_and_environment() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["headers"]["x-keyward-tenant"], "acme");
     for (key, path, problem, code) in [
-        (&beta_key, "/acme/1", "tenant_not_allowed", "TENANT_NOT_ALLOWED"),
-        (&no_tenant, "/acme/1", "tenant_not_allowed", "TENANT_NOT_ALLOWED"),
-        (&acme_live, "/beta/1", "tenant_not_allowed", "TENANT_NOT_ALLOWED"),
+        (
+            &beta_key,
+            "/acme/1",
+            "tenant_not_allowed",
+            "TENANT_NOT_ALLOWED",
+        ),
+        (
+            &no_tenant,
+            "/acme/1",
+            "tenant_not_allowed",
+            "TENANT_NOT_ALLOWED",
+        ),
+        (
+            &acme_live,
+            "/beta/1",
+            "tenant_not_allowed",
+            "TENANT_NOT_ALLOWED",
+        ),
         (
             &acme_test,
             "/acme/1",
             "environment_not_allowed",
             "ENVIRONMENT_NOT_ALLOWED",
         ),
-        (&beta_key, "/acme-open/1", "tenant_not_allowed", "TENANT_NOT_ALLOWED"),
+        (
+            &beta_key,
+            "/acme-open/1",
+            "tenant_not_allowed",
+            "TENANT_NOT_ALLOWED",
+        ),
     ] {
         let r = gw.raw("GET", path, Some(key), None).await;
         r.problem(403, problem);
@@ -393,7 +435,10 @@ async fn finding_1_and_6_nginx_auth_normalises_x_original_uri_and_requires_tenan
         .http
         .auth_request(Some(&nginx), Some(&test_key), &twice, "")
         .await;
-    assert_eq!(r.problem(400, "invalid_field")["field"], "x-keyward-require-tenant");
+    assert_eq!(
+        r.problem(400, "invalid_field")["field"],
+        "x-keyward-require-tenant"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -417,10 +462,17 @@ async fn finding_1_and_6_ext_authz_normalises_the_path_and_requires_tenants() {
         .await;
     let mut check = async |key: &str, path: &str, extensions: &[(&str, &str)]| {
         let request = check_request(Some(key), "GET", path, "10.0.0.1", extensions);
-        client.check(request).await.map(|r| outcome(&r.into_inner()))
+        client
+            .check(request)
+            .await
+            .map(|r| outcome(&r.into_inner()))
     };
     let check_ok = |r: Result<_, tonic::Status>| r.unwrap();
-    assert_eq!(check_ok(check(&key, "/%70ublic/a?x=1", &[]).await).0, 0, "OK");
+    assert_eq!(
+        check_ok(check(&key, "/%70ublic/a?x=1", &[]).await).0,
+        0,
+        "OK"
+    );
     for bad in [
         "/public/..;/admin",
         "/public/%2e%2e/admin",
@@ -429,14 +481,21 @@ async fn finding_1_and_6_ext_authz_normalises_the_path_and_requires_tenants() {
         "/public/%00",
     ] {
         let (grpc, http, headers, body) = check_ok(check(&key, bad, &[]).await);
-        assert_eq!((grpc, http), (3, Some(400)), "INVALID_ARGUMENT, denied 400: {bad}");
+        assert_eq!(
+            (grpc, http),
+            (3, Some(400)),
+            "INVALID_ARGUMENT, denied 400: {bad}"
+        );
         assert_eq!(headers["x-keyward-code"], "INVALID_PATH");
         let body: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["code"], "invalid_request");
     }
     let params = [("keyward_allow_path_params", "true")];
     assert_eq!(check_ok(check(&key, "/public/a;v=1", &params).await).0, 0);
-    assert_eq!(check_ok(check(&key, "/public/a;v=1", &[]).await).1, Some(400));
+    assert_eq!(
+        check_ok(check(&key, "/public/a;v=1", &[]).await).1,
+        Some(400)
+    );
 
     let acme_test = [("keyward_tenant", "acme"), ("keyward_environment", "test")];
     assert_eq!(check_ok(check(&test_key, "/x", &acme_test).await).0, 0);
@@ -488,21 +547,35 @@ async fn finding_1_and_6_verify_normalises_the_path_and_takes_tenant_and_environ
         "/orders/admin\\x",
         "/orders/admin/\u{0}",
     ] {
-        let r = s.http.call("POST", "/v1/keys/verify", Some(&s.root_key), Some(body(bad))).await;
+        let r = s
+            .http
+            .call(
+                "POST",
+                "/v1/keys/verify",
+                Some(&s.root_key),
+                Some(body(bad)),
+            )
+            .await;
         assert_eq!(r.problem(400, "invalid_field")["field"], "path", "{bad}");
     }
-    let with = |tenant: &str, environment: &str| {
-        json!({"key": key, "method": "GET", "path": "/orders/admin/1", "tenant": tenant, "environment": environment})
-    };
+    let with = |tenant: &str, environment: &str| json!({"key": key, "method": "GET", "path": "/orders/admin/1", "tenant": tenant, "environment": environment});
     assert_eq!(code(s.verify(with("acme", "live")).await), "VALID");
-    assert_eq!(code(s.verify(with("beta", "live")).await), "TENANT_NOT_ALLOWED");
+    assert_eq!(
+        code(s.verify(with("beta", "live")).await),
+        "TENANT_NOT_ALLOWED"
+    );
     assert_eq!(
         code(s.verify(with("acme", "test")).await),
         "ENVIRONMENT_NOT_ALLOWED"
     );
     let r = s
         .http
-        .call("POST", "/v1/keys/verify", Some(&s.root_key), Some(with("a b", "live")))
+        .call(
+            "POST",
+            "/v1/keys/verify",
+            Some(&s.root_key),
+            Some(with("a b", "live")),
+        )
         .await;
     assert_eq!(r.problem(400, "invalid_field")["field"], "tenant");
 }

@@ -56,7 +56,9 @@ pub(crate) fn check_request(
 }
 
 /// (gRPC code, HTTP status of a denial, headers as a map, body).
-pub(crate) fn outcome(response: &CheckResponse) -> (i32, Option<i32>, HashMap<String, String>, String) {
+pub(crate) fn outcome(
+    response: &CheckResponse,
+) -> (i32, Option<i32>, HashMap<String, String>, String) {
     let code = response.status.as_ref().map_or(0, |s| s.code);
     match &response.http_response {
         Some(HttpResponse::DeniedResponse(denied)) => {

@@ -163,7 +163,12 @@ async fn nginx_auth_request_with_the_shipped_config() {
     let sneaky = edge
         .raw("GET", "/orders/public/..;/admin", Some(&reader), None)
         .await;
-    assert_eq!(sneaky.status, 400, "{}", String::from_utf8_lossy(&sneaky.body));
+    assert_eq!(
+        sneaky.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&sneaky.body)
+    );
     assert_eq!(sneaky.header("x-keyward-code"), "INVALID_PATH");
     assert_eq!(sneaky.json()["code"], "invalid_request");
 }
