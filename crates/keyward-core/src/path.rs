@@ -548,6 +548,58 @@ mod tests {
         assert_eq!(norm("/a/%25zz").as_deref(), Ok("/a/%25zz"));
     }
 
+    /// Every path of up to five bytes over an alphabet of separators, dots, escapes and
+    /// letters: a normal form is its own normal form, chooses the route its path chose, and
+    /// never contains what the normaliser refuses.
+    #[test]
+    fn the_normal_form_is_a_fixed_point_for_every_short_path() {
+        const ALPHABET: &[u8] = b"/.%2eEfFaA;\\";
+        let routes = [
+            prefix("/a"),
+            prefix("/a/a"),
+            prefix("/%2e%2ea"),
+            prefix("/A."),
+        ];
+        let mut normalised = 0;
+        let mut stack: Vec<Vec<u8>> = vec![b"/".to_vec()];
+        while let Some(path) = stack.pop() {
+            if path.len() < 6 {
+                for &b in ALPHABET {
+                    let mut longer = path.clone();
+                    longer.push(b);
+                    stack.push(longer);
+                }
+            }
+            for options in [
+                PathOptions::default(),
+                PathOptions {
+                    allow_path_params: true,
+                },
+            ] {
+                let Ok(normal) = normalize(&path, options) else {
+                    continue;
+                };
+                normalised += 1;
+                let again = normalize(normal.as_str().as_bytes(), options);
+                assert_eq!(again.as_ref(), Ok(&normal), "{path:?}");
+                let route =
+                    |p: &NormalPath| longest_prefix(&routes, p, |r| r).map(PathPrefix::as_str);
+                assert_eq!(route(&normal), route(&again.unwrap()), "{path:?}");
+                let text = normal.as_str();
+                assert!(!text.contains('\\') && !text.contains("//"), "{text}");
+                assert!(
+                    normal
+                        .segments()
+                        .all(|s| s != "." && s != ".." && !s.is_empty())
+                );
+            }
+        }
+        assert!(
+            normalised > 1000,
+            "the alphabet exercises the normaliser: {normalised}"
+        );
+    }
+
     #[test]
     fn path_parameters_only_where_allowed_and_matched_by_name() {
         let p = with_params("/orders/admin;x=1/users;jsessionid=2").unwrap();
