@@ -2,8 +2,9 @@
 //!
 //! This crate knows what a keyward key looks like ([`key`]), how it is hashed for storage,
 //! what a key record holds ([`record`]), how a permission query is parsed and evaluated
-//! ([`permission`]), how a route allowlist matches a request ([`route`]), how a verify decision
-//! is reached ([`verify`]), how a rotation changes a key's secrets ([`rotation`]) and how the
+//! ([`permission`]), how a request path is normalised and a gateway route chosen ([`path`]),
+//! how a route allowlist matches a request ([`route`]), how a verify decision is reached
+//! ([`verify`]), how a rotation changes a key's secrets ([`rotation`]) and how the
 //! audit log's hash chain is computed and checked ([`audit`]), and how usage is bucketed for
 //! billing ([`usage`]).
 //!
@@ -37,6 +38,7 @@ pub mod binding;
 pub mod clock;
 pub mod key;
 pub mod limit;
+pub mod path;
 pub mod permission;
 pub mod quota;
 pub mod record;

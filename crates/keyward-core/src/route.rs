@@ -7,12 +7,21 @@
 //!   (`/v1/orders/*` matches `/v1/orders/42`, not `/v1/orders/42/items`; `/files/*.pdf` works);
 //! - a whole segment `**` matches zero or more segments (`/v1/orders/**`).
 //!
-//! Request paths are checked strictly, failing closed: the query string is ignored, and a path
-//! that is not absolute or that contains empty, `.` or `..` segments or percent-encoded `/`,
-//! `\` or `.` never matches, so an allowlist cannot be bypassed with a path a proxy would
-//! normalise differently.
+//! Patterns and request paths are both in the normal form of [`crate::path`]: a request path
+//! that cannot be normalised never reaches a match (the edges refuse it), and a pattern's path
+//! is normalised when it is parsed, so `/caf%c3%a9` and `/café` are the same pattern.
+//! Matching takes a path split once ([`NormalPath`]) and allocates nothing.
+//!
+//! **Case is compared exactly.** An allowlist only grants, so the safe error is to refuse: a
+//! path that differs from a listed one only in case is not listed. On a case-insensitive
+//! upstream that refuses a spelling the key could have used (the client should use the listed
+//! one); matching case-insensitively would instead grant, on a case-sensitive upstream, paths
+//! the allowlist never named. (Gateway routes take the other side for the same reason, see
+//! [`crate::path::PathPrefix`]: there a more specific route is the stricter one.)
 
 use std::fmt;
+
+use crate::path::{NormalPath, PathError, PathOptions, normalize};
 
 /// Longest accepted route pattern, in bytes.
 pub const MAX_ROUTE_LEN: usize = 256;
@@ -22,7 +31,20 @@ pub const MAX_ROUTE_LEN: usize = 256;
 pub struct RoutePattern {
     text: String,
     method: Option<String>,
-    segments: Vec<String>,
+    segments: Vec<PatternSegment>,
+    /// False only for a stored pattern that today's rules refuse: it matches nothing.
+    matchable: bool,
+}
+
+/// One segment of a pattern, split at parse time so matching allocates nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PatternSegment {
+    /// `**`: any run of segments.
+    AnySegments,
+    /// A segment without `*`.
+    Literal(String),
+    /// A segment with `*`: the literal parts between the stars (at least two, possibly empty).
+    Glob(Vec<String>),
 }
 
 /// Why a route pattern is invalid.
@@ -32,15 +54,15 @@ pub struct InvalidRoute {
     /// The rejected text.
     pub value: String,
     /// What is wrong with it.
-    pub reason: &'static str,
+    pub reason: String,
 }
 
 impl RoutePattern {
     /// Parses `METHOD /path/glob`.
     pub fn new(text: &str) -> Result<Self, InvalidRoute> {
-        let invalid = |reason| InvalidRoute {
+        let invalid = |reason: &str| InvalidRoute {
             value: text.chars().take(MAX_ROUTE_LEN).collect(),
-            reason,
+            reason: reason.to_owned(),
         };
         if text.len() > MAX_ROUTE_LEN {
             return Err(invalid("it is longer than 256 bytes"));
@@ -53,32 +75,49 @@ impl RoutePattern {
             m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => Some(m.to_owned()),
             _ => return Err(invalid("the method must be upper-case letters or '*'")),
         };
-        let rest = path
-            .strip_prefix('/')
-            .ok_or_else(|| invalid("the path must start with '/'"))?;
-        if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid("the path must not contain whitespace"));
-        }
-        let segments: Vec<String> = if rest.is_empty() {
-            Vec::new()
-        } else {
-            rest.split('/').map(str::to_owned).collect()
-        };
-        if segments
-            .iter()
-            .any(|s| s.is_empty() || s == "." || s == "..")
-        {
+        let normal = normalize(path.as_bytes(), PathOptions::default()).map_err(|e| match e {
+            PathError::InvalidCharacter | PathError::ControlCharacter => {
+                invalid("the path must not contain whitespace, control characters, '#' or '?'")
+            }
+            PathError::NotAbsolute => invalid("the path must start with '/'"),
+            PathError::EmptySegment | PathError::DotSegment => {
+                invalid("the path must not contain empty, '.' or '..' segments")
+            }
+            other => invalid(&other.to_string()),
+        })?;
+        if normal.has_trailing_slash() {
             return Err(invalid(
-                "the path must not contain empty, '.' or '..' segments",
+                "the path must not end with '/' (a trailing slash is ignored in matching)",
             ));
         }
-        if segments.iter().any(|s| s.contains("**") && s != "**") {
-            return Err(invalid("'**' must be a whole segment"));
-        }
+        let segments = normal
+            .segments()
+            .map(|s| match s {
+                "**" => Ok(PatternSegment::AnySegments),
+                s if s.contains("**") => Err(invalid("'**' must be a whole segment")),
+                s if s.contains('*') => Ok(PatternSegment::Glob(
+                    s.split('*').map(str::to_owned).collect(),
+                )),
+                s => Ok(PatternSegment::Literal(s.to_owned())),
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             text: text.to_owned(),
             method,
             segments,
+            matchable: true,
+        })
+    }
+
+    /// A pattern read back from the store. One that today's rules refuse (stored before they
+    /// were tightened, e.g. with `;`) is kept, so the key still loads, but matches nothing:
+    /// a request path with such a segment is refused at the edge anyway.
+    pub fn from_stored(text: &str) -> Self {
+        Self::new(text).unwrap_or_else(|_| Self {
+            text: text.to_owned(),
+            method: None,
+            segments: Vec::new(),
+            matchable: false,
         })
     }
 
@@ -87,19 +126,14 @@ impl RoutePattern {
         &self.text
     }
 
-    /// True if a request with `method` and `path` is allowed by this pattern.
-    pub fn matches(&self, method: &str, path: &str) -> bool {
-        if self
-            .method
-            .as_ref()
-            .is_some_and(|m| !m.eq_ignore_ascii_case(method))
-        {
-            return false;
-        }
-        match request_segments(path) {
-            Some(segments) => match_segments(&self.segments, &segments),
-            None => false,
-        }
+    /// True if a request with `method` and the normalised `path` is allowed by this pattern.
+    pub fn matches(&self, method: &str, path: &NormalPath) -> bool {
+        self.matchable
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && match_segments(&self.segments, path)
     }
 }
 
@@ -109,72 +143,58 @@ impl fmt::Display for RoutePattern {
     }
 }
 
-/// True if `path` (without its query) is absolute and has no empty, `.` or `..` segments and
-/// no percent-encoded `/`, `\` or `.`: the paths route allowlists accept.
-pub fn is_canonical_path(path: &str) -> bool {
-    request_segments(path).is_some()
-}
-
-/// Splits a request path into segments, or `None` if it is not in canonical form.
-fn request_segments(path: &str) -> Option<Vec<&str>> {
-    let path = path.split_once('?').map_or(path, |(p, _)| p);
-    let rest = path.strip_prefix('/')?;
-    let lower = rest.to_ascii_lowercase();
-    if ["%2f", "%5c", "%2e"].iter().any(|enc| lower.contains(enc)) || rest.contains('\\') {
-        return None;
-    }
-    if rest.is_empty() {
-        return Some(Vec::new());
-    }
-    let segments: Vec<&str> = rest.split('/').collect();
-    if segments
-        .iter()
-        .any(|s| s.is_empty() || *s == "." || *s == "..")
-    {
-        return None;
-    }
-    Some(segments)
-}
-
 /// Matches path segments against pattern segments where `**` stands for any run of segments.
 ///
 /// The classic wildcard algorithm: on a mismatch, backtrack only to the most recent `**` and let
 /// it absorb one more segment. Work is bounded by pattern length × path length, whatever the
 /// number of `**` (a recursive search is exponential in it, which a hostile path could exploit).
-fn match_segments(pattern: &[String], path: &[&str]) -> bool {
+fn match_segments(pattern: &[PatternSegment], path: &NormalPath) -> bool {
     let (mut p, mut s) = (0, 0);
     let mut resume: Option<(usize, usize)> = None;
-    while s < path.len() {
-        if pattern.get(p).is_some_and(|seg| seg == "**") {
-            resume = Some((p + 1, s));
-            p += 1;
-        } else if pattern.get(p).is_some_and(|seg| match_glob(seg, path[s])) {
-            p += 1;
-            s += 1;
-        } else if let Some((after_star, absorbed)) = resume {
-            p = after_star;
-            s = absorbed + 1;
-            resume = Some((after_star, absorbed + 1));
-        } else {
-            return false;
+    while let Some(segment) = path.segment(s) {
+        match pattern.get(p) {
+            Some(PatternSegment::AnySegments) => {
+                resume = Some((p + 1, s));
+                p += 1;
+            }
+            Some(seg) if match_one(seg, segment) => {
+                p += 1;
+                s += 1;
+            }
+            _ => match resume {
+                Some((after_star, absorbed)) => {
+                    p = after_star;
+                    s = absorbed + 1;
+                    resume = Some((after_star, absorbed + 1));
+                }
+                None => return false,
+            },
         }
     }
-    pattern[p..].iter().all(|seg| seg == "**")
+    pattern
+        .get(p..)
+        .is_some_and(|rest| rest.iter().all(|seg| *seg == PatternSegment::AnySegments))
 }
 
-/// Matches one segment against a pattern where `*` stands for any run of characters.
-fn match_glob(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
+/// Matches one segment, where a glob's `*` stands for any run of characters.
+fn match_one(pattern: &PatternSegment, text: &str) -> bool {
+    let parts = match pattern {
+        PatternSegment::AnySegments => return true,
+        PatternSegment::Literal(literal) => return literal == text,
+        PatternSegment::Glob(parts) => parts,
+    };
+    let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
+        return false;
+    };
+    if text.len() < first.len() + last.len()
+        || !text.starts_with(first.as_str())
+        || !text.ends_with(last.as_str())
+    {
         return false;
     }
     let mut middle = &text[first.len()..text.len() - last.len()];
     for part in &parts[1..parts.len() - 1] {
-        match middle.find(part) {
+        match middle.find(part.as_str()) {
             Some(i) => middle = &middle[i + part.len()..],
             None => return false,
         }
@@ -185,8 +205,13 @@ fn match_glob(pattern: &str, text: &str) -> bool {
 /// True if `routes` is empty (no restriction) or one of them allows the request.
 ///
 /// A key restricted to routes is refused when the caller does not say which route it is
-/// calling: an allowlist fails closed.
-pub fn route_allowed(routes: &[RoutePattern], method: Option<&str>, path: Option<&str>) -> bool {
+/// calling: an allowlist fails closed. The path is normalised and split once by the caller,
+/// then matched against every pattern.
+pub fn route_allowed(
+    routes: &[RoutePattern],
+    method: Option<&str>,
+    path: Option<&NormalPath>,
+) -> bool {
     if routes.is_empty() {
         return true;
     }
@@ -200,12 +225,16 @@ pub fn route_allowed(routes: &[RoutePattern], method: Option<&str>, path: Option
 mod tests {
     use super::*;
 
-    fn check(pattern: &str, method: &str, path: &str, expected: bool) {
+    fn path(p: &str) -> NormalPath {
+        normalize(p.as_bytes(), PathOptions::default()).unwrap()
+    }
+
+    fn check(pattern: &str, method: &str, request: &str, expected: bool) {
         let p = RoutePattern::new(pattern).unwrap();
         assert_eq!(
-            p.matches(method, path),
+            p.matches(method, &path(request)),
             expected,
-            "{pattern} vs {method} {path}"
+            "{pattern} vs {method} {request}"
         );
     }
 
@@ -216,11 +245,11 @@ mod tests {
         check("GET /v1/orders/*", "POST", "/v1/orders/42", false);
         check("GET /v1/orders/*", "GET", "/v1/orders/42/items", false);
         check("GET /v1/orders/*", "GET", "/v1/orders", false);
-        check("GET /v1/orders/*", "GET", "/v1/orders/42?expand=1", true);
         check("* /files/*.pdf", "DELETE", "/files/report.pdf", true);
         check("* /files/*.pdf", "GET", "/files/report.txt", false);
         check("GET /a/x*y*z", "GET", "/a/x1y2z", true);
         check("GET /a/x*y*z", "GET", "/a/xz", false);
+        check("GET /a/x*x", "GET", "/a/x", false);
         check("GET /", "GET", "/", true);
     }
 
@@ -237,9 +266,9 @@ mod tests {
         // Regression: a recursive matcher took time exponential in the number of `**`.
         let pattern = format!("GET /{}/x", vec!["**"; 40].join("/"));
         let p = RoutePattern::new(&pattern).unwrap();
-        let path = format!("/{}", vec!["a"; 5000].join("/"));
-        assert!(!p.matches("GET", &path));
-        assert!(p.matches("GET", &format!("{path}/x")));
+        let long = format!("/{}", vec!["a"; crate::path::MAX_SEGMENTS - 1].join("/"));
+        assert!(!p.matches("GET", &path(&long)));
+        assert!(p.matches("GET", &path(&format!("{long}/x"))));
         check("GET /a/**/b/**/c", "GET", "/a/b/c", true);
         check("GET /a/**/b/**/c", "GET", "/a/1/b/2/3/c", true);
         check("GET /a/**/b/**/c", "GET", "/a/1/c/2/b", false);
@@ -247,35 +276,58 @@ mod tests {
     }
 
     #[test]
-    fn non_canonical_paths_never_match() {
-        for path in [
-            "/v1/orders/../admin",
-            "/v1/orders/./42",
-            "/v1//orders/42",
-            "/v1/orders%2F42",
-            "/v1/orders/%2e%2e",
-            "v1/orders/42",
-            "/v1/orders/42\\x",
-        ] {
-            check("* /v1/**", "GET", path, false);
-        }
-        check("GET /v1/orders/*", "GET", "/v1/orders/..", false);
+    fn finding_1_allowlists_match_the_normal_form() {
+        // Percent-encoded unreserved characters are the characters themselves, in the pattern
+        // and in the path; other escapes compare with upper-case hex.
+        check("GET /orders/admin/*", "GET", "/orders/%61dmin/users", true);
+        check("GET /orders/%61dmin/*", "GET", "/orders/admin/users", true);
+        check("GET /caf%c3%a9/*", "GET", "/caf\u{e9}/x", true);
+        check("GET /caf\u{e9}/*", "GET", "/caf%C3%A9/x", true);
+        // A trailing slash is ignored: `/orders/` is `/orders`, not a segment `*` matches.
+        check("GET /orders", "GET", "/orders/", true);
+        check("GET /orders/*", "GET", "/orders/", false);
     }
 
     #[test]
-    fn canonical_paths() {
-        assert!(is_canonical_path("/"));
-        assert!(is_canonical_path("/orders/1?x=../y"));
-        for bad in [
-            "/orders/../admin",
-            "//x",
-            "/a/./b",
-            "/a/%2e%2e/b",
-            "/a%2fb",
-            "relative",
-        ] {
-            assert!(!is_canonical_path(bad), "{bad}");
-        }
+    fn finding_1_allowlists_compare_case_exactly() {
+        // Allowlists grant: a spelling that is not listed is refused, never granted.
+        check("GET /public/*", "GET", "/public/x", true);
+        check("GET /public/*", "GET", "/PUBLIC/x", false);
+        check("GET /files/*.pdf", "GET", "/files/a.PDF", false);
+    }
+
+    #[test]
+    fn finding_1_path_parameters_match_by_segment_name() {
+        // On a route that accepts parameters, `admin;x` is the segment `admin`.
+        let with_params = normalize(
+            b"/orders/admin;x/users",
+            PathOptions {
+                allow_path_params: true,
+            },
+        )
+        .unwrap();
+        let p = RoutePattern::new("GET /orders/admin/*").unwrap();
+        assert!(p.matches("GET", &with_params));
+        let public = RoutePattern::new("GET /public/**").unwrap();
+        assert!(!public.matches("GET", &with_params));
+    }
+
+    #[test]
+    fn finding_13_one_split_path_is_matched_against_every_pattern() {
+        // The path is normalised and split once; each of 64 patterns then walks the same
+        // segments (the signature takes a `NormalPath`, so no pattern can re-split it).
+        let routes: Vec<RoutePattern> = (0..64)
+            .map(|i| RoutePattern::new(&format!("GET /r{i}/**/end")).unwrap())
+            .collect();
+        let deep = format!("/r63/{}/end", vec!["seg"; 120].join("/"));
+        let split = path(&deep);
+        assert_eq!(split.len(), 122);
+        assert!(route_allowed(&routes, Some("GET"), Some(&split)));
+        assert!(!route_allowed(
+            &routes,
+            Some("GET"),
+            Some(&path("/r64/end"))
+        ));
     }
 
     #[test]
@@ -286,12 +338,37 @@ mod tests {
             "GET v1",
             "GET /v1//x",
             "GET /a/../b",
+            "GET /a/%2e%2e/b",
             "GET /a/b**",
             "GET /a b",
+            "GET /a;b",
+            "GET /a%2Fb",
+            "GET /a\\b",
+            "GET /a/",
+            "GET /a/%zz",
         ] {
             assert!(RoutePattern::new(bad).is_err(), "{bad}");
         }
         assert!(RoutePattern::new(&format!("GET /{}", "a".repeat(300))).is_err());
+    }
+
+    #[test]
+    fn stored_patterns_that_todays_rules_refuse_load_but_match_nothing() {
+        let old = RoutePattern::from_stored("GET /a;b/*");
+        assert_eq!(old.as_str(), "GET /a;b/*");
+        let params = normalize(
+            b"/a;b/x",
+            PathOptions {
+                allow_path_params: true,
+            },
+        )
+        .unwrap();
+        assert!(!old.matches("GET", &params));
+        assert!(!old.matches("GET", &path("/a/x")));
+        assert_eq!(
+            RoutePattern::from_stored("GET /v1/*"),
+            RoutePattern::new("GET /v1/*").unwrap()
+        );
     }
 
     #[test]
@@ -300,6 +377,6 @@ mod tests {
         let routes = vec![RoutePattern::new("GET /v1/*").unwrap()];
         assert!(!route_allowed(&routes, None, None));
         assert!(!route_allowed(&routes, Some("GET"), None));
-        assert!(route_allowed(&routes, Some("GET"), Some("/v1/x")));
+        assert!(route_allowed(&routes, Some("GET"), Some(&path("/v1/x"))));
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! The order of checks is fixed and documented because callers branch on the code: REVOKED,
 //! then EXPIRED (the secret's grace period ended, or the key expired), then DISABLED, then
-//! INSUFFICIENT_PERMISSIONS, then ROUTE_NOT_ALLOWED, then IP_NOT_ALLOWED, then
+//! TENANT_NOT_ALLOWED and ENVIRONMENT_NOT_ALLOWED (the request requires another tenant or
+//! environment than the key's; checked before permissions, so a key of another tenant learns
+//! nothing about its grants), then INSUFFICIENT_PERMISSIONS, then ROUTE_NOT_ALLOWED, then IP_NOT_ALLOWED, then
 //! ORIGIN_NOT_ALLOWED. MALFORMED and NOT_FOUND are decided before a record exists (by
 //! [`crate::key::ParsedKey::parse`] and the store lookup); RATE_LIMITED and USAGE_EXCEEDED
 //! after a VALID decision, by the limit and quota stages, which consume only if all admit.
@@ -10,6 +12,7 @@
 use time::OffsetDateTime;
 
 use crate::binding::{ip_allowed, origin_allowed};
+use crate::path::NormalPath;
 use crate::permission::PermissionQuery;
 use crate::record::{KeyRecord, SecretInfo};
 use crate::route::route_allowed;
@@ -29,6 +32,10 @@ pub enum VerifyCode {
     Expired,
     /// The key is disabled.
     Disabled,
+    /// The request requires a tenant the key does not belong to (or the key has none).
+    TenantNotAllowed,
+    /// The request requires an environment other than the key's.
+    EnvironmentNotAllowed,
     /// The key lacks a permission the query requires.
     InsufficientPermissions,
     /// The key's route allowlist does not include this request.
@@ -53,6 +60,8 @@ impl VerifyCode {
             Self::Revoked => "REVOKED",
             Self::Expired => "EXPIRED",
             Self::Disabled => "DISABLED",
+            Self::TenantNotAllowed => "TENANT_NOT_ALLOWED",
+            Self::EnvironmentNotAllowed => "ENVIRONMENT_NOT_ALLOWED",
             Self::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
             Self::RouteNotAllowed => "ROUTE_NOT_ALLOWED",
             Self::IpNotAllowed => "IP_NOT_ALLOWED",
@@ -68,13 +77,15 @@ impl VerifyCode {
     }
 
     /// Every code, in documentation order.
-    pub const ALL: [VerifyCode; 12] = [
+    pub const ALL: [VerifyCode; 14] = [
         Self::Valid,
         Self::Malformed,
         Self::NotFound,
         Self::Revoked,
         Self::Expired,
         Self::Disabled,
+        Self::TenantNotAllowed,
+        Self::EnvironmentNotAllowed,
         Self::InsufficientPermissions,
         Self::RouteNotAllowed,
         Self::IpNotAllowed,
@@ -91,8 +102,14 @@ pub struct VerifyRequest<'a> {
     pub query: Option<&'a PermissionQuery>,
     /// HTTP method of the protected request.
     pub method: Option<&'a str>,
-    /// Path of the protected request.
-    pub path: Option<&'a str>,
+    /// Path of the protected request, normalised by the edge that received it (an edge
+    /// refuses a path that cannot be normalised before it asks).
+    pub path: Option<&'a NormalPath>,
+    /// The tenant the request requires (a gateway route's or proxy location's `tenant`): a key
+    /// of another tenant, or of none, gets TENANT_NOT_ALLOWED.
+    pub tenant: Option<&'a str>,
+    /// The environment the request requires: a key of another gets ENVIRONMENT_NOT_ALLOWED.
+    pub environment: Option<&'a str>,
     /// The caller's IP address (checked against the key's IP allowlist).
     pub ip: Option<std::net::IpAddr>,
     /// The request's `Origin` (or `Referer`) (checked against the key's allowed origins).
@@ -121,6 +138,13 @@ pub fn decide(
         VerifyCode::Expired
     } else if !key.enabled {
         VerifyCode::Disabled
+    } else if request
+        .tenant
+        .is_some_and(|t| key.tenant.as_deref() != Some(t))
+    {
+        VerifyCode::TenantNotAllowed
+    } else if request.environment.is_some_and(|e| key.environment != e) {
+        VerifyCode::EnvironmentNotAllowed
     } else if request
         .query
         .is_some_and(|q| !q.is_satisfied_by(&key.permissions))
@@ -234,10 +258,11 @@ pub(crate) mod tests {
         );
         key.routes = vec![RoutePattern::new("GET /v1/orders/*").unwrap()];
         let ok_q = PermissionQuery::parse("orders.read").unwrap();
+        let path = crate::path::normalize(b"/v1/orders/1", Default::default()).unwrap();
         let req = VerifyRequest {
             query: Some(&ok_q),
             method: Some("POST"),
-            path: Some("/v1/orders/1"),
+            path: Some(&path),
             ..VerifyRequest::default()
         };
         assert_eq!(
@@ -319,6 +344,8 @@ pub(crate) mod tests {
                 "REVOKED",
                 "EXPIRED",
                 "DISABLED",
+                "TENANT_NOT_ALLOWED",
+                "ENVIRONMENT_NOT_ALLOWED",
                 "INSUFFICIENT_PERMISSIONS",
                 "ROUTE_NOT_ALLOWED",
                 "IP_NOT_ALLOWED",
@@ -327,6 +354,73 @@ pub(crate) mod tests {
                 "USAGE_EXCEEDED"
             ]
         );
+    }
+
+    #[test]
+    fn finding_6_a_required_tenant_or_environment_refuses_other_keys() {
+        let q = PermissionQuery::parse("orders.read").unwrap();
+        let requiring = |tenant, environment| VerifyRequest {
+            query: Some(&q),
+            tenant,
+            environment,
+            ..VerifyRequest::default()
+        };
+        let mut acme = record();
+        acme.tenant = Some("acme".into());
+        let no_tenant = record();
+        let mut test_key = acme.clone();
+        test_key.environment = "test".into();
+        let s = secret(None);
+        // Tenant A's key holding the permission a tenant B route needs.
+        assert_eq!(
+            code(&acme, &s, requiring(Some("beta"), None), T0),
+            VerifyCode::TenantNotAllowed
+        );
+        assert_eq!(
+            code(&no_tenant, &s, requiring(Some("acme"), None), T0),
+            VerifyCode::TenantNotAllowed
+        );
+        assert_eq!(
+            code(&acme, &s, requiring(Some("ACME"), None), T0),
+            VerifyCode::TenantNotAllowed,
+            "tenants compare exactly"
+        );
+        assert_eq!(
+            code(&acme, &s, requiring(Some("acme"), None), T0),
+            VerifyCode::Valid
+        );
+        // A test key on a live route.
+        assert_eq!(
+            code(&test_key, &s, requiring(Some("acme"), Some("live")), T0),
+            VerifyCode::EnvironmentNotAllowed
+        );
+        assert_eq!(
+            code(&acme, &s, requiring(Some("acme"), Some("live")), T0),
+            VerifyCode::Valid
+        );
+        // Tenant before environment, both before permissions, after the key's own state.
+        let other = PermissionQuery::parse("orders.write").unwrap();
+        let both_wrong = VerifyRequest {
+            query: Some(&other),
+            tenant: Some("beta"),
+            environment: Some("live"),
+            ..VerifyRequest::default()
+        };
+        assert_eq!(
+            code(&test_key, &s, both_wrong, T0),
+            VerifyCode::TenantNotAllowed
+        );
+        let env_wrong = VerifyRequest {
+            tenant: None,
+            ..both_wrong
+        };
+        assert_eq!(
+            code(&test_key, &s, env_wrong, T0),
+            VerifyCode::EnvironmentNotAllowed
+        );
+        let mut disabled = test_key.clone();
+        disabled.enabled = false;
+        assert_eq!(code(&disabled, &s, both_wrong, T0), VerifyCode::Disabled);
     }
 
     #[test]

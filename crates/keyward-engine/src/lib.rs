@@ -664,8 +664,13 @@ impl Keyward {
         let now = self.clock.now();
         let mut degraded = None;
         let found = match self.lookup(&hash, now, &mut degraded).await {
+            // Never where the request requires a tenant or environment: an unknown key's
+            // cannot be known, and admitting it would open one tenant's route to any key.
             Err(EngineError::Store(StoreError::Backend(source)))
-                if kind == KeyKind::Api && self.config.fail_open_unknown_keys =>
+                if kind == KeyKind::Api
+                    && self.config.fail_open_unknown_keys
+                    && request.tenant.is_none()
+                    && request.environment.is_none() =>
             {
                 tracing::warn!(
                     error = %source,

@@ -1329,6 +1329,42 @@ async fn fail_open_admits_unknown_keys_only_when_configured_and_only_while_the_s
     assert_eq!(f.code(unknown.expose()).await, VerifyCode::NotFound);
 }
 
+/// With `fail_open_unknown_keys`, a route that requires a tenant or environment still never
+/// admits a key whose tenant and environment cannot be read.
+#[tokio::test]
+async fn finding_6_fail_open_never_admits_where_a_tenant_or_environment_is_required() {
+    let f = fixture_with(EngineConfig {
+        fail_open_unknown_keys: true,
+        ..EngineConfig::default()
+    })
+    .await;
+    let unknown = unknown_key();
+    f.store.down.store(true, Ordering::SeqCst);
+    for request in [
+        VerifyRequest {
+            tenant: Some("acme"),
+            ..VerifyRequest::default()
+        },
+        VerifyRequest {
+            environment: Some("live"),
+            ..VerifyRequest::default()
+        },
+    ] {
+        let refused = f.engine.verify(unknown.expose(), &request).await;
+        assert!(matches!(refused, Err(EngineError::Store(_))), "{refused:?}");
+    }
+    let admitted = f
+        .engine
+        .verify(unknown.expose(), &VerifyRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        admitted.code,
+        VerifyCode::Valid,
+        "fail-open itself still works"
+    );
+}
+
 fn unknown_root() -> PlaintextKey {
     generate_key(&Prefix::new("kwroot").unwrap(), &mut rand::rngs::SysRng).unwrap()
 }

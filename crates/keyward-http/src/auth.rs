@@ -6,27 +6,42 @@
 //! authenticates with a root key holding `keys.verify` in `X-Keyward-Root-Key` (set in the
 //! nginx config), since `Authorization` belongs to the client.
 //!
-//! Answers: 204 with identity and RateLimit headers; 401 (no or bad key) or 403 (permission,
-//! route, IP, origin). nginx turns any other status of an auth subrequest into a 500, so limit
-//! and quota refusals are answered 403 with `X-Keyward-Code: RATE_LIMITED` (or
-//! `USAGE_EXCEEDED`) and `Retry-After`; the shipped nginx config (`examples/nginx/`) maps
-//! them back to 429.
+//! The location's requirements come from nginx: `permissions` and `cost` (and
+//! `allow_path_params`) in the query string of the subrequest URL, and a required tenant and
+//! environment in `X-Keyward-Require-Tenant` and `X-Keyward-Require-Environment`. nginx
+//! passes the client's headers to the subrequest, so a client can send those two itself; that
+//! is harmless, since they can only narrow what passes, and `proxy_set_header` replaces them.
+//! Anything that loosens a check is a query parameter, which only the nginx config sets.
+//!
+//! Answers: 204 with identity and RateLimit headers; 401 (no or bad key) or 403 (tenant,
+//! environment, permission, route, IP, origin). nginx turns any other status of an auth
+//! subrequest into a 500, so limit and quota refusals are answered 403 with
+//! `X-Keyward-Code: RATE_LIMITED` (or `USAGE_EXCEEDED`) and `Retry-After`, and an
+//! `X-Original-URI` whose path cannot be normalised safely 403 `invalid_request` with
+//! `X-Keyward-Code: INVALID_PATH`; the shipped nginx config (`examples/nginx/`) maps them back
+//! to 429 and 400.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use keyward_core::path::{PathOptions, normalize_target};
 use keyward_core::permission::PermissionQuery;
+use keyward_core::validate;
 use keyward_core::verify::{VerifyCode, VerifyRequest};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::AppState;
-use crate::enforce::{decorate, missing_key, presented_key, refusal};
+use crate::enforce::{decorate, invalid_path, missing_key, presented_key, refusal};
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, RemoteAddr};
 
 /// Header carrying nginx's own root key.
 pub const ROOT_KEY_HEADER: &str = "x-keyward-root-key";
+/// Header carrying the tenant a location requires.
+pub const REQUIRE_TENANT_HEADER: &str = "x-keyward-require-tenant";
+/// Header carrying the environment a location requires.
+pub const REQUIRE_ENVIRONMENT_HEADER: &str = "x-keyward-require-environment";
 
 /// What the protected location requires.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -37,10 +52,27 @@ pub struct AuthParams {
     permissions: Option<String>,
     /// Units the request consumes (default 1).
     cost: Option<u64>,
+    /// Accept `;` path parameters in `X-Original-URI` (refused by default).
+    allow_path_params: Option<bool>,
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A required tenant or environment: an identifier, sent at most once.
+fn requirement(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::field(name, "must be sent at most once"));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::field(name, "must be an identifier"))?;
+    Ok(Some(validate::ident(name, value)?))
 }
 
 /// Checks the client's key for nginx `auth_request`.
@@ -48,11 +80,14 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         ("X-Keyward-Root-Key" = String, Header, description = "nginx's root key (keys.verify)"),
         ("X-Original-Method" = Option<String>, Header, description = "Method of the client request"),
         ("X-Original-URI" = Option<String>, Header, description = "URI of the client request"),
-        ("X-Real-IP" = Option<String>, Header, description = "The client's address")),
+        ("X-Real-IP" = Option<String>, Header, description = "The client's address"),
+        ("X-Keyward-Require-Tenant" = Option<String>, Header, description = "Only keys of this tenant pass"),
+        ("X-Keyward-Require-Environment" = Option<String>, Header, description = "Only keys of this environment pass")),
     responses(
         (status = 204, description = "Admitted; identity and RateLimit headers set"),
+        (status = 400, description = "The proxy's request is invalid: permission query, parameters or a requirement header", body = keyward_wire::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No key, or the key does not verify", body = keyward_wire::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Refused: permission, route, IP, origin, or (with X-Keyward-Code) a limit or quota", body = keyward_wire::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Refused: tenant, environment, permission, route, IP, origin, or (with X-Keyward-Code) a limit, a quota or a path that cannot be normalised (INVALID_PATH)", body = keyward_wire::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn nginx_auth(
     State(state): State<AppState>,
@@ -78,21 +113,36 @@ pub async fn nginx_auth(
             }
         });
     }
-    let Some(key) = presented_key(&headers) else {
-        return Ok(missing_key().into_response());
-    };
     let query = params
         .permissions
         .as_deref()
         .map(PermissionQuery::parse)
         .transpose()?;
-    let uri = header(&headers, "x-original-uri");
+    let tenant = requirement(&headers, REQUIRE_TENANT_HEADER)?;
+    let environment = requirement(&headers, REQUIRE_ENVIRONMENT_HEADER)?;
+    // The raw bytes: a path nginx passes with bytes outside ASCII is percent-encoded by the
+    // normaliser, not taken for an absent path (which a key without routes would pass with).
+    let options = PathOptions {
+        allow_path_params: params.allow_path_params.unwrap_or(false),
+    };
+    let path = match headers.get("x-original-uri") {
+        Some(uri) => match normalize_target(uri.as_bytes(), options) {
+            Ok(path) => Some(path),
+            Err(e) => return Ok(invalid_path(e, Some(StatusCode::FORBIDDEN))),
+        },
+        None => None,
+    };
+    let Some(key) = presented_key(&headers) else {
+        return Ok(missing_key().into_response());
+    };
     let request = VerifyRequest {
         query: query.as_ref(),
         method: header(&headers, "x-original-method"),
-        path: uri,
+        path: path.as_ref(),
         ip: header(&headers, "x-real-ip").and_then(|ip| ip.trim().parse().ok()),
         origin: header(&headers, "origin").or_else(|| header(&headers, "referer")),
+        tenant: tenant.as_deref(),
+        environment: environment.as_deref(),
     };
     let v = state
         .engine

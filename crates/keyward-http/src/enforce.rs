@@ -4,6 +4,8 @@
 //! `auth_request`) and the gateway.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keyward_core::path::PathError;
 use keyward_core::verify::VerifyCode;
 use keyward_engine::Verification;
 
@@ -58,6 +60,14 @@ pub fn refusal(code: VerifyCode) -> Option<ApiError> {
         VerifyCode::Revoked => ("revoked_key", "the API key was revoked"),
         VerifyCode::Expired => ("expired_key", "the API key has expired"),
         VerifyCode::Disabled => ("disabled_key", "the API key is disabled"),
+        VerifyCode::TenantNotAllowed => (
+            "tenant_not_allowed",
+            "this endpoint requires a key of another tenant",
+        ),
+        VerifyCode::EnvironmentNotAllowed => (
+            "environment_not_allowed",
+            "this endpoint requires a key of another environment",
+        ),
         VerifyCode::InsufficientPermissions => (
             "insufficient_permissions",
             "the API key lacks a permission this endpoint needs",
@@ -81,6 +91,27 @@ pub fn refusal(code: VerifyCode) -> Option<ApiError> {
         VerifyCode::UsageExceeded => ("usage_exceeded", "the API key's quota is used up"),
     };
     Some(ApiError::new(problem, detail))
+}
+
+/// `X-Keyward-Code` of a request refused because its path cannot be normalised safely (not a
+/// verify code: no key is looked up for such a request).
+pub const INVALID_PATH_CODE: &str = "INVALID_PATH";
+
+/// The refusal of a request whose path cannot be normalised safely: `invalid_request` with
+/// `X-Keyward-Code: INVALID_PATH`, at the code's 400 unless `status` says otherwise (`/v1/auth`
+/// answers 403, the only refusal status nginx passes on).
+pub fn invalid_path(error: PathError, status: Option<StatusCode>) -> Response {
+    let problem = ApiError::new(
+        "invalid_request",
+        format!("the request path cannot be checked safely: {error}"),
+    );
+    let mut response = match status {
+        Some(status) => problem.with_status(status),
+        None => problem,
+    }
+    .into_response();
+    insert(response.headers_mut(), CODE_HEADER, INVALID_PATH_CODE);
+    response
 }
 
 /// The answer for a request that presented no key.
@@ -190,7 +221,9 @@ pub fn status(code: VerifyCode) -> StatusCode {
         | VerifyCode::Revoked
         | VerifyCode::Expired
         | VerifyCode::Disabled => StatusCode::UNAUTHORIZED,
-        VerifyCode::InsufficientPermissions
+        VerifyCode::TenantNotAllowed
+        | VerifyCode::EnvironmentNotAllowed
+        | VerifyCode::InsufficientPermissions
         | VerifyCode::RouteNotAllowed
         | VerifyCode::IpNotAllowed
         | VerifyCode::OriginNotAllowed => StatusCode::FORBIDDEN,

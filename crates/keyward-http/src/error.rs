@@ -31,6 +31,16 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("expired_key", 401, "The API key has expired"),
     ("disabled_key", 401, "The API key is disabled"),
     (
+        "tenant_not_allowed",
+        403,
+        "The API key belongs to another tenant",
+    ),
+    (
+        "environment_not_allowed",
+        403,
+        "The API key belongs to another environment",
+    ),
+    (
         "insufficient_permissions",
         403,
         "The API key lacks a permission",

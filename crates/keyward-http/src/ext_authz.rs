@@ -3,7 +3,15 @@
 //! Envoy sends the client's request attributes; keyward reads the key from the
 //! `authorization: Bearer` or `x-api-key` header, the method and path, the peer address and
 //! the `origin` (or `referer`) header. Per-route requirements come from Envoy's
-//! `context_extensions` (`keyward_permissions`: a permission query; `keyward_cost`: units).
+//! `context_extensions`: `keyward_permissions` (a permission query), `keyward_cost` (units),
+//! `keyward_tenant` and `keyward_environment` (only keys of that tenant or environment pass),
+//! `keyward_allow_path_params` (`true` accepts `;` path parameters). A malformed extension is
+//! the route's misconfiguration and fails the call with INVALID_ARGUMENT.
+//!
+//! The path is normalised as the gateway does ([`keyward_core::path`]). One that cannot be
+//! normalised safely is a denial, never a gRPC error (which Envoy's `failure_mode_allow` would
+//! turn into an admission): HTTP 400 `invalid_request` with `x-keyward-code: INVALID_PATH`,
+//! under the gRPC status INVALID_ARGUMENT.
 //!
 //! Allowed: gRPC OK with `x-keyward-key-id`, `x-keyward-owner`, `x-keyward-tenant` added to the
 //! upstream request, the key headers removed, and the RateLimit fields added to the response.
@@ -25,21 +33,29 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{
     CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
+use keyward_core::path::{PathError, PathOptions, normalize_target};
 use keyward_core::permission::PermissionQuery;
+use keyward_core::validate;
 use keyward_core::verify::{VerifyCode, VerifyRequest};
 use keyward_engine::{Keyward, Verification};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 use crate::enforce::{
-    KEY_ID_HEADER, OWNER_HEADER, TENANT_HEADER, decorate, is_keyward_header, presented_key_in,
-    refusal, status,
+    CODE_HEADER, INVALID_PATH_CODE, KEY_ID_HEADER, OWNER_HEADER, TENANT_HEADER, decorate,
+    is_keyward_header, presented_key_in, refusal, status,
 };
 
 /// Context extension carrying the route's permission query.
 pub const PERMISSIONS_EXTENSION: &str = "keyward_permissions";
 /// Context extension carrying the route's cost.
 pub const COST_EXTENSION: &str = "keyward_cost";
+/// Context extension carrying the tenant the route requires.
+pub const TENANT_EXTENSION: &str = "keyward_tenant";
+/// Context extension carrying the environment the route requires.
+pub const ENVIRONMENT_EXTENSION: &str = "keyward_environment";
+/// Context extension that accepts `;` path parameters on the route (`true` or `false`).
+pub const PATH_PARAMS_EXTENSION: &str = "keyward_allow_path_params";
 
 /// The `Authorization` service over an engine.
 pub struct ExtAuthz {
@@ -84,6 +100,37 @@ fn denied(
         429 => HttpStatusCode::TooManyRequests,
         _ => HttpStatusCode::Forbidden,
     };
+    let mut headers = HeaderMap::new();
+    if let Some(v) = v {
+        decorate(&mut headers, v);
+    }
+    denial(grpc, envoy_status, detail_problem, &headers)
+}
+
+/// The denial of a request whose path cannot be normalised safely.
+fn denied_path(error: PathError) -> CheckResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CODE_HEADER,
+        axum::http::HeaderValue::from_static(INVALID_PATH_CODE),
+    );
+    denial(
+        Status::invalid_argument("the request path cannot be checked safely"),
+        HttpStatusCode::BadRequest,
+        crate::error::ApiError::new(
+            "invalid_request",
+            format!("the request path cannot be checked safely: {error}"),
+        ),
+        &headers,
+    )
+}
+
+fn denial(
+    grpc: Status,
+    envoy_status: HttpStatusCode,
+    detail_problem: crate::error::ApiError,
+    headers: &HeaderMap,
+) -> CheckResponse {
     let (_, problem) = detail_problem.problem();
     let mut builder = DeniedHttpResponseBuilder::new();
     builder.set_http_status(envoy_status);
@@ -93,11 +140,7 @@ fn denied(
         Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
         false,
     );
-    let mut headers = HeaderMap::new();
-    if let Some(v) = v {
-        decorate(&mut headers, v);
-    }
-    for (name, value) in &headers {
+    for (name, value) in headers {
         if let Ok(value) = value.to_str() {
             builder.add_header(
                 name.as_str(),
@@ -129,13 +172,6 @@ impl Authorization for ExtAuthz {
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
         let extensions = request.attributes.as_ref().map(|a| &a.context_extensions);
-        let Some(key) = presented_key_in(|name| headers.get(name).map(String::as_str)) else {
-            return Ok(Response::new(denied(
-                VerifyCode::Malformed,
-                crate::enforce::missing_key(),
-                None,
-            )));
-        };
         let query = extensions
             .and_then(|e| e.get(PERMISSIONS_EXTENSION))
             .map(|q| PermissionQuery::parse(q))
@@ -149,16 +185,47 @@ impl Authorization for ExtAuthz {
                 Status::invalid_argument(format!("{COST_EXTENSION} must be a whole number"))
             })?
             .unwrap_or(1);
-        let path = http.map(|h| h.path.as_str());
+        let requirement = |name: &str| {
+            extensions
+                .and_then(|e| e.get(name))
+                .map(|v| validate::ident(name, v))
+                .transpose()
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+        };
+        let tenant = requirement(TENANT_EXTENSION)?;
+        let environment = requirement(ENVIRONMENT_EXTENSION)?;
+        let allow_path_params = match extensions.and_then(|e| e.get(PATH_PARAMS_EXTENSION)) {
+            None => false,
+            Some(v) => v.parse::<bool>().map_err(|_| {
+                Status::invalid_argument(format!("{PATH_PARAMS_EXTENSION} must be true or false"))
+            })?,
+        };
+        // Envoy's `path` is the request target, query included.
+        let path = match http
+            .map(|h| normalize_target(h.path.as_bytes(), PathOptions { allow_path_params }))
+        {
+            Some(Err(e)) => return Ok(Response::new(denied_path(e))),
+            Some(Ok(path)) => Some(path),
+            None => None,
+        };
+        let Some(key) = presented_key_in(|name| headers.get(name).map(String::as_str)) else {
+            return Ok(Response::new(denied(
+                VerifyCode::Malformed,
+                crate::enforce::missing_key(),
+                None,
+            )));
+        };
         let verify = VerifyRequest {
             query: query.as_ref(),
             method: http.map(|h| h.method.as_str()),
-            path,
+            path: path.as_ref(),
             ip: request.get_client_address().and_then(|a| a.parse().ok()),
             origin: headers
                 .get("origin")
                 .or_else(|| headers.get("referer"))
                 .map(String::as_str),
+            tenant: tenant.as_deref(),
+            environment: environment.as_deref(),
         };
         let v = match self.engine.verify_cost(key, &verify, cost).await {
             Ok(v) => v,

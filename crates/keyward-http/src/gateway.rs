@@ -1,10 +1,15 @@
 //! The gateway: a reverse proxy that enforces keys in-process.
 //!
 //! Each route maps a path prefix to an upstream and says what the request needs (a permission
-//! query, a cost). The gateway reads the key from `Authorization: Bearer` or `X-API-Key` (or,
-//! only where a route allows it, the `api_key` query parameter, which is logged as a warning),
-//! verifies it with limits and quota, removes it, and forwards the request over a pooled
-//! connection with `X-Keyward-Key-Id`, `X-Keyward-Owner` and `X-Keyward-Tenant`.
+//! query, a cost, optionally a tenant and an environment). The gateway reads the key from
+//! `Authorization: Bearer` or `X-API-Key` (or, only where a route allows it, the `api_key` query
+//! parameter, which is logged as a warning), verifies it with limits and quota, removes it, and
+//! forwards the request over a pooled connection with `X-Keyward-Key-Id`, `X-Keyward-Owner` and
+//! `X-Keyward-Tenant`.
+//!
+//! The path is normalised once ([`keyward_core::path`]); the route is chosen, the key's
+//! allowlist checked and the upstream addressed with that one normal form, and a path that
+//! cannot be normalised safely is refused with 400 before any key is looked up.
 //!
 //! What the upstream sees of the client is what keyward saw, not what the client claims: `Host`
 //! is the route's upstream authority (or its configured `host`), so a key cannot reach another
@@ -12,10 +17,10 @@
 //! forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP` and the other client-address
 //! headers) and the URL and method override headers are removed and `X-Forwarded-For`,
 //! `X-Forwarded-Host`, `X-Forwarded-Proto` and `X-Real-IP` set by keyward (see
-//! [`crate::trusted_proxy`] for when a proxy's chain is kept). Refusals are
-//! problem+json: 401 (missing or invalid key), 403 (permission, route, IP, origin), 429 (limit,
-//! quota) with `Retry-After` and the RateLimit fields. Upstream failures are 502, timeouts 504,
-//! with no upstream detail in the body.
+//! [`crate::trusted_proxy`] for when a proxy's chain is kept). Refusals are problem+json: 401
+//! (missing or invalid key), 403 (tenant, environment, permission, route, IP, origin), 429
+//! (limit, quota) with `Retry-After` and the RateLimit fields. Upstream failures are 502,
+//! timeouts 504, with no upstream detail in the body.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,11 +33,14 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use keyward_core::path::{
+    NormalPath, PathError, PathOptions, PathPrefix, longest_prefix, normalize,
+};
 use keyward_core::permission::PermissionQuery;
 use keyward_core::verify::{VerifyCode, VerifyRequest};
 use keyward_engine::Keyward;
 
-use crate::enforce::{API_KEY_HEADER, decorate, missing_key, presented_key, refusal};
+use crate::enforce::{API_KEY_HEADER, decorate, invalid_path, missing_key, presented_key, refusal};
 use crate::error::ApiError;
 use crate::extract::ClientAddr;
 use crate::listener::Connections;
@@ -46,8 +54,9 @@ pub const QUERY_KEY_PARAM: &str = "api_key";
 /// One gateway route.
 #[derive(Debug, Clone)]
 pub struct GatewayRoute {
-    /// Requests whose path starts with this prefix (at a `/` boundary) use this route.
-    pub prefix: String,
+    /// Requests whose normalised path starts with this prefix, segment by segment, use this
+    /// route (ASCII case-insensitively unless the prefix is case-sensitive).
+    pub prefix: PathPrefix,
     /// Base URL of the upstream, `http://host:port` (plain HTTP).
     pub upstream: Uri,
     /// Permission query the route requires.
@@ -58,6 +67,13 @@ pub struct GatewayRoute {
     pub allow_query_key: bool,
     /// Longest wait for the upstream's response headers.
     pub timeout: Duration,
+    /// Accept `;` path parameters (matched by segment name, forwarded as sent); refused (400)
+    /// by default, since servers disagree about them.
+    pub allow_path_params: bool,
+    /// Only keys of this tenant pass (TENANT_NOT_ALLOWED otherwise).
+    pub tenant: Option<String>,
+    /// Only keys of this environment pass (ENVIRONMENT_NOT_ALLOWED otherwise).
+    pub environment: Option<String>,
     /// The `Host` sent upstream (`host[:port]`); the upstream's authority when `None`.
     pub host: Option<String>,
 }
@@ -65,7 +81,7 @@ pub struct GatewayRoute {
 /// Gateway settings.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Routes, matched by longest prefix.
+    /// Routes, matched by longest prefix (see [`choose_route`]).
     pub routes: Vec<GatewayRoute>,
     /// Add RateLimit headers to successful responses too.
     pub ratelimit_headers_on_success: bool,
@@ -114,18 +130,17 @@ pub async fn serve_gateway(
     .await
 }
 
-fn route_for<'a>(config: &'a GatewayConfig, path: &str) -> Option<&'a GatewayRoute> {
-    config
-        .routes
-        .iter()
-        .filter(|r| {
-            // A prefix matches at a segment boundary: `/orders` covers `/orders` and
-            // `/orders/1`, not `/ordersx`.
-            let prefix = r.prefix.trim_end_matches('/');
-            path.strip_prefix(prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
-        .max_by_key(|r| r.prefix.len())
+/// How the gateway normalises request paths: parameters are accepted here and refused after
+/// the route is chosen unless that route allows them, so that `admin;x` cannot choose a
+/// route other than `admin` would.
+const GATEWAY_PATH: PathOptions = PathOptions {
+    allow_path_params: true,
+};
+
+/// The route for a normalised path: the one whose prefix matches the most segments. Pure, so a
+/// fuzz oracle can check that a path and its normal form choose the same route.
+pub fn choose_route<'a>(config: &'a GatewayConfig, path: &NormalPath) -> Option<&'a GatewayRoute> {
+    longest_prefix(&config.routes, path, |r| &r.prefix)
 }
 
 /// The query string without the `api_key` parameter, and the key it carried.
@@ -285,12 +300,9 @@ async fn proxy(
     let span = spans::request_span(spans::Server::Gateway, request.method());
     if !span.is_disabled() {
         // The route's configured prefix, never the request's own path (it may carry a key).
-        let path = request.uri().path();
-        if let Some(route) = keyward_core::route::is_canonical_path(path)
-            .then(|| route_for(&state.config, path))
-            .flatten()
-        {
-            spans::record_route(&span, request.method(), &route.prefix);
+        let path = normalize(request.uri().path().as_bytes(), GATEWAY_PATH);
+        if let Some(route) = path.ok().and_then(|p| choose_route(&state.config, &p)) {
+            spans::record_route(&span, request.method(), route.prefix.as_str());
         }
     }
     let response = match forward(&state, from, request)
@@ -310,19 +322,17 @@ async fn forward(
     request: Request,
 ) -> Result<Response, Response> {
     let (mut parts, body) = request.into_parts();
-    let path = parts.uri.path().to_owned();
-    if !keyward_core::route::is_canonical_path(&path) {
-        // Routes are chosen by prefix: a path an upstream would normalise differently (dot
-        // segments, empty segments, encoded separators) could reach another route's endpoint.
-        return Err(ApiError::new(
-            "invalid_request",
-            "the request path is not in canonical form",
-        )
-        .into_response());
-    }
-    let route = route_for(&state.config, &path).ok_or_else(|| {
+    // Routes are chosen by prefix: a path an upstream reads differently from keyward (escapes,
+    // case, dot segments, parameters) could reach another route's endpoint. So the route, the
+    // allowlist and the upstream all see one normal form, and what has none is refused.
+    let path =
+        normalize(parts.uri.path().as_bytes(), GATEWAY_PATH).map_err(|e| invalid_path(e, None))?;
+    let route = choose_route(&state.config, &path).ok_or_else(|| {
         ApiError::new("not_found", "no gateway route matches this path").into_response()
     })?;
+    if path.has_params() && !route.allow_path_params {
+        return Err(invalid_path(PathError::PathParameter, None));
+    }
     let (query, query_key) = split_query_key(parts.uri.query().unwrap_or(""));
     let header_key = presented_key(&parts.headers).map(str::to_owned);
     let key = match (header_key, query_key) {
@@ -347,6 +357,8 @@ async fn forward(
         path: Some(&path),
         ip,
         origin: origin.as_deref(),
+        tenant: route.tenant.as_deref(),
+        environment: route.environment.as_deref(),
     };
     let v = state
         .engine
@@ -359,8 +371,9 @@ async fn forward(
         return Err(response);
     }
 
+    // Exactly the normal form the route and the allowlist were checked on.
     let path_and_query = if query.is_empty() {
-        path.clone()
+        path.as_str().to_owned()
     } else {
         format!("{path}?{query}")
     };
@@ -428,14 +441,22 @@ mod tests {
 
     fn route(prefix: &str) -> GatewayRoute {
         GatewayRoute {
-            prefix: prefix.into(),
+            prefix: PathPrefix::new(prefix, false).unwrap(),
             upstream: "http://127.0.0.1:1".parse().unwrap(),
             permissions: None,
             cost: 1,
             allow_query_key: false,
             timeout: Duration::from_secs(1),
+            allow_path_params: false,
+            tenant: None,
+            environment: None,
             host: None,
         }
+    }
+
+    fn chosen<'a>(config: &'a GatewayConfig, path: &str) -> Option<&'a str> {
+        let path = normalize(path.as_bytes(), GATEWAY_PATH).unwrap();
+        choose_route(config, &path).map(|r| r.prefix.as_str())
     }
 
     #[test]
@@ -444,17 +465,35 @@ mod tests {
             routes: vec![route("/"), route("/orders"), route("/orders/admin")],
             ratelimit_headers_on_success: false,
         };
-        assert_eq!(route_for(&config, "/orders/1").unwrap().prefix, "/orders");
-        assert_eq!(
-            route_for(&config, "/orders/admin/x").unwrap().prefix,
-            "/orders/admin"
-        );
-        assert_eq!(route_for(&config, "/ordersx").unwrap().prefix, "/");
+        assert_eq!(chosen(&config, "/orders/1"), Some("/orders"));
+        assert_eq!(chosen(&config, "/orders/admin/x"), Some("/orders/admin"));
+        assert_eq!(chosen(&config, "/ordersx"), Some("/"));
         let narrow = GatewayConfig {
             routes: vec![route("/orders")],
             ratelimit_headers_on_success: false,
         };
-        assert!(route_for(&narrow, "/ordersx").is_none());
+        assert_eq!(chosen(&narrow, "/ordersx"), None);
+    }
+
+    #[test]
+    fn finding_1_every_spelling_of_a_path_chooses_its_route() {
+        let config = GatewayConfig {
+            routes: vec![route("/orders"), route("/orders/admin")],
+            ratelimit_headers_on_success: false,
+        };
+        for spelling in [
+            "/orders/admin/users",
+            "/orders/%61dmin/users",
+            "/orders/ADMIN/users",
+            "/orders/admin;x/users",
+            "/Orders/Admin/",
+        ] {
+            assert_eq!(
+                chosen(&config, spelling),
+                Some("/orders/admin"),
+                "{spelling}"
+            );
+        }
     }
 
     #[test]

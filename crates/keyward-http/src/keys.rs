@@ -3,8 +3,10 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use keyward_core::path::{PathOptions, normalize_target};
 use keyward_core::permission::PermissionQuery;
 use keyward_core::record::{KeyKind, KeyStatus};
+use keyward_core::validate;
 use keyward_core::verify::{VerifyCode, VerifyRequest};
 use keyward_engine::{Created, CreditOp, Degraded, KeyPatch, ListKeys, NewKey};
 use keyward_wire::{
@@ -27,8 +29,8 @@ use crate::extract::{
     KeysVerify,
 };
 
-/// Longest request path a verify call may ask about.
-pub const MAX_VERIFY_PATH_BYTES: usize = 4096;
+/// Longest request path a verify call may ask about (its query included).
+pub const MAX_VERIFY_PATH_BYTES: usize = keyward_core::path::MAX_PATH_BYTES;
 
 /// Filters and paging for `GET /v1/keys`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -250,7 +252,7 @@ pub async fn revoke_key(
     security(("root_key" = [])),
     responses(
         (status = 200, body = VerifyKeyResponse),
-        (status = 400, description = "Bad permission query or body", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad permission query or body, or a path that cannot be normalised safely", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn verify_key(
     State(state): State<AppState>,
@@ -280,10 +282,29 @@ pub async fn verify_key(
         .as_deref()
         .map(PermissionQuery::parse)
         .transpose()?;
+    // The same normal form the edges check allowlists on, and the same refusals.
+    let path = body
+        .path
+        .as_deref()
+        .map(|p| normalize_target(p.as_bytes(), PathOptions::default()))
+        .transpose()
+        .map_err(|e| ApiError::field("path", e.to_string()))?;
+    let tenant = body
+        .tenant
+        .as_deref()
+        .map(|t| validate::ident("tenant", t))
+        .transpose()?;
+    let environment = body
+        .environment
+        .as_deref()
+        .map(|e| validate::ident("environment", e))
+        .transpose()?;
     let request = VerifyRequest {
         query: query.as_ref(),
         method: body.method.as_deref(),
-        path: body.path.as_deref(),
+        path: path.as_ref(),
+        tenant: tenant.as_deref(),
+        environment: environment.as_deref(),
         ip: body
             .ip
             .as_deref()

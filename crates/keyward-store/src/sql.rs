@@ -112,10 +112,11 @@ pub(crate) fn record_from_row(row: &impl Columns) -> Result<KeyRecord, StoreErro
         tags: parse_json("tags", &row.text("tags")?)?,
         meta: parse_json("meta", &row.text("meta")?)?,
         permissions: permissions("permissions", &row.text("permissions")?)?,
+        // A pattern stored under older, looser rules still loads (and matches nothing).
         routes: routes
             .iter()
-            .map(|r| RoutePattern::new(r).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .collect::<Result<_, _>>()?,
+            .map(|r| RoutePattern::from_stored(r))
+            .collect(),
         expires_at: opt_time("expires_at")?,
         enabled: row.flag("enabled")?,
         created_at: from_millis(row.int("created_at")?)?,

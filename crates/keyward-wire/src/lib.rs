@@ -247,7 +247,9 @@ pub struct VerifyKeyRequest {
     /// HTTP method of the protected request (checked against the key's routes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    /// Path of the protected request (checked against the key's routes).
+    /// Path of the protected request (checked against the key's routes), at most 4096 bytes;
+    /// a query after `?` is ignored. A path that cannot be normalised safely (dot or empty
+    /// segments, `;`, `%2F`, `\`, control characters, bad escapes) is a 400 naming `path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// The caller's IP address (checked against the key's IP allowlist).
@@ -260,6 +262,12 @@ pub struct VerifyKeyRequest {
     /// consuming).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<u64>,
+    /// Only a key of this tenant is valid (`TENANT_NOT_ALLOWED` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Only a key of this environment is valid (`ENVIRONMENT_NOT_ALLOWED` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
 }
 
 /// One secret of a key, as displayed (never the secret itself or its hash).
@@ -390,7 +398,9 @@ pub struct VerifyKeyResponse {
     /// True only for `VALID`.
     pub valid: bool,
     /// `VALID`, `MALFORMED`, `NOT_FOUND`, `REVOKED`, `EXPIRED`, `DISABLED`,
-    /// `INSUFFICIENT_PERMISSIONS` or `ROUTE_NOT_ALLOWED`.
+    /// `TENANT_NOT_ALLOWED`, `ENVIRONMENT_NOT_ALLOWED`, `INSUFFICIENT_PERMISSIONS`,
+    /// `ROUTE_NOT_ALLOWED`, `IP_NOT_ALLOWED`, `ORIGIN_NOT_ALLOWED`, `RATE_LIMITED` or
+    /// `USAGE_EXCEEDED`.
     pub code: String,
     /// The key's identifier, when found.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -46,11 +46,18 @@
 //! metrics_hosts = ["keyward-1.internal"]  # admin listener: names /metrics answers for
 //!
 //! [[route]]
-//! prefix = "/orders"                  # path prefix, matched at segment boundaries
+//! prefix = "/orders"                  # path prefix, matched segment by segment on the
+//!                                     # normalised path, ASCII case-insensitively
 //! upstream = "http://127.0.0.1:9000"  # plain HTTP upstream
-//! permissions = "orders.read"         # permission query the route requires
+//! permissions = "orders.read"         # permission query the route requires (none: any
+//!                                     # valid key of the allowed tenant/environment)
+//! tenant = "acme"                     # optional: only keys of this tenant
+//! environment = "live"                # optional: only keys of this environment
 //! cost = 1                            # units per request (default 1)
 //! allow_query_key = false             # accept ?api_key= (logged as a warning)
+//! allow_path_params = false           # accept ';' path parameters (default: 400)
+//! case_sensitive = false              # match the prefix case-sensitively (only for an
+//!                                     # upstream known to be case-sensitive)
 //! timeout_seconds = 30                # upstream response-header timeout (default 30)
 //! host = "orders.internal"            # Host sent upstream (default: the upstream's host:port)
 //! ```
@@ -63,6 +70,7 @@ use std::time::Duration;
 use crate::cli::AnomalyArgs;
 use crate::serve::{join_per_core, serve_per_core, stopped};
 use anyhow::{Context, bail};
+use keyward_core::path::PathPrefix;
 use keyward_core::permission::PermissionQuery;
 use keyward_engine::clock::SystemClock;
 use keyward_engine::{EngineConfig, Keyward};
@@ -132,6 +140,12 @@ struct FileRoute {
     #[serde(default)]
     allow_query_key: bool,
     timeout_seconds: Option<u64>,
+    #[serde(default)]
+    allow_path_params: bool,
+    #[serde(default)]
+    case_sensitive: bool,
+    tenant: Option<String>,
+    environment: Option<String>,
     host: Option<String>,
 }
 
@@ -240,6 +254,16 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             if !r.prefix.starts_with('/') {
                 bail!("{at}.prefix must start with '/'");
             }
+            let prefix = PathPrefix::new(&r.prefix, r.case_sensitive)
+                .map_err(|e| anyhow::anyhow!("{at}.prefix: {e}"))?;
+            let ident = |field: &str, value: Option<String>| {
+                value
+                    .map(|v| keyward_core::validate::ident(field, &v))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("{at}.{e}"))
+            };
+            let tenant = ident("tenant", r.tenant)?;
+            let environment = ident("environment", r.environment)?;
             let upstream: hyper::Uri = r
                 .upstream
                 .parse()
@@ -263,16 +287,34 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
                 }
             }
             Ok(GatewayRoute {
-                prefix: r.prefix,
+                prefix,
                 upstream,
                 permissions,
                 cost: r.cost.unwrap_or(1),
                 allow_query_key: r.allow_query_key,
                 timeout: Duration::from_secs(r.timeout_seconds.unwrap_or(30).max(1)),
+                allow_path_params: r.allow_path_params,
+                tenant,
+                environment,
                 host: r.host,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Two prefixes that differ only in case (or spelling) would make the choice between them
+    // depend on the request's case or on their order.
+    for (i, a) in routes.iter().enumerate() {
+        if let Some(j) = routes[..i]
+            .iter()
+            .position(|b| b.prefix.overlaps(&a.prefix))
+        {
+            bail!(
+                "{}: route[{j}] and route[{i}] have the same prefix ({:?} and {:?}; prefixes are compared after normalisation and ignoring case)",
+                path.display(),
+                routes[j].prefix.as_str(),
+                a.prefix.as_str()
+            );
+        }
+    }
     if file.stale_if_error_seconds.is_some_and(|s| s > 86_400) {
         bail!(
             "{}: stale_if_error_seconds must be at most 86400",
@@ -560,14 +602,19 @@ upstream = "http://127.0.0.1:9000"
 permissions = "orders.read"
 cost = 2
 host = "orders.internal:8080"
+tenant = "acme"
+environment = "live"
+allow_path_params = true
+case_sensitive = true
 "#,
         )
         .unwrap();
-        assert_eq!(loaded.gateway.routes[0].cost, 2);
-        assert_eq!(
-            loaded.gateway.routes[0].host.as_deref(),
-            Some("orders.internal:8080")
-        );
+        let route = &loaded.gateway.routes[0];
+        assert_eq!(route.cost, 2);
+        assert_eq!(route.tenant.as_deref(), Some("acme"));
+        assert_eq!(route.environment.as_deref(), Some("live"));
+        assert!(route.allow_path_params && route.prefix.is_case_sensitive());
+        assert_eq!(route.host.as_deref(), Some("orders.internal:8080"));
         let listener = &loaded.gateway_listener;
         assert_eq!(listener.header_read_timeout, Duration::from_millis(500));
         assert_eq!(listener.idle_timeout, Duration::from_millis(7000));
@@ -607,6 +654,9 @@ host = "orders.internal:8080"
         )
         .unwrap();
         assert!(!plain.fail_open_unknown_keys);
+        let route = &plain.gateway.routes[0];
+        assert!(route.tenant.is_none() && route.environment.is_none());
+        assert!(!route.allow_path_params && !route.prefix.is_case_sensitive());
         assert_eq!(plain.stale_if_error, Duration::from_secs(300));
         assert!(plain.redis.is_none());
         assert!(plain.otlp_endpoint.is_none());
@@ -753,6 +803,32 @@ host = "orders.internal:8080"
                 "permissions",
             ),
             (format!("{base}colour = 1\n"), "not a valid gateway config"),
+            (
+                format!("{base}[[route]]\nprefix = \"/o/../admin\"\nupstream = \"http://a:1\"\n"),
+                "route[0].prefix: the path has a '.' or '..' segment",
+            ),
+            (
+                format!("{base}[[route]]\nprefix = \"/o;x\"\nupstream = \"http://a:1\"\n"),
+                "route[0].prefix",
+            ),
+            (
+                format!(
+                    "{base}[[route]]\nprefix = \"/Orders\"\nupstream = \"http://a:1\"\n[[route]]\nprefix = \"/orders/\"\nupstream = \"http://a:1\"\ncase_sensitive = true\n"
+                ),
+                "route[0] and route[1] have the same prefix",
+            ),
+            (
+                format!(
+                    "{base}[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\ntenant = \"a b\"\n"
+                ),
+                "route[0].tenant",
+            ),
+            (
+                format!(
+                    "{base}[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\nenvironment = \"\"\n"
+                ),
+                "route[0].environment",
+            ),
             (
                 format!(
                     "{base}otlp_endpoint = \"https://collector:4317\"\n[[route]]\nprefix = \"/o\"\nupstream = \"http://a:1\"\n"

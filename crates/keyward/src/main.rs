@@ -153,6 +153,8 @@ async fn run(cli: Cli, anomaly_given: &[&str]) -> anyhow::Result<ExitCode> {
                 ip: args.ip,
                 origin: args.origin,
                 cost: args.cost,
+                tenant: None,
+                environment: None,
             };
             let response: VerifyKeyResponse = client.post("/v1/keys/verify", &body).await?;
             out.verification(&response)?;

@@ -18,6 +18,8 @@ mod cli;
 mod connections;
 #[path = "it/edge.rs"]
 mod edge;
+#[path = "it/edge_routing.rs"]
+mod edge_routing;
 #[path = "it/ext_authz.rs"]
 mod ext_authz;
 #[path = "it/gateway.rs"]

@@ -272,15 +272,26 @@ async fn every_verify_code() {
     let nf = s.verify(json!({"key": unknown.expose()})).await;
     assert_eq!(code(nf.clone()), "NOT_FOUND");
     assert!(nf.get("key_id").is_none());
+    let mut other_tenant = ok.clone();
+    other_tenant["tenant"] = json!("acme");
+    assert_eq!(code(s.verify(other_tenant).await), "TENANT_NOT_ALLOWED");
+    let mut other_environment = ok.clone();
+    other_environment["environment"] = json!("test");
+    assert_eq!(
+        code(s.verify(other_environment).await),
+        "ENVIRONMENT_NOT_ALLOWED"
+    );
     let mut wrong = ok.clone();
     wrong["permissions"] = json!("orders.write");
     assert_eq!(code(s.verify(wrong).await), "INSUFFICIENT_PERMISSIONS");
     let mut off_route = ok.clone();
     off_route["method"] = json!("DELETE");
     assert_eq!(code(s.verify(off_route).await), "ROUTE_NOT_ALLOWED");
+    // A path that cannot be normalised safely is a bad request, not an answer about the key.
     let mut traversal = ok.clone();
     traversal["path"] = json!("/v1/orders/../admin");
-    assert_eq!(code(s.verify(traversal).await), "ROUTE_NOT_ALLOWED");
+    let refused = s.admin("POST", "/v1/keys/verify", Some(traversal)).await;
+    assert_eq!(refused.problem(400, "invalid_field")["field"], "path");
     assert_eq!(
         code(s.verify(json!({"key": key})).await),
         "ROUTE_NOT_ALLOWED",

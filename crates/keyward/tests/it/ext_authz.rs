@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::testkit::Server;
 
-fn check_request(
+pub(crate) fn check_request(
     key: Option<&str>,
     method: &str,
     path: &str,
@@ -56,7 +56,9 @@ fn check_request(
 }
 
 /// (gRPC code, HTTP status of a denial, headers as a map, body).
-fn outcome(response: &CheckResponse) -> (i32, Option<i32>, HashMap<String, String>, String) {
+pub(crate) fn outcome(
+    response: &CheckResponse,
+) -> (i32, Option<i32>, HashMap<String, String>, String) {
     let code = response.status.as_ref().map_or(0, |s| s.code);
     match &response.http_response {
         Some(HttpResponse::DeniedResponse(denied)) => {

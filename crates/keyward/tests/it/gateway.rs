@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Request;
 use axum::routing::any;
+use keyward_core::path::PathPrefix;
 use keyward_core::permission::PermissionQuery;
 use keyward_http::gateway::{GatewayConfig, GatewayRoute, serve_gateway};
 use keyward_http::listener::Connections;
@@ -53,17 +54,20 @@ pub(crate) fn route(
     permissions: Option<&str>,
 ) -> GatewayRoute {
     GatewayRoute {
-        prefix: prefix.into(),
+        prefix: PathPrefix::new(prefix, false).unwrap(),
         upstream: format!("http://{upstream}").parse().unwrap(),
         permissions: permissions.map(|p| PermissionQuery::parse(p).unwrap()),
         cost: 1,
         allow_query_key: false,
         timeout: Duration::from_millis(300),
+        allow_path_params: false,
+        tenant: None,
+        environment: None,
         host: None,
     }
 }
 
-async fn gateway(s: &Server, routes: Vec<GatewayRoute>) -> Http {
+pub(crate) async fn gateway(s: &Server, routes: Vec<GatewayRoute>) -> Http {
     Http::new(gateway_on(s, routes, Connections::defaults("gateway")).await)
 }
 

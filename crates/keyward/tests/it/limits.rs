@@ -254,7 +254,7 @@ async fn plans_crud_and_keys_follow_their_plan() {
 }
 
 /// Sets up a verify-only root key for nginx's `X-Keyward-Root-Key`.
-async fn verifier(s: &Server) -> String {
+pub(crate) async fn verifier(s: &Server) -> String {
     let r = s
         .admin(
             "POST",

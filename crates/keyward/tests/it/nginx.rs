@@ -185,6 +185,23 @@ async fn nginx_auth_request_with_the_shipped_config() {
     );
     assert_eq!(limited.header("content-type"), "application/problem+json");
     assert_eq!(limited.json()["code"], "rate_limited");
+
+    // Finding 1: nginx's location matches `..;` (not a dot segment to nginx), keyward refuses
+    // the path, and the config turns the refusal into a 400.
+    let (reader, _) = s
+        .create(json!({"owner": "o", "permissions": ["orders.read"], "routes": ["GET /orders/public/**"]}))
+        .await;
+    let sneaky = edge
+        .raw("GET", "/orders/public/..;/admin", Some(&reader), None)
+        .await;
+    assert_eq!(
+        sneaky.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&sneaky.body)
+    );
+    assert_eq!(sneaky.header("x-keyward-code"), "INVALID_PATH");
+    assert_eq!(sneaky.json()["code"], "invalid_request");
 }
 
 /// Finding 12 of issue 10, kept from coming back: every `x-keyward-*` name keyward's HTTP code
