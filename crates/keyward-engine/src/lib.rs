@@ -55,10 +55,10 @@ pub use cache::{CacheConfig, CacheSizes};
 use cache::{CachedRecord, CachedSecret, SecretLookup, VerifyCache};
 pub use keyward_core::validate::{LimitSpec, QuotaSpec};
 pub use keyward_store::CreditOp;
+pub use scope::{Principal, Scope};
 pub use shared::{
     Enforcement, EnforcementSource, ReconcileReport, RedisConfig, RedisHealth, SyncReport,
 };
-pub use scope::{Principal, Scope};
 use usage::{LastUsedBuffer, UsageBuffer};
 
 /// Largest page a list call returns.
@@ -83,7 +83,8 @@ pub const ROOT_PERMISSIONS: [&str; 10] = [
 /// cannot fill the disk.
 pub const AUTH_FAILURE_EVENTS_PER_MINUTE: u32 = 60;
 /// Why a tenant-scoped root key may read plans but not write them.
-const PLANS_ARE_SHARED: &str = "plans are shared by every tenant (it may read them, not change them)";
+const PLANS_ARE_SHARED: &str =
+    "plans are shared by every tenant (it may read them, not change them)";
 /// How many times a write is retried when it races another write to the same key.
 const WRITE_ATTEMPTS: usize = 3;
 
@@ -141,7 +142,9 @@ pub enum EngineError {
         what: &'static str,
     },
     /// A root key tried to create a root key holding a permission it does not hold itself.
-    #[error("{field}: a root key can grant only permissions it holds, and it does not hold {permission:?}")]
+    #[error(
+        "{field}: a root key can grant only permissions it holds, and it does not hold {permission:?}"
+    )]
     Escalation {
         /// The request field naming the permission.
         field: String,
@@ -1548,7 +1551,11 @@ impl Keyward {
 
     /// Reads a key of `kind`, whatever its tenant (callers outside the engine use
     /// [`get_key_as`](Self::get_key_as)).
-    pub(crate) async fn get_key(&self, kind: KeyKind, key_id: &str) -> Result<KeyRecord, EngineError> {
+    pub(crate) async fn get_key(
+        &self,
+        kind: KeyKind,
+        key_id: &str,
+    ) -> Result<KeyRecord, EngineError> {
         let not_found = || EngineError::NotFound {
             key_id: key_id.to_owned(),
         };

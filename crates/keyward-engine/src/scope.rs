@@ -43,9 +43,7 @@ use keyward_core::verify::VerifyRequest;
 use keyward_store::Page;
 
 use crate::rotation::RotationReport;
-use crate::{
-    ChainReport, EngineError, Keyward, ListKeys, UsageQuery, UsageReport, Verification,
-};
+use crate::{ChainReport, EngineError, Keyward, ListKeys, UsageQuery, UsageReport, Verification};
 
 /// An authenticated root key.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,7 +141,11 @@ impl Principal {
             // `keys.*`, never `*` or `root.manage`. Grants are compared as patterns, so a
             // wildcard is covered only by an equal or wider wildcard.
             for (i, wanted) in permissions.iter().enumerate() {
-                if !self.permissions().iter().any(|held| held.grants(wanted.as_str())) {
+                if !self
+                    .permissions()
+                    .iter()
+                    .any(|held| held.grants(wanted.as_str()))
+                {
                     return Err(EngineError::Escalation {
                         field: format!("permissions[{i}]"),
                         permission: wanted.to_string(),

@@ -68,16 +68,18 @@ pub async fn nginx_auth(
         .await
     {
         Ok(principal) => principal,
-        Err(e) => return Err(match e {
-            keyward_engine::AuthError::Engine(engine) => engine.into(),
-            refused => {
-                tracing::error!(error = %refused, "the auth_request caller's X-Keyward-Root-Key does not authorize keys.verify");
-                ApiError::new(
-                    "auth_misconfigured",
-                    "the X-Keyward-Root-Key sent by the proxy is not a valid root key with keys.verify",
-                )
-            }
-        }),
+        Err(e) => {
+            return Err(match e {
+                keyward_engine::AuthError::Engine(engine) => engine.into(),
+                refused => {
+                    tracing::error!(error = %refused, "the auth_request caller's X-Keyward-Root-Key does not authorize keys.verify");
+                    ApiError::new(
+                        "auth_misconfigured",
+                        "the X-Keyward-Root-Key sent by the proxy is not a valid root key with keys.verify",
+                    )
+                }
+            });
+        }
     };
     let Some(key) = presented_key(&headers) else {
         return Ok(missing_key().into_response());

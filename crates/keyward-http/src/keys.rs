@@ -304,12 +304,7 @@ pub async fn verify_key(
     };
     let v = state
         .engine
-        .verify_as(
-            &auth.principal,
-            &body.key,
-            &request,
-            body.cost.unwrap_or(1),
-        )
+        .verify_as(&auth.principal, &body.key, &request, body.cost.unwrap_or(1))
         .await?;
     Ok(Json(verify_response(&v)))
 }

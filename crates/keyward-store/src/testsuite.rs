@@ -119,7 +119,10 @@ async fn audit_by_tenant(store: &dyn KeyStore) {
         after,
         ..Default::default()
     };
-    let page = store.list_audit(&list("globex", None, 100, None)).await.unwrap();
+    let page = store
+        .list_audit(&list("globex", None, 100, None))
+        .await
+        .unwrap();
     let seen: Vec<_> = page
         .items
         .iter()
@@ -133,7 +136,10 @@ async fn audit_by_tenant(store: &dyn KeyStore) {
         ]
     );
     // Pages of one event each, then the end.
-    let first = store.list_audit(&list("globex", None, 1, None)).await.unwrap();
+    let first = store
+        .list_audit(&list("globex", None, 1, None))
+        .await
+        .unwrap();
     assert_eq!(first.items.len(), 1);
     let second = store
         .list_audit(&list("globex", None, 1, first.next_cursor))
@@ -155,7 +161,10 @@ async fn audit_by_tenant(store: &dyn KeyStore) {
     assert_eq!(only_failures.items.len(), 1);
     // Every record of the suite but id(80) is acme's: its events never name globex's key, and
     // the events about no key or an unknown key_id belong to no tenant.
-    let acme = store.list_audit(&list("acme", None, 1000, None)).await.unwrap();
+    let acme = store
+        .list_audit(&list("acme", None, 1000, None))
+        .await
+        .unwrap();
     assert!(acme.items.iter().any(|e| e.target == Some(id(1))));
     for event in &acme.items {
         assert_ne!(event.target.as_ref(), Some(&globex), "{event:?}");
@@ -163,7 +172,10 @@ async fn audit_by_tenant(store: &dyn KeyStore) {
         assert!(event.target.is_some(), "{event:?}");
         assert_ne!(event.target, Some(id(999)), "{event:?}");
     }
-    let nobody = store.list_audit(&list("nobody", None, 100, None)).await.unwrap();
+    let nobody = store
+        .list_audit(&list("nobody", None, 100, None))
+        .await
+        .unwrap();
     assert!(nobody.items.is_empty());
 }
 

@@ -38,6 +38,8 @@ mod process;
 mod proxy;
 #[path = "it/shared_limits.rs"]
 mod shared_limits;
+#[path = "it/tenant_scope.rs"]
+mod tenant_scope;
 #[path = "it/traces.rs"]
 mod traces;
 #[path = "it/usage.rs"]
