@@ -10,6 +10,8 @@ mod testkit;
 mod anomaly;
 #[path = "it/api.rs"]
 mod api;
+#[path = "it/authz_matrix.rs"]
+mod authz_matrix;
 #[path = "it/bad_input.rs"]
 mod bad_input;
 #[path = "it/cli.rs"]
