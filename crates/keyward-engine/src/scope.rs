@@ -286,6 +286,105 @@ impl Keyward {
 mod tests {
     use super::*;
 
+    fn principal(tenant: Option<&str>, held: &[&str]) -> Principal {
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        Principal::new(KeyRecord {
+            key_id: "key_00000000000000000001".into(),
+            kind: KeyKind::Root,
+            owner: "o".into(),
+            name: None,
+            tenant: tenant.map(str::to_owned),
+            environment: "live".into(),
+            purpose: None,
+            tags: Vec::new(),
+            meta: serde_json::Map::new(),
+            permissions: grants(held),
+            routes: Vec::new(),
+            expires_at: None,
+            enabled: true,
+            created_at: t0,
+            created_by: None,
+            updated_at: t0,
+            last_used_at: None,
+            revoked_at: None,
+            revoked_reason: None,
+            rotated_at: None,
+            version: 1,
+            secrets: Vec::new(),
+            policy: Default::default(),
+        })
+    }
+
+    fn grants(values: &[&str]) -> Vec<Permission> {
+        values.iter().map(|g| Permission::new(g).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_root_key_grants_only_what_it_holds_compared_as_patterns() {
+        let check = |held: &[&str], wanted: &[&str]| {
+            principal(None, held)
+                .may_create(KeyKind::Root, None, &grants(wanted))
+                .is_ok()
+        };
+        assert!(check(&["*"], &["*"]));
+        assert!(check(&["keys.*"], &["keys.read", "keys.*", "keys.items.*"]));
+        assert!(check(&["keys.read", "audit.read"], &["audit.read"]));
+        assert!(!check(&["keys.*"], &["*"]));
+        assert!(!check(&["keys.*"], &["root.manage"]));
+        assert!(!check(&["keys.read"], &["keys.*"]));
+        assert!(!check(&["root.manage"], &["root.*"]));
+        assert!(!check(&["keys.read"], &["keys.read", "keys.update"]));
+        // API keys' permissions are the application's, not root permissions: not compared.
+        assert!(
+            principal(None, &["keys.create"])
+                .may_create(KeyKind::Api, None, &grants(&["*"]))
+                .is_ok()
+        );
+        // The field names the first permission not held.
+        match principal(None, &["keys.read"]).may_create(
+            KeyKind::Root,
+            None,
+            &grants(&["keys.read", "keys.update"]),
+        ) {
+            Err(EngineError::Escalation { field, permission }) => {
+                assert_eq!(
+                    (field.as_str(), permission.as_str()),
+                    ("permissions[1]", "keys.update")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_scoped_root_key_creates_keys_of_its_tenant_only() {
+        let acme = principal(Some("acme"), &["*"]);
+        for kind in [KeyKind::Api, KeyKind::Root] {
+            assert!(acme.may_create(kind, Some("acme"), &grants(&["*"])).is_ok());
+            for tenant in [None, Some("globex"), Some("ACME")] {
+                assert!(
+                    matches!(
+                        acme.may_create(kind, tenant, &grants(&["*"])),
+                        Err(EngineError::Invalid(e)) if e.field == "tenant"
+                    ),
+                    "{kind:?} {tenant:?}"
+                );
+            }
+        }
+        // An unscoped key may create keys of any tenant, or none.
+        let all = principal(None, &["*"]);
+        assert!(all.may_create(KeyKind::Root, None, &grants(&["*"])).is_ok());
+        assert!(
+            all.may_create(KeyKind::Root, Some("globex"), &grants(&["*"]))
+                .is_ok()
+        );
+        assert!(matches!(
+            acme.require_unscoped("x"),
+            Err(EngineError::OutOfScope { .. })
+        ));
+        assert!(all.require_unscoped("x").is_ok());
+    }
+
     #[test]
     fn a_scope_admits_its_own_tenant_only() {
         assert!(Scope::All.admits(None));
