@@ -84,7 +84,9 @@ struct Row {
     scoped: Scoped,
 }
 
+/// One positional argument per column keeps each row of [`ROWS`] on one line.
 #[rustfmt::skip]
+#[allow(clippy::too_many_arguments)]
 const fn row(method: &'static str, path: &'static str, via: Via, permission: &'static str, target: Target, body: Option<&'static str>, ok: u16, scoped: Scoped) -> Row {
     Row { method, path, via, permission, target, body, ok, scoped }
 }
