@@ -33,9 +33,7 @@ async fn setup(config: AnomalyConfig) -> Setup {
     Setup {
         engine,
         clock,
-        actor: Principal {
-            key_id: root.record.key_id,
-        },
+        actor: Principal::new(root.record),
         _dir: dir,
     }
 }

@@ -17,6 +17,7 @@ pub mod events;
 pub mod heavy_hitters;
 mod metered_store;
 pub mod rotation;
+mod scope;
 mod shared;
 pub mod simulate;
 pub mod telemetry;
@@ -54,6 +55,7 @@ pub use cache::{CacheConfig, CacheSizes};
 use cache::{CachedRecord, CachedSecret, SecretLookup, VerifyCache};
 pub use keyward_core::validate::{LimitSpec, QuotaSpec};
 pub use keyward_store::CreditOp;
+pub use scope::{Principal, Scope};
 pub use shared::{
     Enforcement, EnforcementSource, ReconcileReport, RedisConfig, RedisHealth, SyncReport,
 };
@@ -80,6 +82,9 @@ pub const ROOT_PERMISSIONS: [&str; 10] = [
 /// are counted and the count is written with the next event, so a flood of bad credentials
 /// cannot fill the disk.
 pub const AUTH_FAILURE_EVENTS_PER_MINUTE: u32 = 60;
+/// Why a tenant-scoped root key may read plans but not write them.
+const PLANS_ARE_SHARED: &str =
+    "plans are shared by every tenant (it may read them, not change them)";
 /// How many times a write is retried when it races another write to the same key.
 const WRITE_ATTEMPTS: usize = 3;
 
@@ -128,6 +133,24 @@ pub enum EngineError {
     /// The key kept changing under concurrent writes.
     #[error("the key was changed concurrently; retry")]
     Conflict,
+    /// A tenant-scoped root key asked for something that spans every tenant.
+    #[error("this root key acts only on tenant {tenant:?}, and {what}")]
+    OutOfScope {
+        /// The root key's tenant.
+        tenant: String,
+        /// Why the operation is not confined to one tenant.
+        what: &'static str,
+    },
+    /// A root key tried to create a root key holding a permission it does not hold itself.
+    #[error(
+        "{field}: a root key can grant only permissions it holds, and it does not hold {permission:?}"
+    )]
+    Escalation {
+        /// The request field naming the permission.
+        field: String,
+        /// The permission asked for.
+        permission: String,
+    },
     /// The OS random generator failed.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
@@ -146,13 +169,6 @@ impl From<StoreError> for EngineError {
             other => Self::Store(other),
         }
     }
-}
-
-/// An authenticated root key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// The root key's key_id.
-    pub key_id: String,
 }
 
 /// Why an admin call was refused.
@@ -497,7 +513,7 @@ fn plan_summary(plan: &Plan) -> Value {
     })
 }
 
-fn page_limit(limit: Option<u32>) -> Result<u32, FieldError> {
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, FieldError> {
     match limit {
         None => Ok(DEFAULT_PAGE),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
@@ -603,11 +619,23 @@ impl Keyward {
         request: &VerifyRequest<'_>,
         cost: u64,
     ) -> Result<Verification, EngineError> {
+        self.verify_in(presented, request, cost, Scope::All).await
+    }
+
+    /// [`verify_cost`](Self::verify_cost) for a caller confined to `scope` (see
+    /// [`Keyward::verify_as`]).
+    async fn verify_in(
+        &self,
+        presented: &str,
+        request: &VerifyRequest<'_>,
+        cost: u64,
+        scope: Scope<'_>,
+    ) -> Result<Verification, EngineError> {
         if cost > MAX_COST {
             return Err(FieldError::new("cost", format!("must be at most {MAX_COST}")).into());
         }
         let result = self
-            .verify_kind(presented, request, KeyKind::Api, cost)
+            .verify_scoped(presented, request, KeyKind::Api, cost, scope)
             .await;
         log_verification(&result);
         if let Ok(verification) = &result {
@@ -624,6 +652,18 @@ impl Keyward {
         kind: KeyKind,
         cost: u64,
     ) -> Result<Verification, EngineError> {
+        self.verify_scoped(presented, request, kind, cost, Scope::All)
+            .await
+    }
+
+    async fn verify_scoped(
+        &self,
+        presented: &str,
+        request: &VerifyRequest<'_>,
+        kind: KeyKind,
+        cost: u64,
+        scope: Scope<'_>,
+    ) -> Result<Verification, EngineError> {
         let span = verify_span(kind);
         // Instrumenting would move the whole decision future (kilobytes) into the wrapper on
         // every call, which showed in the verify benchmark. With traces off the span is
@@ -631,9 +671,10 @@ impl Keyward {
         // pointer moves.
         let decision = async {
             if span.is_disabled() {
-                self.decide_kind(presented, request, kind, cost).await
+                self.decide_kind(presented, request, kind, cost, scope)
+                    .await
             } else {
-                Box::pin(self.decide_kind(presented, request, kind, cost))
+                Box::pin(self.decide_kind(presented, request, kind, cost, scope))
                     .instrument(span.clone())
                     .await
             }
@@ -656,6 +697,7 @@ impl Keyward {
         request: &VerifyRequest<'_>,
         kind: KeyKind,
         cost: u64,
+        scope: Scope<'_>,
     ) -> Result<Verification, EngineError> {
         let Ok(parsed) = ParsedKey::parse(presented) else {
             return Ok(Verification::without_key(VerifyCode::Malformed));
@@ -665,12 +707,14 @@ impl Keyward {
         let mut degraded = None;
         let found = match self.lookup(&hash, now, &mut degraded).await {
             // Never where the request requires a tenant or environment: an unknown key's
-            // cannot be known, and admitting it would open one tenant's route to any key.
+            // cannot be known, and admitting it would open one tenant's route to any key. A
+            // scoped caller never fails open either, for the same reason.
             Err(EngineError::Store(StoreError::Backend(source)))
                 if kind == KeyKind::Api
                     && self.config.fail_open_unknown_keys
                     && request.tenant.is_none()
-                    && request.environment.is_none() =>
+                    && request.environment.is_none()
+                    && scope == Scope::All =>
             {
                 tracing::warn!(
                     error = %source,
@@ -688,6 +732,11 @@ impl Keyward {
         // Root keys and API keys live in separate worlds; the constant-time comparison is a
         // second line of defence behind the hash lookup.
         if record.kind != kind || !secret.hash.ct_eq(&hash) {
+            return Ok(Verification::without_key(VerifyCode::NotFound));
+        }
+        // A key outside a scoped caller's tenant does not exist for it: decided before
+        // limits, quota and usage, so the caller can neither spend nor observe it.
+        if !scope.admits(record.tenant.as_deref()) {
             return Ok(Verification::without_key(VerifyCode::NotFound));
         }
         let decision = decide(&record, &secret, request, now);
@@ -1025,11 +1074,7 @@ impl Keyward {
                 };
                 let v = self.verify_kind(key, &request, KeyKind::Root, 0).await?;
                 match (v.code, v.key) {
-                    (VerifyCode::Valid, Some(k)) => {
-                        return Ok(Principal {
-                            key_id: k.key_id.clone(),
-                        });
-                    }
+                    (VerifyCode::Valid, Some(k)) => return Ok(Principal::new(k)),
                     (code, key) => (code.as_str(), key.map(|k| k.key_id.clone())),
                 }
             }
@@ -1190,6 +1235,9 @@ impl Keyward {
                 )
             }
         };
+        if let Some(actor) = actor {
+            actor.may_create(kind, spec.tenant.as_deref(), &permissions)?;
+        }
         let expires_at = match (spec.expires_at, spec.ttl_seconds) {
             (Some(_), Some(_)) => {
                 return Err(FieldError::new(
@@ -1313,6 +1361,7 @@ impl Keyward {
         spec: PlanSpec,
         create: bool,
     ) -> Result<Plan, EngineError> {
+        actor.require_unscoped(PLANS_ARE_SHARED)?;
         let plan_id = validate::ident("plan_id", plan_id)?;
         let now = self.write_time();
         let current = self.store.get_plan(&plan_id).await?;
@@ -1364,6 +1413,7 @@ impl Keyward {
 
     /// Deletes a plan no live key references.
     pub async fn delete_plan(&self, actor: &Principal, plan_id: &str) -> Result<(), EngineError> {
+        actor.require_unscoped(PLANS_ARE_SHARED)?;
         let plan = self.get_plan(plan_id).await?;
         let now = self.write_time();
         let summary = json!({"before": plan_summary(&plan)});
@@ -1409,7 +1459,7 @@ impl Keyward {
     ) -> Result<u64, EngineError> {
         let record = self
             .effective(
-                self.get_key(KeyKind::Api, key_id).await?,
+                self.get_key_as(actor, KeyKind::Api, key_id).await?,
                 self.feed_trusted.load(Ordering::Acquire),
             )
             .await?;
@@ -1448,7 +1498,7 @@ impl Keyward {
     }
 
     /// Credits left for a key with a quota (durable balance plus this process's lease).
-    pub async fn credits(&self, record: &KeyRecord) -> Result<Option<u64>, EngineError> {
+    pub(crate) async fn credits(&self, record: &KeyRecord) -> Result<Option<u64>, EngineError> {
         let record = self
             .effective(record.clone(), self.feed_trusted.load(Ordering::Acquire))
             .await?;
@@ -1508,8 +1558,13 @@ impl Keyward {
         Ok(())
     }
 
-    /// Reads a key of `kind`.
-    pub async fn get_key(&self, kind: KeyKind, key_id: &str) -> Result<KeyRecord, EngineError> {
+    /// Reads a key of `kind`, whatever its tenant (callers outside the engine use
+    /// [`get_key_as`](Self::get_key_as)).
+    pub(crate) async fn get_key(
+        &self,
+        kind: KeyKind,
+        key_id: &str,
+    ) -> Result<KeyRecord, EngineError> {
         let not_found = || EngineError::NotFound {
             key_id: key_id.to_owned(),
         };
@@ -1522,8 +1577,9 @@ impl Keyward {
         }
     }
 
-    /// Lists keys of `kind`.
-    pub async fn list_keys(
+    /// Lists keys of `kind`, of every tenant (callers outside the engine use
+    /// [`list_keys_as`](Self::list_keys_as)).
+    pub(crate) async fn list_keys(
         &self,
         kind: KeyKind,
         query: ListKeys,
@@ -1591,6 +1647,24 @@ impl Keyward {
         Err(EngineError::Conflict)
     }
 
+    /// [`modify`](Self::modify) on behalf of `actor`: a key outside its scope is not found.
+    async fn modify_as<F>(
+        &self,
+        actor: &Principal,
+        kind: KeyKind,
+        key_id: &str,
+        change: F,
+    ) -> Result<KeyRecord, EngineError>
+    where
+        F: Fn(&KeyRecord, OffsetDateTime) -> Result<KeyWrite, EngineError>,
+    {
+        self.modify(kind, key_id, |current, now| {
+            actor.reveal(current)?;
+            change(current, now)
+        })
+        .await
+    }
+
     /// Updates an API key's metadata.
     pub async fn update_key(
         &self,
@@ -1617,7 +1691,7 @@ impl Keyward {
         if nothing {
             return Err(FieldError::new("body", "names no field to update").into());
         }
-        self.modify(KeyKind::Api, key_id, |current, now| {
+        self.modify_as(actor, KeyKind::Api, key_id, |current, now| {
             if current.revoked_at.is_some() {
                 return Err(EngineError::Revoked {
                     key_id: key_id.to_owned(),
@@ -1701,7 +1775,7 @@ impl Keyward {
         }
         let new_key: Mutex<Option<(PlaintextKey, RotationPlan)>> = Mutex::new(None);
         let record = self
-            .modify(KeyKind::Api, key_id, |current, now| {
+            .modify_as(actor, KeyKind::Api, key_id, |current, now| {
                 if current.revoked_at.is_some() {
                     return Err(EngineError::Revoked { key_id: key_id.to_owned() });
                 }
@@ -1762,8 +1836,10 @@ impl Keyward {
         };
         loop {
             let page = self.list_keys(KeyKind::Root, query.clone()).await?;
+            // Only an unscoped key can create unscoped root keys, so only those count.
             let other_admin = page.items.iter().any(|r| {
                 r.key_id != key_id
+                    && r.tenant.is_none()
                     && r.enabled
                     && keyward_core::permission::granted(&r.permissions, "root.manage")
             });
@@ -1791,10 +1867,12 @@ impl Keyward {
     ) -> Result<KeyRecord, EngineError> {
         let reason = validate::reason(reason)?;
         if kind == KeyKind::Root {
+            // Out of scope is not found, before the last-key check could tell otherwise.
+            self.get_key_as(actor, kind, key_id).await?;
             self.ensure_root_remains(key_id).await?;
         }
         let record = self
-            .modify(kind, key_id, |current, now| {
+            .modify_as(actor, kind, key_id, |current, now| {
                 if current.revoked_at.is_some() {
                     return Err(EngineError::Revoked { key_id: key_id.to_owned() });
                 }
@@ -1835,13 +1913,27 @@ impl Keyward {
         Ok(record)
     }
 
-    /// Lists audit events.
-    pub async fn list_audit(
+    /// Lists audit events of every tenant (the engine's tests; callers outside the engine use
+    /// [`list_audit_as`](Self::list_audit_as)).
+    #[cfg(test)]
+    pub(crate) async fn list_audit(
         &self,
         target: Option<String>,
         action: Option<String>,
         limit: Option<u32>,
         after: Option<i64>,
+    ) -> Result<Page<AuditEvent>, EngineError> {
+        self.audit_page(target, action, limit, after, None).await
+    }
+
+    /// A page of audit events; with `tenant`, only those whose target or actor is a key of it.
+    async fn audit_page(
+        &self,
+        target: Option<String>,
+        action: Option<String>,
+        limit: Option<u32>,
+        after: Option<i64>,
+        tenant: Option<String>,
     ) -> Result<Page<AuditEvent>, EngineError> {
         if action
             .as_deref()
@@ -1855,6 +1947,7 @@ impl Keyward {
         let filter = AuditFilter {
             target,
             action,
+            tenant,
             limit: page_limit(limit)?,
             after,
         };
@@ -1862,7 +1955,7 @@ impl Keyward {
     }
 
     /// Walks the whole audit chain and reports the first broken link.
-    pub async fn verify_audit_chain(&self) -> Result<ChainReport, EngineError> {
+    pub(crate) async fn verify_audit_chain(&self) -> Result<ChainReport, EngineError> {
         fn report(verifier: &ChainVerifier, first_broken: Option<BrokenLink>) -> ChainReport {
             let (head_seq, head_hash) = verifier.head();
             ChainReport {
@@ -1916,7 +2009,7 @@ impl Keyward {
 
     /// Reads usage for billing (written by [`flush_usage`](Self::flush_usage), so counts of
     /// the last flush interval are not in it yet).
-    pub async fn usage(&self, query: UsageQuery) -> Result<UsageReport, EngineError> {
+    pub(crate) async fn usage(&self, query: UsageQuery) -> Result<UsageReport, EngineError> {
         let granularity = query.granularity;
         let out_of_range = |field: &'static str| {
             FieldError::new(

@@ -228,7 +228,11 @@ impl Keyward {
     }
 
     /// Every active API key, read page by page.
-    async fn active_api_keys(&self, now: OffsetDateTime) -> Result<Vec<KeyRecord>, EngineError> {
+    async fn active_api_keys(
+        &self,
+        now: OffsetDateTime,
+        tenant: Option<&str>,
+    ) -> Result<Vec<KeyRecord>, EngineError> {
         let mut keys = Vec::new();
         let mut after = None;
         loop {
@@ -237,7 +241,7 @@ impl Keyward {
                 .list_keys(&KeyFilter {
                     kind: KeyKind::Api,
                     owner: None,
-                    tenant: None,
+                    tenant: tenant.map(str::to_owned),
                     status: Some(KeyStatus::Active),
                     now,
                     limit: MAX_PAGE,
@@ -254,14 +258,17 @@ impl Keyward {
 
     /// The keys out of policy, and those falling out of it within `within_days` (the warning
     /// lead time if `None`). Also sets the compliance gauge.
-    pub async fn rotation_report(
+    /// With `tenant`, only that tenant's keys (a tenant-scoped root key's report; see
+    /// [`Keyward::rotation_report_as`]).
+    pub(crate) async fn rotation_report(
         &self,
+        tenant: Option<&str>,
         within_days: Option<u32>,
     ) -> Result<RotationReport, EngineError> {
         let now = self.clock.now();
         let config = self.rotation_config();
         let within_days = within_days.unwrap_or(config.warning_days);
-        let keys = self.active_api_keys(now).await?;
+        let keys = self.active_api_keys(now, tenant).await?;
         Ok(build_report(&config, &keys, now, within_days))
     }
 
@@ -270,7 +277,7 @@ impl Keyward {
     pub async fn check_rotation(&self) -> Result<RotationCheck, EngineError> {
         let now = self.clock.now();
         let config = self.rotation_config();
-        let keys = self.active_api_keys(now).await?;
+        let keys = self.active_api_keys(now, None).await?;
         let report = build_report(&config, &keys, now, 0);
         metrics::gauge!(COMPLIANCE_GAUGE).set(report.compliance_ratio);
         let lead = Duration::days(i64::from(config.warning_days));

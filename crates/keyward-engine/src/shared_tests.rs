@@ -112,9 +112,7 @@ async fn cluster(url: String, proxied: bool) -> Cluster {
         .collect();
     let boot = nodes[0].bootstrap().await.unwrap().unwrap();
     Cluster {
-        root: Principal {
-            key_id: boot.record.key_id.clone(),
-        },
+        root: Principal::new(boot.record.clone()),
         nodes,
         store,
         clock,
@@ -561,9 +559,7 @@ async fn store_outage_node(url: &str) -> StoreOutageNode {
         .unwrap();
     let boot = node.bootstrap().await.unwrap().unwrap();
     StoreOutageNode {
-        root: Principal {
-            key_id: boot.record.key_id.clone(),
-        },
+        root: Principal::new(boot.record.clone()),
         node,
         store,
         clock,

@@ -157,9 +157,7 @@ pub async fn simulate_leak(
     let engine =
         Keyward::new(store, clock.clone(), EngineConfig::default()).with_anomaly_detection(config);
     let actor = match engine.bootstrap().await? {
-        Some(root) => Principal {
-            key_id: root.record.key_id,
-        },
+        Some(root) => Principal::new(root.record),
         None => {
             return Err(FieldError::new("store", "must be empty (it has a root key)").into());
         }

@@ -236,9 +236,7 @@ async fn fixture_with(config: EngineConfig) -> Fixture {
         "bootstrap happens once"
     );
     Fixture {
-        root: Principal {
-            key_id: boot.record.key_id.clone(),
-        },
+        root: Principal::new(boot.record.clone()),
         root_key: boot.key,
         engine,
         store,
@@ -1190,9 +1188,7 @@ async fn quota_engine(dir: &std::path::Path, clock: Arc<ManualClock>) -> (Arc<Ke
         config,
     ));
     let boot = engine.bootstrap().await.unwrap().unwrap();
-    let root = Principal {
-        key_id: boot.record.key_id.clone(),
-    };
+    let root = Principal::new(boot.record.clone());
     let spec = NewKey {
         owner: "o".into(),
         quota: Some(QuotaSpec {

@@ -34,12 +34,13 @@ pub struct AuditParams {
     ))]
 pub async fn list_audit(
     State(state): State<AppState>,
-    _auth: Authorized<AuditRead>,
+    auth: Authorized<AuditRead>,
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> Result<Json<AuditList>, ApiError> {
     let page = state
         .engine
-        .list_audit(
+        .list_audit_as(
+            &auth.principal,
             params.key_id,
             params.action,
             parse_limit(params.limit.as_deref())?,
@@ -54,12 +55,15 @@ pub async fn list_audit(
 
 /// Walks the whole hash chain and reports the first broken link.
 #[utoipa::path(post, path = "/v1/audit/verify", tag = "audit", security(("root_key" = [])),
-    responses((status = 200, body = AuditVerifyReport)))]
+    responses(
+        (status = 200, body = AuditVerifyReport),
+        (status = 403, description = "The root key lacks audit.read, or is confined to a tenant (`out_of_scope`): the chain spans every tenant", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn verify_audit(
     State(state): State<AppState>,
-    _auth: Authorized<AuditRead>,
+    auth: Authorized<AuditRead>,
 ) -> Result<Json<AuditVerifyReport>, ApiError> {
-    let report = state.engine.verify_audit_chain().await?;
+    let report = state.engine.verify_audit_chain_as(&auth.principal).await?;
     Ok(Json(AuditVerifyReport {
         intact: report.first_broken.is_none(),
         checked: report.checked,

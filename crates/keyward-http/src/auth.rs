@@ -97,22 +97,25 @@ pub async fn nginx_auth(
 ) -> Result<Response, ApiError> {
     // nginx's own credential failing is a misconfiguration, not a bad client key: answer 500
     // (nginx passes it on as 500) so it shows, instead of telling every client its key is bad.
-    if let Err(e) = state
+    let principal = match state
         .engine
         .authenticate(header(&headers, ROOT_KEY_HEADER), "keys.verify", remote)
         .await
     {
-        return Err(match e {
-            keyward_engine::AuthError::Engine(engine) => engine.into(),
-            refused => {
-                tracing::error!(error = %refused, "the auth_request caller's X-Keyward-Root-Key does not authorize keys.verify");
-                ApiError::new(
-                    "auth_misconfigured",
-                    "the X-Keyward-Root-Key sent by the proxy is not a valid root key with keys.verify",
-                )
-            }
-        });
-    }
+        Ok(principal) => principal,
+        Err(e) => {
+            return Err(match e {
+                keyward_engine::AuthError::Engine(engine) => engine.into(),
+                refused => {
+                    tracing::error!(error = %refused, "the auth_request caller's X-Keyward-Root-Key does not authorize keys.verify");
+                    ApiError::new(
+                        "auth_misconfigured",
+                        "the X-Keyward-Root-Key sent by the proxy is not a valid root key with keys.verify",
+                    )
+                }
+            });
+        }
+    };
     let query = params
         .permissions
         .as_deref()
@@ -146,7 +149,7 @@ pub async fn nginx_auth(
     };
     let v = state
         .engine
-        .verify_cost(key, &request, params.cost.unwrap_or(1))
+        .verify_as(&principal, key, &request, params.cost.unwrap_or(1))
         .await?;
     let mut response = match refusal(v.code) {
         None => StatusCode::NO_CONTENT.into_response(),

@@ -63,6 +63,11 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("rate_limited", 429, "Rate limit reached"),
     ("usage_exceeded", 429, "Quota used up"),
     ("forbidden", 403, "The root key lacks a permission"),
+    (
+        "out_of_scope",
+        403,
+        "The root key is confined to one tenant",
+    ),
     ("not_found", 404, "No such endpoint"),
     ("key_not_found", 404, "No such key"),
     ("plan_not_found", 404, "No such plan"),
@@ -269,6 +274,11 @@ impl From<EngineError> for ApiError {
             EngineError::PlanNotFound { .. } => Self::new("plan_not_found", e.to_string()),
             EngineError::PlanExists { .. } => Self::new("plan_exists", e.to_string()),
             EngineError::PlanInUse { .. } => Self::new("plan_in_use", e.to_string()),
+            EngineError::OutOfScope { .. } => Self::new("out_of_scope", e.to_string()),
+            EngineError::Escalation { ref field, .. } => {
+                let field = field.clone();
+                Self::new("forbidden", e.to_string()).with_field(field)
+            }
             EngineError::Store(s) => s.into(),
             EngineError::Entropy(_) => Self::internal(&e),
         }

@@ -8,7 +8,7 @@ use keyward_core::permission::PermissionQuery;
 use keyward_core::record::{KeyKind, KeyStatus};
 use keyward_core::validate;
 use keyward_core::verify::{VerifyCode, VerifyRequest};
-use keyward_engine::{Created, CreditOp, Degraded, KeyPatch, ListKeys, NewKey};
+use keyward_engine::{Created, CreditOp, Degraded, KeyPatch, ListKeys, NewKey, Principal};
 use keyward_wire::{
     CreateKeyRequest, CreatedKey, Credits, CreditsRequest, DegradedAnswer, KeyList, KeyView,
     Problem, RevokeKeyRequest, RotateKeyRequest, RotatedKey, RotationHint, Timestamp,
@@ -114,10 +114,13 @@ pub async fn create_key(
     ))]
 pub async fn get_key(
     State(state): State<AppState>,
-    _auth: Authorized<KeysRead>,
+    auth: Authorized<KeysRead>,
     ApiPath(key_id): ApiPath<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let record = state.engine.get_key(KeyKind::Api, &key_id).await?;
+    let record = state
+        .engine
+        .get_key_as(&auth.principal, KeyKind::Api, &key_id)
+        .await?;
     Ok(Json(key_view(&record, state.engine.now())))
 }
 
@@ -129,19 +132,23 @@ pub async fn get_key(
     ))]
 pub async fn list_keys(
     State(state): State<AppState>,
-    _auth: Authorized<KeysRead>,
+    auth: Authorized<KeysRead>,
     ApiQuery(params): ApiQuery<ListKeysParams>,
 ) -> Result<Json<KeyList>, ApiError> {
-    list_of_kind(&state, KeyKind::Api, params).await
+    list_of_kind(&state, &auth.principal, KeyKind::Api, params).await
 }
 
-/// One page of keys of `kind`, for `/v1/keys` and `/v1/root-keys`.
+/// One page of keys of `kind` visible to `principal`, for `/v1/keys` and `/v1/root-keys`.
 pub(crate) async fn list_of_kind(
     state: &AppState,
+    principal: &Principal,
     kind: KeyKind,
     params: ListKeysParams,
 ) -> Result<Json<KeyList>, ApiError> {
-    let page = state.engine.list_keys(kind, list_query(params)?).await?;
+    let page = state
+        .engine
+        .list_keys_as(principal, kind, list_query(params)?)
+        .await?;
     let now = state.engine.now();
     Ok(Json(KeyList {
         keys: page.items.iter().map(|r| key_view(r, now)).collect(),
@@ -248,6 +255,7 @@ pub async fn revoke_key(
 }
 
 /// Answers whether a key is valid for a request. Any well-formed request gets 200 with a code.
+/// A root key confined to a tenant sees keys of other tenants as `NOT_FOUND`.
 #[utoipa::path(post, path = "/v1/keys/verify", tag = "verify", request_body = VerifyKeyRequest,
     security(("root_key" = [])),
     responses(
@@ -256,7 +264,7 @@ pub async fn revoke_key(
     ))]
 pub async fn verify_key(
     State(state): State<AppState>,
-    _auth: Authorized<KeysVerify>,
+    auth: Authorized<KeysVerify>,
     ApiJson(body): ApiJson<VerifyKeyRequest>,
 ) -> Result<Json<VerifyKeyResponse>, ApiError> {
     if body
@@ -317,7 +325,7 @@ pub async fn verify_key(
     };
     let v = state
         .engine
-        .verify_cost(&body.key, &request, body.cost.unwrap_or(1))
+        .verify_as(&auth.principal, &body.key, &request, body.cost.unwrap_or(1))
         .await?;
     Ok(Json(verify_response(&v)))
 }
@@ -395,11 +403,10 @@ pub async fn adjust_credits(
     ))]
 pub async fn get_credits(
     State(state): State<AppState>,
-    _auth: Authorized<KeysRead>,
+    auth: Authorized<KeysRead>,
     ApiPath(key_id): ApiPath<String>,
 ) -> Result<Json<Credits>, ApiError> {
-    let record = state.engine.get_key(KeyKind::Api, &key_id).await?;
-    match state.engine.credits(&record).await? {
+    match state.engine.credits_as(&auth.principal, &key_id).await? {
         Some(remaining) => Ok(Json(Credits { key_id, remaining })),
         None => Err(ApiError::field(
             "quota",

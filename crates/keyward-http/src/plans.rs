@@ -25,6 +25,7 @@ fn spec(body: PlanRequest) -> PlanSpec {
     responses(
         (status = 201, body = PlanView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The root key lacks plans.write, or is confined to a tenant (`out_of_scope`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A plan with this name exists", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_plan(
@@ -49,6 +50,7 @@ pub async fn create_plan(
     responses(
         (status = 200, body = PlanView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The root key lacks plans.write, or is confined to a tenant (`out_of_scope`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn replace_plan(
@@ -99,6 +101,7 @@ pub async fn list_plans(
     params(("plan_id" = String, Path, description = "The plan's name")),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 403, description = "The root key lacks plans.write, or is confined to a tenant (`out_of_scope`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Keys still follow the plan", body = Problem, content_type = "application/problem+json"),
     ))]

@@ -61,7 +61,7 @@ fn view(report: RotationReport) -> RotationReportView {
     ))]
 pub async fn rotation_report(
     State(state): State<AppState>,
-    _auth: Authorized<KeysRead>,
+    auth: Authorized<KeysRead>,
     ApiQuery(params): ApiQuery<RotationParams>,
 ) -> Result<Json<RotationReportView>, ApiError> {
     let within_days = params
@@ -78,6 +78,9 @@ pub async fn rotation_report(
                 })
         })
         .transpose()?;
-    let report = state.engine.rotation_report(within_days).await?;
+    let report = state
+        .engine
+        .rotation_report_as(&auth.principal, within_days)
+        .await?;
     Ok(Json(view(report)))
 }

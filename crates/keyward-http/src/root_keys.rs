@@ -19,7 +19,7 @@ use crate::keys::{ListKeysParams, created, list_of_kind};
     responses(
         (status = 201, description = "Created; `key` is shown only here", body = CreatedKey),
         (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Root key lacks root.manage", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Root key lacks root.manage, or asks for a permission it does not hold", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_root_key(
     State(state): State<AppState>,
@@ -29,6 +29,7 @@ pub async fn create_root_key(
     let spec = NewKey {
         owner: body.owner.unwrap_or_else(|| "keyward-admin".to_owned()),
         name: body.name,
+        tenant: body.tenant,
         permissions: body.permissions,
         expires_at: body.expires_at.map(|t| t.0),
         ttl_seconds: body.ttl_seconds,
@@ -43,10 +44,10 @@ pub async fn create_root_key(
     responses((status = 200, body = KeyList)))]
 pub async fn list_root_keys(
     State(state): State<AppState>,
-    _auth: Authorized<RootManage>,
+    auth: Authorized<RootManage>,
     ApiQuery(params): ApiQuery<ListKeysParams>,
 ) -> Result<Json<KeyList>, ApiError> {
-    list_of_kind(&state, KeyKind::Root, params).await
+    list_of_kind(&state, &auth.principal, KeyKind::Root, params).await
 }
 
 /// Revokes a root key.

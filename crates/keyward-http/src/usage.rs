@@ -134,9 +134,12 @@ fn view(report: UsageReport) -> UsageReportView {
     ))]
 pub async fn get_usage(
     State(state): State<AppState>,
-    _auth: Authorized<UsageRead>,
+    auth: Authorized<UsageRead>,
     ApiQuery(params): ApiQuery<UsageParams>,
 ) -> Result<Json<UsageReportView>, ApiError> {
-    let report = state.engine.usage(params.query()?).await?;
+    let report = state
+        .engine
+        .usage_as(&auth.principal, params.query()?)
+        .await?;
     Ok(Json(view(report)))
 }

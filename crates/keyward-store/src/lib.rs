@@ -113,6 +113,10 @@ pub struct AuditFilter {
     pub target: Option<String>,
     /// Only events with this action name.
     pub action: Option<String>,
+    /// Only events whose target or actor is a key of this tenant (a tenant-scoped root key's
+    /// view). Checked per event by key_id, so a page costs a walk over the events between
+    /// matches; a key's tenant never changes, so the answer for an event never does either.
+    pub tenant: Option<String>,
     /// Page size.
     pub limit: u32,
     /// Continue after this sequence number.

@@ -429,12 +429,16 @@ impl PostgresStore {
         let rows = sqlx::query(
             "SELECT * FROM audit_log WHERE seq > $1 AND ($2::text IS NULL OR target = $2)
                AND ($3::text IS NULL OR action = $3)
+               AND ($5::text IS NULL
+                    OR EXISTS (SELECT 1 FROM keys k WHERE k.key_id = audit_log.target AND k.tenant = $5)
+                    OR EXISTS (SELECT 1 FROM keys k WHERE k.key_id = audit_log.actor AND k.tenant = $5))
              ORDER BY seq LIMIT $4",
         )
         .bind(filter.after.unwrap_or(0))
         .bind(&filter.target)
         .bind(&filter.action)
         .bind(limit + 1)
+        .bind(&filter.tenant)
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;

@@ -415,12 +415,16 @@ impl KeyStore for SqliteStore {
         let limit = i64::from(filter.limit.max(1));
         let rows = sqlx::query(
             "SELECT * FROM audit_log WHERE seq > ?1 AND (?2 IS NULL OR target = ?2) AND (?3 IS NULL OR action = ?3)
+               AND (?5 IS NULL
+                    OR EXISTS (SELECT 1 FROM keys k WHERE k.key_id = audit_log.target AND k.tenant = ?5)
+                    OR EXISTS (SELECT 1 FROM keys k WHERE k.key_id = audit_log.actor AND k.tenant = ?5))
              ORDER BY seq LIMIT ?4",
         )
         .bind(filter.after.unwrap_or(0))
         .bind(&filter.target)
         .bind(&filter.action)
         .bind(limit + 1)
+        .bind(&filter.tenant)
         .fetch_all(&self.readers)
         .await
         .map_err(backend)?;

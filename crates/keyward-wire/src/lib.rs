@@ -141,8 +141,14 @@ pub struct CreateRootKeyRequest {
     /// Display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Confines the root key to this tenant: it sees and changes only that tenant's keys,
+    /// audit events, usage and reports (see the README, "Tenant-scoped root keys"). A root key
+    /// that is itself confined must name its own tenant here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Root permissions (at least one): `keys.create`, `keys.read`, `keys.update`,
     /// `keys.revoke`, `keys.verify`, `audit.read`, `root.manage`, wildcards of them, or `*`.
+    /// Only permissions the creating root key holds itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permissions: Vec<String>,
     /// When the root key stops working.

@@ -679,6 +679,9 @@ pub struct RootCreateArgs {
     /// Display name.
     #[arg(long)]
     pub name: Option<String>,
+    /// Confine the root key to this tenant's keys, audit events, usage and reports.
+    #[arg(long)]
+    pub tenant: Option<String>,
     /// A root permission (repeatable; at least one): keys.create, keys.read, keys.update,
     /// keys.revoke, keys.verify, audit.read, root.manage, or * for all.
     #[arg(long = "permission")]

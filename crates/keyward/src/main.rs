@@ -599,6 +599,7 @@ async fn root(cmd: RootCommand) -> anyhow::Result<ExitCode> {
             let body = CreateRootKeyRequest {
                 owner: a.owner,
                 name: a.name,
+                tenant: a.tenant,
                 permissions: a.permissions,
                 expires_at: None,
                 ttl_seconds: a.ttl.as_deref().map(parse_duration).transpose()?,

@@ -10,6 +10,8 @@ mod testkit;
 mod anomaly;
 #[path = "it/api.rs"]
 mod api;
+#[path = "it/authz_matrix.rs"]
+mod authz_matrix;
 #[path = "it/bad_input.rs"]
 mod bad_input;
 #[path = "it/cli.rs"]
@@ -44,6 +46,8 @@ mod process;
 mod proxy;
 #[path = "it/shared_limits.rs"]
 mod shared_limits;
+#[path = "it/tenant_scope.rs"]
+mod tenant_scope;
 #[path = "it/traces.rs"]
 mod traces;
 #[path = "it/usage.rs"]
