@@ -119,7 +119,8 @@ fn make_room<V: Entry>(map: &mut HashMap<Source, V>, cap: usize, now: OffsetDate
         return;
     }
     let mut times: Vec<OffsetDateTime> = map.values().map(Entry::last_seen).collect();
-    let middle = times.len() / 2;
+    // The lower median: at least half the entries go, and with two the newer stays.
+    let middle = (times.len() - 1) / 2;
     let (_, median, _) = times.select_nth_unstable(middle);
     let median = *median;
     map.retain(|_, v| v.last_seen() > median);

@@ -164,6 +164,10 @@ impl Keyward {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::fixture_with;
+    use crate::{AuthError, EngineConfig, NewKey};
+    use keyward_core::audit::AuditEvent;
+    use keyward_core::record::KeyKind;
     use time::macros::datetime;
 
     const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
@@ -193,5 +197,128 @@ mod tests {
             .filter(|n| audit.admit_anonymous(ip(*n), T0).is_some())
             .count();
         assert_eq!(written, AUTH_FAILURE_EVENTS_PER_MINUTE as usize);
+    }
+
+    async fn failures(engine: &Keyward) -> Vec<AuditEvent> {
+        engine
+            .list_audit(None, Some("auth.failed".into()), Some(1000), None)
+            .await
+            .unwrap()
+            .items
+    }
+
+    #[tokio::test]
+    async fn finding_10_an_escalation_attempt_is_audited_under_a_flood_of_anonymous_failures() {
+        let f = fixture_with(EngineConfig::default()).await;
+        let reader = f
+            .engine
+            .create_root_key(
+                &f.root,
+                NewKey {
+                    owner: "ops".into(),
+                    permissions: vec!["keys.read".into()],
+                    ..NewKey::default()
+                },
+            )
+            .await
+            .unwrap();
+        let retired = f
+            .engine
+            .create_root_key(
+                &f.root,
+                NewKey {
+                    owner: "ops".into(),
+                    permissions: vec!["keys.read".into()],
+                    ..NewKey::default()
+                },
+            )
+            .await
+            .unwrap();
+        f.engine
+            .revoke_key(&f.root, KeyKind::Root, &retired.record.key_id, "left")
+            .await
+            .unwrap();
+        // A flood of anonymous failures from one address, then from many: both caps fill.
+        for _ in 0..1000 {
+            let _ = f
+                .engine
+                .authenticate(Some("junk"), "keys.read", ip(7))
+                .await;
+        }
+        for n in 0..1000 {
+            let _ = f.engine.authenticate(None, "keys.read", ip(100 + n)).await;
+        }
+        let anonymous = failures(&f.engine).await.len();
+        assert_eq!(anonymous, AUTH_FAILURE_EVENTS_PER_MINUTE as usize);
+
+        // In the same minute, a real keys.read key tries keys.create, and a revoked root key
+        // is presented: both are audited, naming the key.
+        let refused = f
+            .engine
+            .authenticate(Some(reader.key.expose()), "keys.create", ip(7))
+            .await;
+        assert!(
+            matches!(refused, Err(AuthError::Forbidden { .. })),
+            "{refused:?}"
+        );
+        let refused = f
+            .engine
+            .authenticate(Some(retired.key.expose()), "keys.read", ip(7))
+            .await;
+        assert!(
+            matches!(refused, Err(AuthError::Unauthenticated)),
+            "{refused:?}"
+        );
+        let events = failures(&f.engine).await;
+        let named: Vec<_> = events[anonymous..]
+            .iter()
+            .map(|e| {
+                (
+                    e.actor.clone().unwrap_or_default(),
+                    e.summary["reason"].as_str().unwrap_or_default().to_owned(),
+                    e.summary["permission"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (
+                    reader.record.key_id.clone(),
+                    "INSUFFICIENT_PERMISSIONS".to_owned(),
+                    "keys.create".to_owned()
+                ),
+                (
+                    retired.record.key_id.clone(),
+                    "REVOKED".to_owned(),
+                    "keys.read".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(events[anonymous].summary["remote_addr"], "0.0.0.7");
+    }
+
+    #[tokio::test]
+    async fn finding_10_one_flooding_address_leaves_room_for_the_others() {
+        let f = fixture_with(EngineConfig::default()).await;
+        for _ in 0..1000 {
+            let _ = f
+                .engine
+                .authenticate(Some("junk"), "keys.read", ip(7))
+                .await;
+        }
+        let _ = f
+            .engine
+            .authenticate(Some("junk"), "keys.read", ip(8))
+            .await;
+        let events = failures(&f.engine).await;
+        let per = ANONYMOUS_AUTH_FAILURES_PER_ADDRESS_PER_MINUTE as usize;
+        assert_eq!(events.len(), per + 1);
+        let last = &events[per];
+        assert_eq!(last.summary["remote_addr"], "0.0.0.8");
+        assert_eq!(last.summary["suppressed_before"], 1000 - per);
     }
 }

@@ -2163,7 +2163,11 @@ fn log_verification(result: &Result<Verification, EngineError>) {
 }
 
 #[cfg(test)]
+mod root_guard_tests;
+#[cfg(test)]
 mod shared_tests;
+#[cfg(test)]
+mod store_miss_tests;
 #[cfg(test)]
 mod test_proxy;
 #[cfg(test)]

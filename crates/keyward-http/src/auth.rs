@@ -10,7 +10,8 @@
 //! route, IP, origin). nginx turns any other status of an auth subrequest into a 500, so limit
 //! and quota refusals are answered 403 with `X-Keyward-Code: RATE_LIMITED` (or
 //! `USAGE_EXCEEDED`) and `Retry-After`; the shipped nginx config (`examples/nginx/`) maps
-//! them back to 429.
+//! them back to 429. An address over its budget of unknown keys gets 403 with the problem code
+//! `too_many_unknown_keys` and `Retry-After`, for the same reason.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -52,7 +53,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     responses(
         (status = 204, description = "Admitted; identity and RateLimit headers set"),
         (status = 401, description = "No key, or the key does not verify", body = keyward_wire::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Refused: permission, route, IP, origin, or (with X-Keyward-Code) a limit or quota", body = keyward_wire::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Refused: permission, route, IP, origin, (with X-Keyward-Code) a limit or quota, or too many unknown keys from the address", body = keyward_wire::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn nginx_auth(
     State(state): State<AppState>,
@@ -97,7 +98,18 @@ pub async fn nginx_auth(
     let v = state
         .engine
         .verify_cost(key, &request, params.cost.unwrap_or(1))
-        .await?;
+        .await
+        .map_err(|e| {
+            // Like a limit, the per-address budget of unknown keys answers 403 here (nginx
+            // would turn a 429 into a 500), with its problem code and Retry-After.
+            let throttled = matches!(e, keyward_engine::EngineError::TooManyUnknownKeys { .. });
+            let error = ApiError::from(e);
+            if throttled {
+                error.with_status(StatusCode::FORBIDDEN)
+            } else {
+                error
+            }
+        })?;
     let mut response = match refusal(v.code) {
         None => StatusCode::NO_CONTENT.into_response(),
         Some(error) => {

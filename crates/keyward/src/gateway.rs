@@ -360,6 +360,18 @@ async fn serve(
             config_path.display()
         ),
     };
+    // Settings are checked before the store is touched or a root key minted.
+    let secret = std::env::var("KEYWARD_WEBHOOK_SECRET")
+        .ok()
+        .and_then(|s| s.parse::<crate::notify::WebhookSecret>().ok());
+    let notify = crate::notify::Settings {
+        webhooks: crate::notify::webhook_config(
+            loaded.webhooks.clone(),
+            secret.as_ref(),
+            loaded.webhook_max_attempts,
+        )?,
+        rotation: loaded.rotation.clone(),
+    };
     let store = crate::store::Store::open(
         store_url,
         &data_dir,
@@ -373,26 +385,14 @@ async fn serve(
             ..keyward_engine::CacheConfig::default()
         },
         fail_open_unknown_keys: loaded.fail_open_unknown_keys,
+        ..EngineConfig::default()
     };
     let engine = Arc::new(crate::serve::with_redis(
         Keyward::new(store.shared(), Arc::new(SystemClock), config).with_anomaly_detection(anomaly),
         loaded.redis.clone(),
     )?);
     crate::serve::print_bootstrap(&engine).await?;
-    let secret = std::env::var("KEYWARD_WEBHOOK_SECRET")
-        .ok()
-        .and_then(|s| s.parse::<crate::notify::WebhookSecret>().ok());
-    let _webhooks = crate::notify::start(
-        &engine,
-        crate::notify::Settings {
-            webhooks: crate::notify::webhook_config(
-                loaded.webhooks.clone(),
-                secret.as_ref(),
-                loaded.webhook_max_attempts,
-            )?,
-            rotation: loaded.rotation.clone(),
-        },
-    );
+    let _webhooks = crate::notify::start(&engine, notify);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin = match loaded.admin_listen {
         Some(addr) => {

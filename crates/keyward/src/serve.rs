@@ -87,6 +87,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Settings are checked before the store is touched or a root key minted.
+    let notify = args.notify.settings()?;
     let store = crate::store::Store::open(
         args.store.as_deref(),
         &args.data_dir,
@@ -106,6 +108,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         quota_lease: args.quota_lease,
         fail_open_unknown_keys: args.fail_open_unknown_keys,
+        ..EngineConfig::default()
     };
     let engine = Arc::new(with_redis(
         Keyward::new(store.shared(), Arc::new(SystemClock), config)
@@ -113,7 +116,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.redis.config(),
     )?);
     print_bootstrap(&engine).await?;
-    let _webhooks = crate::notify::start(&engine, args.notify.settings()?);
+    let _webhooks = crate::notify::start(&engine, notify);
     let flusher = spawn_upkeep(
         Arc::clone(&engine),
         Duration::from_secs(args.last_used_flush_seconds),
