@@ -874,9 +874,10 @@ impl Keyward {
     /// ago: then the lookup goes straight to stale-if-error (one probe per interval finds out
     /// when the store is back).
     ///
-    /// The read is also refused, without reading, while the caller's address is over its
-    /// budget of unknown keys (`unknown_keys.rs`), and concurrent reads of one hash are made
-    /// once (`single_flight.rs`). A saturated store (`StoreError::Saturated`) is neither a
+    /// For a hash the cache does not hold as a key (`budgeted`), the read is refused, without
+    /// reading, while the caller's address is over its budget of unknown keys
+    /// (`unknown_keys.rs`); a key the node has seen is refreshed whatever the budget.
+    /// Concurrent reads of one hash are made once (`single_flight.rs`). A saturated store (`StoreError::Saturated`) is neither a
     /// failure nor a recovery: the request is shed and the store is not marked down, so a
     /// flood that fills the pool cannot switch a node to its outage behaviour.
     async fn probe_store(
@@ -886,6 +887,7 @@ impl Keyward {
         generation: u64,
         trusted: bool,
         ip: Option<std::net::IpAddr>,
+        budgeted: bool,
     ) -> Result<Option<(Arc<KeyRecord>, SecretInfo)>, EngineError> {
         let failed_at = self.store_failed_at.load(Ordering::Acquire);
         if failed_at != i64::MIN
@@ -896,7 +898,7 @@ impl Keyward {
                 "the store failed moments ago; waiting for the next probe".into(),
             )));
         }
-        if let Err(retry_after_seconds) = self.unknown_keys.check(ip, now) {
+        if budgeted && let Err(retry_after_seconds) = self.unknown_keys.check(ip, now) {
             return Err(EngineError::TooManyUnknownKeys {
                 retry_after_seconds,
             });
@@ -914,7 +916,7 @@ impl Keyward {
             }
             Err(EngineError::Store(StoreError::Saturated(_))) => {}
             other => {
-                if read_here && matches!(other, Ok(None)) {
+                if budgeted && read_here && matches!(other, Ok(None)) {
                     self.unknown_keys.charge(ip, now);
                 }
                 if failed_at != i64::MIN {
@@ -954,7 +956,10 @@ impl Keyward {
         };
         // Boxed: the store read's future is large, and keeping it inline would make every
         // verification's future (moved on each call) that large, cache hits included.
-        match Box::pin(self.probe_store(hash, now, generation, trusted, ip)).await {
+        // A secret this node has cached (if stale) is a key it knows: refreshing it is not an
+        // unknown-key read, so the per-address budget does not hold it back.
+        let budgeted = !matches!(cached, SecretLookup::Known(_));
+        match Box::pin(self.probe_store(hash, now, generation, trusted, ip, budgeted)).await {
             Err(EngineError::Store(StoreError::Backend(source))) => {
                 let usable = |at: OffsetDateTime| now - at <= self.config.cache.stale_if_error;
                 if let (SecretLookup::Known(secret), Some(record)) = (&cached, cached_record)

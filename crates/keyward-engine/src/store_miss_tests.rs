@@ -163,7 +163,7 @@ async fn finding_5_a_cancelled_reader_hands_its_read_to_a_waiter() {
 async fn finding_5_unknown_keys_are_bounded_per_address_without_store_reads() {
     let f = fixture_with(EngineConfig {
         unknown_key_budget: UnknownKeyBudget {
-            per_minute: 60,
+            per_minute: 1,
             burst: 3,
             max_addresses: 1000,
         },
@@ -176,11 +176,11 @@ async fn finding_5_unknown_keys_are_bounded_per_address_without_store_reads() {
     }
     let flooder = from([203, 0, 113, 9]);
     // Keys that exist cost no budget, however many the address presents.
-    for created in &valid {
+    for created in &valid[..4] {
         let v = f.engine.verify(created.key.expose(), &flooder).await;
         assert_eq!(v.unwrap().code, VerifyCode::Valid);
     }
-    // Three unknown keys are looked up; the fourth is refused without a store read.
+    // Three unknown keys are looked up; then unknown keys are refused without a store read.
     for _ in 0..3 {
         let v = f.engine.verify(unknown_key().expose(), &flooder).await;
         assert_eq!(v.unwrap().code, VerifyCode::NotFound);
@@ -196,12 +196,15 @@ async fn finding_5_unknown_keys_are_bounded_per_address_without_store_reads() {
             matches!(
                 err,
                 EngineError::TooManyUnknownKeys {
-                    retry_after_seconds: 1
+                    retry_after_seconds: 60
                 }
             ),
             "{err:?}"
         );
     }
+    // So is a valid key the node has not seen yet: it was not looked up.
+    let err = f.engine.verify(valid[4].key.expose(), &flooder).await;
+    assert!(matches!(err, Err(EngineError::TooManyUnknownKeys { .. })));
     assert_eq!(f.finds(), reads, "refused without reading the store");
     // What is cached still answers for that address; other addresses are unaffected.
     let v = f.engine.verify(valid[0].key.expose(), &flooder).await;
@@ -209,8 +212,21 @@ async fn finding_5_unknown_keys_are_bounded_per_address_without_store_reads() {
     let other = from([203, 0, 113, 10]);
     let v = f.engine.verify(unknown_key().expose(), &other).await;
     assert_eq!(v.unwrap().code, VerifyCode::NotFound);
-    // A second later the address has a token again.
-    f.clock.advance(Duration::seconds(1));
+    // Past the cache's freshness, a key the node knows is refreshed from the store even though
+    // the address is still out of budget.
+    f.clock.advance(Duration::seconds(31));
+    let reads = f.finds();
+    let v = f.engine.verify(valid[1].key.expose(), &flooder).await;
+    assert_eq!(v.unwrap().code, VerifyCode::Valid);
+    assert_eq!(f.finds(), reads + 1);
+    assert!(
+        f.engine
+            .verify(unknown_key().expose(), &flooder)
+            .await
+            .is_err()
+    );
+    // A minute after it ran out, the address has a token again.
+    f.clock.advance(Duration::seconds(29));
     let v = f.engine.verify(unknown_key().expose(), &flooder).await;
     assert_eq!(v.unwrap().code, VerifyCode::NotFound);
 }

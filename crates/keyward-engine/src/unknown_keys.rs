@@ -7,15 +7,20 @@
 //! IPv6 /64 is one caller) has a token bucket of [`UnknownKeyBudget::per_minute`] tokens a
 //! minute, holding at most [`UnknownKeyBudget::burst`]:
 //!
-//! - a verification that misses the cache may read the store only while the caller's bucket
-//!   holds a whole token; otherwise it is refused at once, without a store read, with
+//! - a verification of a key the cache does not hold (or holds only as unknown) may read the
+//!   store only while the caller's bucket holds a whole token; otherwise it is refused at
+//!   once, without a store read, with
 //!   [`EngineError::TooManyUnknownKeys`](crate::EngineError::TooManyUnknownKeys) and the
 //!   seconds until a token is back (HTTP: 429 `too_many_unknown_keys` with `Retry-After`);
-//! - a read that finds no key takes a token; a read that finds one takes none, so a client
-//!   verifying many valid keys is never limited by this budget, only one presenting unknown
-//!   ones. Concurrent misses from one caller all pass the check while a token is left and
-//!   each take one afterwards, so a bucket can go into debt, down to `-burst`, which the caller
-//!   pays back before it reads again.
+//! - a read that finds no key takes a token; a read that finds one takes none, so only
+//!   addresses that present unknown keys run out (while one has, a valid key it presents for
+//!   the first time waits too);
+//! - refreshing a key the cache holds (past its freshness) is never refused: the node knows
+//!   the key, and a flood cannot make up keys the node has cached.
+//!
+//! Concurrent misses from one caller all pass the check while a token is left and each take
+//! one afterwards, so a bucket can go into debt, down to `-burst`, which the caller pays back
+//! before it reads again.
 //!
 //! Why 429 and not 401 NOT_FOUND: the refused key was not looked up, so it may be a valid key
 //! this node had not cached yet; telling its holder that the key is unknown would be false,
