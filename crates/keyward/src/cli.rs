@@ -224,6 +224,11 @@ pub struct ServeArgs {
     /// not know, with no identity, permissions, limits or quota.
     #[arg(long, env = "KEYWARD_FAIL_OPEN_UNKNOWN_KEYS")]
     pub fail_open_unknown_keys: bool,
+    /// Store reads for unknown keys each caller address may cause per minute (also the burst);
+    /// beyond it, keys not in the cache get 429 too_many_unknown_keys without a store read.
+    /// 0 turns the budget off.
+    #[arg(long, env = "KEYWARD_UNKNOWN_KEYS_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub unknown_keys_per_minute: u32,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]

@@ -108,6 +108,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         quota_lease: args.quota_lease,
         fail_open_unknown_keys: args.fail_open_unknown_keys,
+        unknown_key_budget: crate::serve::unknown_key_budget(args.unknown_keys_per_minute),
         ..EngineConfig::default()
     };
     let engine = Arc::new(with_redis(
@@ -181,6 +182,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 pub async fn stop_upkeep(upkeep: tokio::task::JoinHandle<()>) {
     upkeep.abort();
     let _ = upkeep.await;
+}
+
+/// The per-address budget of unknown-key store reads for `--unknown-keys-per-minute` (or the
+/// gateway's `unknown_keys_per_minute`): that many a minute, and as many at once.
+pub fn unknown_key_budget(per_minute: u32) -> keyward_engine::UnknownKeyBudget {
+    keyward_engine::UnknownKeyBudget {
+        per_minute,
+        burst: per_minute,
+        ..keyward_engine::UnknownKeyBudget::default()
+    }
 }
 
 /// Adds shared limits and quotas on Redis to an engine, if configured.
