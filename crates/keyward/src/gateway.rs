@@ -394,7 +394,6 @@ async fn serve(
         },
         fail_open_unknown_keys: loaded.fail_open_unknown_keys,
         unknown_key_budget: crate::serve::unknown_key_budget(loaded.unknown_keys_per_minute),
-        ..EngineConfig::default()
     };
     let engine = Arc::new(crate::serve::with_redis(
         Keyward::new(store.shared(), Arc::new(SystemClock), config).with_anomaly_detection(anomaly),

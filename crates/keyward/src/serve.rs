@@ -108,8 +108,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         quota_lease: args.quota_lease,
         fail_open_unknown_keys: args.fail_open_unknown_keys,
-        unknown_key_budget: crate::serve::unknown_key_budget(args.unknown_keys_per_minute),
-        ..EngineConfig::default()
+        unknown_key_budget: unknown_key_budget(args.unknown_keys_per_minute),
     };
     let engine = Arc::new(with_redis(
         Keyward::new(store.shared(), Arc::new(SystemClock), config)
