@@ -33,9 +33,9 @@
 //! A brake per tenant, not per node, is what keeps a tenant that spikes its own keys (to spend
 //! the brake) from disarming the protection of every other tenant; a tenant-scoped root key
 //! can mint keys with any owner inside its tenant, which is why owners are not the unit for
-//! keys that have a tenant. Every anomaly is audited (`anomaly.detected`, at most
-//! [`AUDIT_EVENTS_PER_MINUTE`]), counted in `keyward_anomalies_total{kind,action}` and
-//! published as `Event::Anomaly`.
+//! keys that have a tenant. Every anomaly is audited (`anomaly.detected`; failure bursts at
+//! most [`AUDIT_EVENTS_PER_MINUTE`], leak signals always), counted in
+//! `keyward_anomalies_total{kind,action}` and published as `Event::Anomaly`.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -59,8 +59,9 @@ use crate::{EngineError, Keyward, Verification};
 pub const SHARDS: usize = 16;
 /// Findings waiting for a response at most; more are dropped (and counted).
 pub const QUEUE: usize = 1024;
-/// Most `anomaly.detected` audit events per minute; beyond that anomalies are still counted,
-/// logged, published and acted on, but not audited (a flood must not fill the disk).
+/// Most `anomaly.detected` audit events of failure bursts per minute; beyond that they are
+/// still counted, logged and published, but not audited (a flood must not fill the disk).
+/// Leak signals are always audited.
 pub const AUDIT_EVENTS_PER_MINUTE: u32 = 120;
 /// The audit actor of automated responses.
 pub const ANOMALY_ACTOR: &str = "keyward:anomaly";
@@ -491,7 +492,10 @@ impl Keyward {
             detail = %d.finding.detail,
             "anomaly detected"
         );
-        if self.anomaly.may_audit(d.at) {
+        // Leak signals are always audited: they need traffic that verified and fire once per
+        // key and cooldown, so failures (which anyone can send) cannot crowd them out of the
+        // per-minute cap.
+        if kind.suggests_leak() || self.anomaly.may_audit(d.at) {
             self.audit_anomaly(
                 AuditAction::AnomalyDetected,
                 d.key_id.clone(),

@@ -582,3 +582,36 @@ fn finding_4_keys_without_a_tenant_are_braked_per_owner() {
     let tenant = BrakeScope::of(Some("mallory"), Some("mallory"));
     assert_eq!(detector.allow_disable(&tenant, T0), (true, false));
 }
+
+#[tokio::test]
+async fn finding_4_failure_bursts_cannot_crowd_leak_signals_out_of_the_audit_log() {
+    let s = setup(AnomalyConfig::default()).await;
+    let (_, key_id) = s.key("acme").await;
+    let now = s.clock.now();
+    let detected = |kind| Detected {
+        key_id: Some(key_id.clone()),
+        tenant: Some("acme".into()),
+        owner: Some("svc".into()),
+        ip: None,
+        finding: Finding {
+            kind,
+            detail: json!({}),
+        },
+        at: now,
+    };
+    // Failure bursts (which anyone holding an old secret can cause) use up this minute's cap.
+    for _ in 0..AUDIT_EVENTS_PER_MINUTE + 5 {
+        s.engine
+            .respond(detected(AnomalyKind::KeyFailureBurst))
+            .await;
+    }
+    assert_eq!(
+        s.audit(AuditAction::AnomalyDetected).await.len(),
+        AUDIT_EVENTS_PER_MINUTE as usize
+    );
+    // A leak signal in the same minute is still audited.
+    s.engine.respond(detected(AnomalyKind::RateSpike)).await;
+    let audited = s.audit(AuditAction::AnomalyDetected).await;
+    assert_eq!(audited.len(), AUDIT_EVENTS_PER_MINUTE as usize + 1);
+    assert_eq!(audited.last().unwrap().summary["kind"], "rate_spike");
+}
