@@ -23,8 +23,8 @@
 //! from traffic that verified ([`AnomalyKind::suggests_leak`]: a rate spike, a burst of new
 //! caller addresses), because only its holder can produce that traffic. A burst of failures
 //! against a key (a secret ended by rotation, a refused address, origin or route) can be sent
-//! by anyone who once saw the key or its key_id's secret, so it is reported (audited, counted,
-//! published) and never acted on: otherwise an old secret could switch off the live one.
+//! by anyone who once saw one of its secrets, so it is reported (audited, counted, published)
+//! and never acted on: otherwise an old secret could switch off the live one.
 //!
 //! The **safety brake** allows at most `max_auto_disables_per_hour` automatic disables per
 //! node in any sliding hour **for each tenant** (keys without a tenant: for each owner); beyond

@@ -877,9 +877,10 @@ impl Keyward {
     /// For a hash the cache does not hold as a key (`budgeted`), the read is refused, without
     /// reading, while the caller's address is over its budget of unknown keys
     /// (`unknown_keys.rs`); a key the node has seen is refreshed whatever the budget.
-    /// Concurrent reads of one hash are made once (`single_flight.rs`). A saturated store (`StoreError::Saturated`) is neither a
-    /// failure nor a recovery: the request is shed and the store is not marked down, so a
-    /// flood that fills the pool cannot switch a node to its outage behaviour.
+    /// Concurrent reads of one hash are made once (`single_flight.rs`). A saturated store
+    /// (`StoreError::Saturated`) is neither a failure nor a recovery: the request is shed and
+    /// the store is not marked down, so a flood that fills the pool cannot switch a node to its
+    /// outage behaviour.
     async fn probe_store(
         &self,
         hash: &KeyHash,
