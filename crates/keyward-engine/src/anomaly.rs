@@ -17,11 +17,24 @@
 //! `disable` ([`AnomalyConfig`]). `disable` sets the key DISABLED through the normal audited
 //! write (a `key.update` by actor [`ANOMALY_ACTOR`], reversible with `PATCH enabled=true`),
 //! publishes `Event::KeyDisabled { automatic: true }` and counts
-//! `keyward_auto_disables_total`. The **safety brake** allows at most
-//! `max_auto_disables_per_hour` automatic disables per node in any sliding hour; beyond it
-//! anomalies only alert, and the brake engaging is logged, audited (`anomaly.brake`, once per
-//! engagement) and counted (`keyward_auto_disable_brakes_total`). Every anomaly is audited
-//! (`anomaly.detected`, at most [`AUDIT_EVENTS_PER_MINUTE`]), counted in
+//! `keyward_auto_disables_total`.
+//!
+//! **Only leak signals act** (issue 10, finding 4). A key is disabled only for a signal drawn
+//! from traffic that verified ([`AnomalyKind::suggests_leak`]: a rate spike, a burst of new
+//! caller addresses), because only its holder can produce that traffic. A burst of failures
+//! against a key (a secret ended by rotation, a refused address, origin or route) can be sent
+//! by anyone who once saw one of its secrets, so it is reported (audited, counted, published)
+//! and never acted on: otherwise an old secret could switch off the live one.
+//!
+//! The **safety brake** allows at most `max_auto_disables_per_hour` automatic disables per
+//! node in any sliding hour **for each tenant** (keys without a tenant: for each owner); beyond
+//! it that tenant's anomalies only alert, and the brake engaging is logged, audited
+//! (`anomaly.brake`, once per engagement) and counted (`keyward_auto_disable_brakes_total`).
+//! A brake per tenant, not per node, is what keeps a tenant that spikes its own keys (to spend
+//! the brake) from disarming the protection of every other tenant; a tenant-scoped root key
+//! can mint keys with any owner inside its tenant, which is why owners are not the unit for
+//! keys that have a tenant. Every anomaly is audited (`anomaly.detected`; failure bursts at
+//! most [`AUDIT_EVENTS_PER_MINUTE`], leak signals always), counted in
 //! `keyward_anomalies_total{kind,action}` and published as `Event::Anomaly`.
 
 use std::collections::{HashMap, VecDeque};
@@ -46,8 +59,9 @@ use crate::{EngineError, Keyward, Verification};
 pub const SHARDS: usize = 16;
 /// Findings waiting for a response at most; more are dropped (and counted).
 pub const QUEUE: usize = 1024;
-/// Most `anomaly.detected` audit events per minute; beyond that anomalies are still counted,
-/// logged, published and acted on, but not audited (a flood must not fill the disk).
+/// Most `anomaly.detected` audit events of failure bursts per minute; beyond that they are
+/// still counted, logged and published, but not audited (a flood must not fill the disk).
+/// Leak signals are always audited.
 pub const AUDIT_EVENTS_PER_MINUTE: u32 = 120;
 /// The audit actor of automated responses.
 pub const ANOMALY_ACTOR: &str = "keyward:anomaly";
@@ -89,7 +103,8 @@ pub struct AnomalyConfig {
     pub on_anomaly: AnomalyAction,
     /// Per-tenant responses.
     pub tenants: HashMap<String, AnomalyAction>,
-    /// Automatic disables allowed per node in any sliding hour (the safety brake).
+    /// Automatic disables allowed per node in any sliding hour for one tenant (keys without
+    /// a tenant: for one owner); the safety brake.
     pub max_auto_disables_per_hour: u32,
     /// Key baselines kept at most.
     pub max_tracked_keys: usize,
@@ -124,6 +139,7 @@ impl AnomalyConfig {
 struct Detected {
     key_id: Option<String>,
     tenant: Option<String>,
+    owner: Option<String>,
     ip: Option<IpAddr>,
     finding: Finding,
     at: OffsetDateTime,
@@ -148,6 +164,34 @@ pub struct AnomalyOutcome {
     pub detail: Value,
 }
 
+/// Whose automatic disables one brake counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum BrakeScope {
+    Tenant(String),
+    /// A key without a tenant.
+    Owner(String),
+}
+
+impl BrakeScope {
+    fn of(tenant: Option<&str>, owner: Option<&str>) -> Self {
+        match tenant {
+            Some(t) => Self::Tenant(t.to_owned()),
+            None => Self::Owner(owner.unwrap_or_default().to_owned()),
+        }
+    }
+
+    fn summary(&self) -> Value {
+        match self {
+            Self::Tenant(t) => json!({"tenant": t}),
+            Self::Owner(o) => json!({"owner": o}),
+        }
+    }
+}
+
+/// Scopes whose brake state is kept at most; beyond it, scopes with no disable in the last
+/// hour are forgotten (they hold nothing).
+const MAX_BRAKE_SCOPES: usize = 10_000;
+
 struct Brake {
     disables: VecDeque<OffsetDateTime>,
     engaged: bool,
@@ -167,7 +211,7 @@ pub(crate) struct Detector {
     ips: Vec<Shard<FailureCounter>>,
     queue: tokio::sync::mpsc::Sender<Detected>,
     inbox: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Detected>>,
-    brake: Mutex<Brake>,
+    brakes: Mutex<HashMap<BrakeScope, Brake>>,
     audit_budget: Mutex<AuditBudget>,
     raised: AtomicU64,
     hasher: std::hash::RandomState,
@@ -221,10 +265,7 @@ impl Detector {
             ips: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             queue,
             inbox: tokio::sync::Mutex::new(inbox),
-            brake: Mutex::new(Brake {
-                disables: VecDeque::new(),
-                engaged: false,
-            }),
+            brakes: Mutex::new(HashMap::new()),
             audit_budget: Mutex::new(AuditBudget {
                 window_start: now,
                 written: 0,
@@ -272,6 +313,7 @@ impl Detector {
                 finding.map(|finding| Detected {
                     key_id: Some(key.key_id.clone()),
                     tenant: key.tenant.clone(),
+                    owner: Some(key.owner.clone()),
                     ip: None,
                     finding,
                     at: now,
@@ -294,6 +336,7 @@ impl Detector {
                 finding.map(|finding| Detected {
                     key_id: None,
                     tenant: None,
+                    owner: None,
                     ip: Some(ip),
                     finding,
                     at: now,
@@ -310,10 +353,22 @@ impl Detector {
         }
     }
 
-    /// True if an automatic disable may go ahead now (and counts it); false once the brake
-    /// holds. The second value is true the first time the brake holds in an engagement.
-    fn allow_disable(&self, now: OffsetDateTime) -> (bool, bool) {
-        let mut brake = lock(&self.brake);
+    /// True if an automatic disable in `scope` may go ahead now (and counts it); false once
+    /// the scope's brake holds. The second value is true the first time the brake holds in an
+    /// engagement.
+    fn allow_disable(&self, scope: &BrakeScope, now: OffsetDateTime) -> (bool, bool) {
+        let mut brakes = lock(&self.brakes);
+        if brakes.len() >= MAX_BRAKE_SCOPES && !brakes.contains_key(scope) {
+            brakes.retain(|_, b| {
+                b.disables
+                    .back()
+                    .is_some_and(|t| now - *t < Duration::hours(1))
+            });
+        }
+        let brake = brakes.entry(scope.clone()).or_insert_with(|| Brake {
+            disables: VecDeque::new(),
+            engaged: false,
+        });
         while brake
             .disables
             .front()
@@ -377,14 +432,16 @@ impl Keyward {
 
     async fn respond(&self, d: Detected) -> AnomalyOutcome {
         let kind = d.finding.kind;
+        // Only traffic that verified can tell of a leak; failures are reported, never acted on.
         let wanted = match &d.key_id {
-            Some(_) => self.anomaly.config.action_for(d.tenant.as_deref()),
-            None => AnomalyAction::Alert,
+            Some(_) if kind.suggests_leak() => self.anomaly.config.action_for(d.tenant.as_deref()),
+            _ => AnomalyAction::Alert,
         };
         let mut action = AnomalyAction::Alert;
         let mut braked = false;
         if let (AnomalyAction::Disable, Some(key_id)) = (wanted, &d.key_id) {
-            let (allowed, engaged_now) = self.anomaly.allow_disable(d.at);
+            let scope = BrakeScope::of(d.tenant.as_deref(), d.owner.as_deref());
+            let (allowed, engaged_now) = self.anomaly.allow_disable(&scope, d.at);
             if allowed {
                 match self.disable_automatically(key_id, kind).await {
                     Ok(true) => action = AnomalyAction::Disable,
@@ -398,15 +455,21 @@ impl Keyward {
                 metrics::counter!("keyward_auto_disable_brakes_total").increment(1);
                 tracing::warn!(
                     key_id,
+                    tenant = d.tenant.as_deref(),
                     max_per_hour = self.anomaly.config.max_auto_disables_per_hour,
                     "safety brake: automatic disable limit reached, anomaly only alerts"
                 );
                 if engaged_now {
-                    self.audit_anomaly(AuditAction::AnomalyBrake, None, json!({
-                        "max_auto_disables_per_hour": self.anomaly.config.max_auto_disables_per_hour,
-                        "first_held_back": key_id,
-                    }))
-                    .await;
+                    let mut summary = scope.summary();
+                    if let Some(map) = summary.as_object_mut() {
+                        map.insert(
+                            "max_auto_disables_per_hour".into(),
+                            self.anomaly.config.max_auto_disables_per_hour.into(),
+                        );
+                        map.insert("first_held_back".into(), key_id.as_str().into());
+                    }
+                    self.audit_anomaly(AuditAction::AnomalyBrake, None, summary)
+                        .await;
                 }
             }
         }
@@ -429,7 +492,10 @@ impl Keyward {
             detail = %d.finding.detail,
             "anomaly detected"
         );
-        if self.anomaly.may_audit(d.at) {
+        // Leak signals are always audited: they need traffic that verified and fire once per
+        // key and cooldown, so failures (which anyone can send) cannot crowd them out of the
+        // per-minute cap.
+        if kind.suggests_leak() || self.anomaly.may_audit(d.at) {
             self.audit_anomaly(
                 AuditAction::AnomalyDetected,
                 d.key_id.clone(),

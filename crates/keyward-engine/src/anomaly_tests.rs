@@ -193,10 +193,16 @@ async fn a_not_found_flood_from_one_address_is_detected_and_others_are_not_blame
             &mut rand::rng(),
         )
         .unwrap();
-        assert_eq!(
-            s.verify(guess.expose(), flooder).await,
-            VerifyCode::NotFound
-        );
+        // Unknown, until the address has used up its budget of unknown keys (issue 10,
+        // finding 5): then refused without a store read.
+        let request = VerifyRequest {
+            ip: Some(flooder),
+            ..VerifyRequest::default()
+        };
+        match s.engine.verify(guess.expose(), &request).await {
+            Ok(v) => assert_eq!(v.code, VerifyCode::NotFound),
+            Err(e) => assert!(matches!(e, EngineError::TooManyUnknownKeys { .. }), "{e:?}"),
+        }
         if i % 20 == 0 {
             s.verify(guess.expose(), other).await;
         }
@@ -334,7 +340,8 @@ async fn the_brake_stops_automatic_disables_after_n_per_hour_and_alerts_continue
 
     // An hour later the brake has released.
     s.clock.advance(Duration::hours(1));
-    let (allowed, _) = s.engine.anomaly.allow_disable(s.clock.now());
+    let acme = BrakeScope::Tenant("acme".into());
+    let (allowed, _) = s.engine.anomaly.allow_disable(&acme, s.clock.now());
     assert!(allowed);
 }
 
@@ -376,4 +383,235 @@ fn the_tracked_maps_stay_bounded() {
     }
     // The most recently seen entries survive.
     assert!(map.contains_key("9999"));
+}
+
+// ---- Issue 10, finding 4: an old secret cannot switch off the live key ----
+
+/// A key of `tenant` whose own limits refuse nothing, created with `spec` adjusted by `f`.
+async fn key_with(s: &Setup, tenant: &str, f: impl FnOnce(&mut NewKey)) -> (String, String) {
+    let mut spec = NewKey {
+        owner: "svc".into(),
+        tenant: Some(tenant.into()),
+        permissions: vec!["read".into()],
+        ..NewKey::default()
+    };
+    f(&mut spec);
+    let created = s.engine.create_key(&s.actor, spec).await.unwrap();
+    (created.key.expose().to_owned(), created.record.key_id)
+}
+
+/// Sends `n` refused verifications with `request`, 200 ms apart; returns what was responded.
+async fn failures(
+    s: &Setup,
+    secret: &str,
+    request: &VerifyRequest<'_>,
+    n: u32,
+    expected: VerifyCode,
+) -> Vec<AnomalyOutcome> {
+    let mut outcomes = Vec::new();
+    for _ in 0..n {
+        s.clock.advance(Duration::milliseconds(200));
+        let v = s.engine.verify(secret, request).await.unwrap();
+        assert_eq!(v.code, expected);
+        outcomes.extend(s.engine.drain_anomalies().await);
+    }
+    outcomes
+}
+
+#[tokio::test]
+async fn finding_4_a_secret_ended_by_rotation_cannot_disable_the_live_key() {
+    let s = setup(disable_for(&["acme"])).await;
+    let (old, key_id) = s.key("acme").await;
+    let rotated = s
+        .engine
+        .rotate_key(&s.actor, &key_id, Duration::ZERO)
+        .await
+        .unwrap();
+    let new = rotated.key.expose().to_owned();
+    let from = VerifyRequest {
+        ip: Some(ip(66, 6)),
+        ..VerifyRequest::default()
+    };
+    // Repeated after every cooldown, the old secret is reported each time and never acted on.
+    for round in 0..3 {
+        let outcomes = failures(&s, &old, &from, 35, VerifyCode::Expired).await;
+        assert_eq!(outcomes.len(), 1, "round {round}: {outcomes:?}");
+        let o = &outcomes[0];
+        assert_eq!(o.kind, AnomalyKind::KeyFailureBurst);
+        assert_eq!(o.key_id.as_deref(), Some(key_id.as_str()));
+        assert_eq!((o.action, o.braked), (AnomalyAction::Alert, false));
+        assert_eq!(s.verify(&new, usual(0)).await, VerifyCode::Valid);
+        s.clock.advance(Duration::minutes(16));
+    }
+    // Reported as before: audited with action alert; the key was never written.
+    let audited = s.audit(AuditAction::AnomalyDetected).await;
+    assert_eq!(audited.len(), 3);
+    assert!(
+        audited
+            .iter()
+            .all(|e| e.summary["action"] == "alert" && e.summary["kind"] == "key_failure_burst")
+    );
+    assert!(s.audit(AuditAction::KeyUpdate).await.is_empty());
+}
+
+#[tokio::test]
+async fn finding_4_refused_addresses_origins_and_routes_cannot_disable_a_key() {
+    let s = setup(disable_for(&["acme"])).await;
+    let (by_ip, _) = key_with(&s, "acme", |k| k.ip_allowlist = vec!["10.0.0.0/24".into()]).await;
+    let (by_origin, _) = key_with(&s, "acme", |k| k.origins = vec!["app.example".into()]).await;
+    let (by_route, _) = key_with(&s, "acme", |k| k.routes = vec!["GET /orders/**".into()]).await;
+    let stranger = VerifyRequest {
+        ip: Some(ip(66, 6)),
+        ..VerifyRequest::default()
+    };
+    let evil_origin = VerifyRequest {
+        ip: Some(usual(0)),
+        origin: Some("https://evil.example"),
+        ..VerifyRequest::default()
+    };
+    let admin_path = keyward_core::path::normalize(b"/admin/users", Default::default()).unwrap();
+    let other_route = VerifyRequest {
+        ip: Some(usual(0)),
+        method: Some("GET"),
+        path: Some(&admin_path),
+        ..VerifyRequest::default()
+    };
+    for (secret, request, code) in [
+        (&by_ip, &stranger, VerifyCode::IpNotAllowed),
+        (&by_origin, &evil_origin, VerifyCode::OriginNotAllowed),
+        (&by_route, &other_route, VerifyCode::RouteNotAllowed),
+    ] {
+        let outcomes = failures(&s, secret, request, 35, code).await;
+        assert_eq!(outcomes.len(), 1, "{code:?}: {outcomes:?}");
+        assert_eq!(outcomes[0].kind, AnomalyKind::KeyFailureBurst);
+        assert_eq!(outcomes[0].action, AnomalyAction::Alert, "{code:?}");
+    }
+    assert_eq!(s.verify(&by_ip, usual(0)).await, VerifyCode::Valid);
+    let from_app = VerifyRequest {
+        origin: Some("https://app.example"),
+        ..VerifyRequest::default()
+    };
+    assert_eq!(
+        s.engine.verify(&by_origin, &from_app).await.unwrap().code,
+        VerifyCode::Valid
+    );
+    let orders_path = keyward_core::path::normalize(b"/orders/1", Default::default()).unwrap();
+    let orders = VerifyRequest {
+        method: Some("GET"),
+        path: Some(&orders_path),
+        ..VerifyRequest::default()
+    };
+    assert_eq!(
+        s.engine.verify(&by_route, &orders).await.unwrap().code,
+        VerifyCode::Valid
+    );
+    assert!(s.audit(AuditAction::KeyUpdate).await.is_empty());
+}
+
+#[tokio::test]
+async fn finding_4_one_tenant_spending_its_brake_leaves_other_tenants_protected() {
+    let s = setup(AnomalyConfig {
+        max_auto_disables_per_hour: 2,
+        ..disable_for(&["mallory", "acme"])
+    })
+    .await;
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        keys.push(s.key("mallory").await);
+    }
+    let (victim, victim_id) = s.key("acme").await;
+    keys.push((victim.clone(), victim_id.clone()));
+    // Every key builds a baseline; then mallory spikes its own three keys to spend the brake,
+    // and only after that does acme's key leak.
+    let mut outcomes = Vec::new();
+    for (per_second, seconds, spiking) in [(1u32, 20 * 60u32, 4usize), (20, 60, 3), (20, 60, 4)] {
+        for i in 0..per_second * seconds {
+            s.clock.advance(Duration::seconds(1) / per_second);
+            for (n, (secret, _)) in keys.iter().enumerate() {
+                if n < spiking || i % per_second == 0 {
+                    s.verify(secret, usual(i)).await;
+                }
+            }
+            outcomes.extend(s.engine.drain_anomalies().await);
+        }
+    }
+    let of = |key_id: &str| {
+        outcomes
+            .iter()
+            .filter(|o| o.key_id.as_deref() == Some(key_id))
+            .collect::<Vec<_>>()
+    };
+    let mallory: Vec<_> = keys[..3].iter().flat_map(|(_, id)| of(id)).collect();
+    assert_eq!(mallory.len(), 3, "{outcomes:?}");
+    let braked = mallory.iter().filter(|o| o.braked).count();
+    let disabled = mallory
+        .iter()
+        .filter(|o| o.action == AnomalyAction::Disable)
+        .count();
+    assert_eq!((disabled, braked), (2, 1), "{mallory:?}");
+    // acme's brake is its own: the leak of its key is acted on.
+    let acme = of(&victim_id);
+    assert_eq!(acme.len(), 1, "{outcomes:?}");
+    assert_eq!(acme[0].kind, AnomalyKind::RateSpike);
+    assert_eq!(
+        (acme[0].action, acme[0].braked),
+        (AnomalyAction::Disable, false)
+    );
+    assert_eq!(s.verify(&victim, usual(0)).await, VerifyCode::Disabled);
+    let brake = s.audit(AuditAction::AnomalyBrake).await;
+    assert_eq!(brake.len(), 1);
+    assert_eq!(brake[0].summary["tenant"], "mallory");
+}
+
+#[test]
+fn finding_4_keys_without_a_tenant_are_braked_per_owner() {
+    let detector = Detector::new(
+        AnomalyConfig {
+            max_auto_disables_per_hour: 1,
+            ..AnomalyConfig::default()
+        },
+        T0,
+    );
+    let mallory = BrakeScope::of(None, Some("mallory"));
+    let alice = BrakeScope::of(None, Some("alice"));
+    assert_eq!(detector.allow_disable(&mallory, T0), (true, false));
+    assert_eq!(detector.allow_disable(&mallory, T0), (false, true));
+    assert_eq!(detector.allow_disable(&mallory, T0), (false, false));
+    assert_eq!(detector.allow_disable(&alice, T0), (true, false));
+    // A tenant is its own scope even where an owner has the tenant's name.
+    let tenant = BrakeScope::of(Some("mallory"), Some("mallory"));
+    assert_eq!(detector.allow_disable(&tenant, T0), (true, false));
+}
+
+#[tokio::test]
+async fn finding_4_failure_bursts_cannot_crowd_leak_signals_out_of_the_audit_log() {
+    let s = setup(AnomalyConfig::default()).await;
+    let (_, key_id) = s.key("acme").await;
+    let now = s.clock.now();
+    let detected = |kind| Detected {
+        key_id: Some(key_id.clone()),
+        tenant: Some("acme".into()),
+        owner: Some("svc".into()),
+        ip: None,
+        finding: Finding {
+            kind,
+            detail: json!({}),
+        },
+        at: now,
+    };
+    // Failure bursts (which anyone holding an old secret can cause) use up this minute's cap.
+    for _ in 0..AUDIT_EVENTS_PER_MINUTE + 5 {
+        s.engine
+            .respond(detected(AnomalyKind::KeyFailureBurst))
+            .await;
+    }
+    assert_eq!(
+        s.audit(AuditAction::AnomalyDetected).await.len(),
+        AUDIT_EVENTS_PER_MINUTE as usize
+    );
+    // A leak signal in the same minute is still audited.
+    s.engine.respond(detected(AnomalyKind::RateSpike)).await;
+    let audited = s.audit(AuditAction::AnomalyDetected).await;
+    assert_eq!(audited.len(), AUDIT_EVENTS_PER_MINUTE as usize + 1);
+    assert_eq!(audited.last().unwrap().summary["kind"], "rate_spike");
 }

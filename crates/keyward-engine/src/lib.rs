@@ -9,8 +9,10 @@
 //! (secret, then record; NOT_FOUND cache) → store on a miss → [`decide`] → record use. Later
 //! stages (rate limits, quotas, bindings) slot in after the decision.
 
+mod address_table;
 mod admission;
 pub mod anomaly;
+mod auth_audit;
 mod cache;
 pub mod clock;
 pub mod events;
@@ -20,7 +22,9 @@ pub mod rotation;
 mod scope;
 mod shared;
 pub mod simulate;
+mod single_flight;
 pub mod telemetry;
+pub mod unknown_keys;
 mod usage;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -51,6 +55,9 @@ use tracing::Instrument as _;
 
 pub use admission::LimitReport;
 use admission::{Leases, Limiter, period_of};
+pub use auth_audit::{
+    ANONYMOUS_AUTH_FAILURES_PER_ADDRESS_PER_MINUTE, AUTH_FAILURE_EVENTS_PER_MINUTE,
+};
 pub use cache::{CacheConfig, CacheSizes};
 use cache::{CachedRecord, CachedSecret, SecretLookup, VerifyCache};
 pub use keyward_core::validate::{LimitSpec, QuotaSpec};
@@ -59,6 +66,7 @@ pub use scope::{Principal, Scope};
 pub use shared::{
     Enforcement, EnforcementSource, ReconcileReport, RedisConfig, RedisHealth, SyncReport,
 };
+pub use unknown_keys::UnknownKeyBudget;
 use usage::{LastUsedBuffer, UsageBuffer};
 
 /// Largest page a list call returns.
@@ -78,10 +86,6 @@ pub const ROOT_PERMISSIONS: [&str; 10] = [
     "plans.write",
     "usage.read",
 ];
-/// Most failed admin authentications written to the audit log per minute; beyond that they
-/// are counted and the count is written with the next event, so a flood of bad credentials
-/// cannot fill the disk.
-pub const AUTH_FAILURE_EVENTS_PER_MINUTE: u32 = 60;
 /// Why a tenant-scoped root key may read plans but not write them.
 const PLANS_ARE_SHARED: &str =
     "plans are shared by every tenant (it may read them, not change them)";
@@ -151,6 +155,13 @@ pub enum EngineError {
         /// The permission asked for.
         permission: String,
     },
+    /// The caller's address presented too many keys this node does not know; refused without
+    /// a store read (see [`unknown_keys`]).
+    #[error("too many unknown keys from this address; retry in {retry_after_seconds} s")]
+    TooManyUnknownKeys {
+        /// Seconds until the address may present an unknown key again.
+        retry_after_seconds: u64,
+    },
     /// The OS random generator failed.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
@@ -163,6 +174,7 @@ impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict => Self::Conflict,
+            StoreError::LastRootKey(key_id) => Self::LastRootKey { key_id },
             StoreError::PlanMissing(plan) => {
                 Self::Invalid(FieldError::new("plan", format!("no plan named {plan:?}")))
             }
@@ -400,7 +412,10 @@ pub struct EngineConfig {
     /// Admit well-formed keys this node does not know while the store is unreachable.
     /// Dangerous: any string with a valid checksum passes, with no identity, permissions,
     /// limits or quota. Off by default (unknown keys fail closed with STORE_UNAVAILABLE).
+    /// Never applies while the store is merely saturated (see [`StoreError::Saturated`]).
     pub fail_open_unknown_keys: bool,
+    /// Store reads for keys this node does not know, per caller address.
+    pub unknown_key_budget: UnknownKeyBudget,
 }
 
 impl Default for EngineConfig {
@@ -409,6 +424,7 @@ impl Default for EngineConfig {
             cache: CacheConfig::default(),
             quota_lease: 20,
             fail_open_unknown_keys: false,
+            unknown_key_budget: UnknownKeyBudget::default(),
         }
     }
 }
@@ -422,12 +438,6 @@ pub struct PlanSpec {
     pub quota: Option<QuotaSpec>,
     /// Permissions of keys on the plan that set none of their own.
     pub permissions: Vec<String>,
-}
-
-struct AuthFailureBudget {
-    window_start: OffsetDateTime,
-    written: u32,
-    suppressed: u64,
 }
 
 /// A usage read ([`Keyward::usage`]); unset bounds default to the last day (hourly) or the
@@ -480,7 +490,8 @@ pub struct Keyward {
     cache: VerifyCache,
     last_used: LastUsedBuffer,
     usage: UsageBuffer,
-    auth_failures: Mutex<AuthFailureBudget>,
+    /// Budgets of the `auth.failed` events of anonymous failures.
+    auth_failures: auth_audit::FailureAudit,
     limiter: Limiter,
     leases: Leases,
     plans: Mutex<std::collections::HashMap<String, Option<Arc<Plan>>>>,
@@ -497,6 +508,10 @@ pub struct Keyward {
     /// not): until [`STORE_PROBE_INTERVAL`] has passed, lookups skip the store and answer from
     /// stale-if-error at once instead of each waiting out the connection timeout.
     store_failed_at: AtomicI64,
+    /// Store reads in flight by secret hash, so concurrent misses of one key read it once.
+    flights: single_flight::Flights,
+    /// Store reads for unknown keys per caller address.
+    unknown_keys: unknown_keys::UnknownKeys,
     /// Events for webhooks and other subscribers.
     events: tokio::sync::broadcast::Sender<events::Event>,
     /// Per-key traffic baselines and the queue of anomalies awaiting a response.
@@ -562,11 +577,7 @@ impl Keyward {
             cache: VerifyCache::new(config.cache),
             last_used: LastUsedBuffer::default(),
             usage: UsageBuffer::default(),
-            auth_failures: Mutex::new(AuthFailureBudget {
-                window_start: now,
-                written: 0,
-                suppressed: 0,
-            }),
+            auth_failures: auth_audit::FailureAudit::new(now),
             limiter: Limiter::default(),
             leases: Leases::default(),
             plans: Mutex::new(std::collections::HashMap::new()),
@@ -575,6 +586,8 @@ impl Keyward {
             feed_trusted: AtomicBool::new(true),
             trusted_since: AtomicI64::new(i64::MIN),
             store_failed_at: AtomicI64::new(i64::MIN),
+            flights: single_flight::Flights::new(),
+            unknown_keys: unknown_keys::UnknownKeys::new(config.unknown_key_budget),
             events: tokio::sync::broadcast::channel(events::EVENT_BUFFER).0,
             anomaly: anomaly::Detector::new(anomaly::AnomalyConfig::default(), now),
             rotation: rotation::RotationState::default(),
@@ -705,7 +718,7 @@ impl Keyward {
         let hash = parsed.hash();
         let now = self.clock.now();
         let mut degraded = None;
-        let found = match self.lookup(&hash, now, &mut degraded).await {
+        let found = match self.lookup(&hash, now, request.ip, &mut degraded).await {
             // Never where the request requires a tenant or environment: an unknown key's
             // cannot be known, and admitting it would open one tenant's route to any key. A
             // scoped caller never fails open either, for the same reason.
@@ -914,12 +927,22 @@ impl Keyward {
     /// The store read of a lookup, unless the store failed less than [`STORE_PROBE_INTERVAL`]
     /// ago: then the lookup goes straight to stale-if-error (one probe per interval finds out
     /// when the store is back).
+    ///
+    /// For a hash the cache does not hold as a key (`budgeted`), the read is refused, without
+    /// reading, while the caller's address is over its budget of unknown keys
+    /// (`unknown_keys.rs`); a key the node has seen is refreshed whatever the budget.
+    /// Concurrent reads of one hash are made once (`single_flight.rs`). A saturated store
+    /// (`StoreError::Saturated`) is neither a failure nor a recovery: the request is shed and
+    /// the store is not marked down, so a flood that fills the pool cannot switch a node to its
+    /// outage behaviour.
     async fn probe_store(
         &self,
         hash: &KeyHash,
         now: OffsetDateTime,
         generation: u64,
         trusted: bool,
+        ip: Option<std::net::IpAddr>,
+        budgeted: bool,
     ) -> Result<Option<(Arc<KeyRecord>, SecretInfo)>, EngineError> {
         let failed_at = self.store_failed_at.load(Ordering::Acquire);
         if failed_at != i64::MIN
@@ -930,16 +953,31 @@ impl Keyward {
                 "the store failed moments ago; waiting for the next probe".into(),
             )));
         }
-        let result = self.lookup_in_store(hash, now, generation, trusted).await;
+        if budgeted && let Err(retry_after_seconds) = self.unknown_keys.check(ip, now) {
+            return Err(EngineError::TooManyUnknownKeys {
+                retry_after_seconds,
+            });
+        }
+        let (result, read_here) = self
+            .flights
+            .read(hash, generation, trusted, || {
+                self.lookup_in_store(hash, now, generation, trusted)
+            })
+            .await;
         match &result {
             Err(EngineError::Store(StoreError::Backend(_))) => {
                 self.store_failed_at
                     .store(unix_nanos(now), Ordering::Release);
             }
-            _ if failed_at != i64::MIN => {
-                self.store_failed_at.store(i64::MIN, Ordering::Release);
+            Err(EngineError::Store(StoreError::Saturated(_))) => {}
+            other => {
+                if budgeted && read_here && matches!(other, Ok(None)) {
+                    self.unknown_keys.charge(ip, now);
+                }
+                if failed_at != i64::MIN {
+                    self.store_failed_at.store(i64::MIN, Ordering::Release);
+                }
             }
-            _ => {}
         }
         result
     }
@@ -951,6 +989,7 @@ impl Keyward {
         &self,
         hash: &KeyHash,
         now: OffsetDateTime,
+        ip: Option<std::net::IpAddr>,
         fallback: &mut Option<Degraded>,
     ) -> Result<Option<(Arc<KeyRecord>, SecretInfo)>, EngineError> {
         let generation = self.cache.generation();
@@ -972,7 +1011,10 @@ impl Keyward {
         };
         // Boxed: the store read's future is large, and keeping it inline would make every
         // verification's future (moved on each call) that large, cache hits included.
-        match Box::pin(self.probe_store(hash, now, generation, trusted)).await {
+        // A secret this node has cached (if stale) is a key it knows: refreshing it is not an
+        // unknown-key read, so the per-address budget does not hold it back.
+        let budgeted = !matches!(cached, SecretLookup::Known(_));
+        match Box::pin(self.probe_store(hash, now, generation, trusted, ip, budgeted)).await {
             Err(EngineError::Store(StoreError::Backend(source))) => {
                 let usable = |at: OffsetDateTime| now - at <= self.config.cache.stale_if_error;
                 if let (SecretLookup::Known(secret), Some(record)) = (&cached, cached_record)
@@ -1056,8 +1098,9 @@ impl Keyward {
 
     /// Authenticates a root key for an admin call needing `permission`.
     ///
-    /// Failures are written to the audit log (bounded per minute) with the reason and the
-    /// caller's address, never with the presented credential.
+    /// Failures are written to the audit log with the reason and the caller's address, never
+    /// with the presented credential: always when they name an existing root key, and within
+    /// per-address and total caps when anonymous (see `auth_audit.rs`).
     pub async fn authenticate(
         &self,
         presented: Option<&str>,
@@ -1070,6 +1113,7 @@ impl Keyward {
                 let query = PermissionQuery::Require(permission.to_owned());
                 let request = VerifyRequest {
                     query: Some(&query),
+                    ip: remote,
                     ..VerifyRequest::default()
                 };
                 let v = self.verify_kind(key, &request, KeyKind::Root, 0).await?;
@@ -1093,55 +1137,6 @@ impl Keyward {
         } else {
             AuthError::Unauthenticated
         })
-    }
-
-    async fn audit_auth_failure(
-        &self,
-        reason: &str,
-        actor: Option<String>,
-        permission: &str,
-        remote: Option<std::net::IpAddr>,
-    ) -> Result<(), EngineError> {
-        let now = self.write_time();
-        let suppressed = {
-            let mut budget = self.auth_failures.lock().unwrap_or_else(|e| e.into_inner());
-            if now - budget.window_start >= Duration::minutes(1) {
-                budget.window_start = now;
-                budget.written = 0;
-            }
-            if budget.written >= AUTH_FAILURE_EVENTS_PER_MINUTE {
-                budget.suppressed += 1;
-                tracing::warn!(
-                    reason,
-                    permission,
-                    "failed admin authentication (audit event suppressed by the rate cap)"
-                );
-                return Ok(());
-            }
-            budget.written += 1;
-            std::mem::take(&mut budget.suppressed)
-        };
-        tracing::warn!(
-            reason,
-            permission,
-            actor = actor.as_deref(),
-            "failed admin authentication"
-        );
-        self.store
-            .append_audit(AuditDraft {
-                time: now,
-                actor,
-                action: AuditAction::AuthFailed,
-                target: None,
-                summary: json!({
-                    "reason": reason,
-                    "permission": permission,
-                    "remote_addr": remote.map(|ip| ip.to_string()),
-                    "suppressed_before": suppressed,
-                }),
-            })
-            .await?;
-        Ok(())
     }
 
     /// True if the store has a root key (so [`Keyward::bootstrap`] would create none).
@@ -2096,10 +2091,12 @@ impl Keyward {
     }
 
     /// Checks that the store answers (for `/readyz`).
-    /// A store that answers here is also probed again by the next lookup.
+    ///
+    /// It leaves the verify path's failure state alone: anyone can call `/readyz`, and a ping
+    /// that happens to succeed must not send every lookup back to a store that just failed
+    /// before [`STORE_PROBE_INTERVAL`] has passed (issue 10, finding 5).
     pub async fn ready(&self) -> Result<(), EngineError> {
         self.store.ping().await?;
-        self.store_failed_at.store(i64::MIN, Ordering::Release);
         Ok(())
     }
 
@@ -2275,7 +2272,11 @@ fn log_verification(result: &Result<Verification, EngineError>) {
 }
 
 #[cfg(test)]
+mod root_guard_tests;
+#[cfg(test)]
 mod shared_tests;
+#[cfg(test)]
+mod store_miss_tests;
 #[cfg(test)]
 mod test_proxy;
 #[cfg(test)]

@@ -19,7 +19,9 @@
 //! `X-Keyward-Code: RATE_LIMITED` (or `USAGE_EXCEEDED`) and `Retry-After`, and an
 //! `X-Original-URI` whose path cannot be normalised safely 403 `invalid_request` with
 //! `X-Keyward-Code: INVALID_PATH`; the shipped nginx config (`examples/nginx/`) maps them back
-//! to 429 and 400.
+//! to 429 and 400. An address over its budget of
+//! unknown keys gets 403 with the problem code `too_many_unknown_keys` and `Retry-After`, for
+//! the same reason.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -87,7 +89,7 @@ fn requirement(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
         (status = 204, description = "Admitted; identity and RateLimit headers set"),
         (status = 400, description = "The proxy's request is invalid: permission query, parameters or a requirement header", body = keyward_wire::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No key, or the key does not verify", body = keyward_wire::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Refused: tenant, environment, permission, route, IP, origin, or (with X-Keyward-Code) a limit, a quota or a path that cannot be normalised (INVALID_PATH)", body = keyward_wire::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Refused: tenant, environment, permission, route, IP, origin, (with X-Keyward-Code) a limit, a quota or a path that cannot be normalised (INVALID_PATH), or too many unknown keys from the address", body = keyward_wire::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn nginx_auth(
     State(state): State<AppState>,
@@ -150,7 +152,18 @@ pub async fn nginx_auth(
     let v = state
         .engine
         .verify_as(&principal, key, &request, params.cost.unwrap_or(1))
-        .await?;
+        .await
+        .map_err(|e| {
+            // Like a limit, the per-address budget of unknown keys answers 403 here (nginx
+            // would turn a 429 into a 500), with its problem code and Retry-After.
+            let throttled = matches!(e, keyward_engine::EngineError::TooManyUnknownKeys { .. });
+            let error = ApiError::from(e);
+            if throttled {
+                error.with_status(StatusCode::FORBIDDEN)
+            } else {
+                error
+            }
+        })?;
     let mut response = match refusal(v.code) {
         None => StatusCode::NO_CONTENT.into_response(),
         Some(error) => {

@@ -62,6 +62,11 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ),
     ("rate_limited", 429, "Rate limit reached"),
     ("usage_exceeded", 429, "Quota used up"),
+    (
+        "too_many_unknown_keys",
+        429,
+        "Too many unknown keys from this address",
+    ),
     ("forbidden", 403, "The root key lacks a permission"),
     (
         "out_of_scope",
@@ -114,6 +119,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
         "The proxy's keyward root key is invalid",
     ),
     ("store_unavailable", 503, "The key store is unavailable"),
+    ("store_saturated", 503, "The key store is busy"),
 ];
 
 /// An error answered to an API caller.
@@ -123,6 +129,7 @@ pub struct ApiError {
     detail: String,
     field: Option<String>,
     status: Option<StatusCode>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -133,7 +140,14 @@ impl ApiError {
             detail: redact(&detail.into()).into_owned(),
             field: None,
             status: None,
+            retry_after: None,
         }
+    }
+
+    /// Adds `Retry-After: seconds` to the answer.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// Answers with `status` instead of the code's usual one (nginx `auth_request` accepts
@@ -210,9 +224,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = self.retry_after;
         let (status, body) = self.problem();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
@@ -251,6 +269,20 @@ impl From<StoreError> for ApiError {
                     "the key store did not answer; retry later",
                 )
             }
+            StoreError::Saturated(_) => {
+                tracing::warn!(error = %redact(&error_chain(&e)), "store saturated: request shed");
+                Self::new(
+                    "store_saturated",
+                    "the key store is busy; retry after Retry-After seconds",
+                )
+                .with_retry_after(1)
+            }
+            StoreError::LastRootKey(key_id) => Self::new(
+                "last_root_key",
+                format!(
+                    "{key_id} is the last usable root key with root.manage; create another one first"
+                ),
+            ),
             StoreError::Open { .. } | StoreError::Corrupt(_) => Self::internal(&e),
         }
     }
@@ -279,6 +311,14 @@ impl From<EngineError> for ApiError {
                 let field = field.clone();
                 Self::new("forbidden", e.to_string()).with_field(field)
             }
+            EngineError::TooManyUnknownKeys {
+                retry_after_seconds,
+            } => Self::new(
+                "too_many_unknown_keys",
+                "this address presented too many keys that are not known; retry after \
+                 Retry-After seconds",
+            )
+            .with_retry_after(retry_after_seconds),
             EngineError::Store(s) => s.into(),
             EngineError::Entropy(_) => Self::internal(&e),
         }
@@ -314,6 +354,25 @@ mod tests {
             );
             let response = ApiError::new(code, "x").into_response();
             assert_eq!(response.status().as_u16(), *status, "{code}");
+        }
+    }
+
+    #[test]
+    fn finding_5_shed_and_throttled_answers_say_when_to_retry() {
+        let saturated: ApiError =
+            EngineError::Store(StoreError::Saturated("pool timed out".into())).into();
+        let throttled: ApiError = EngineError::TooManyUnknownKeys {
+            retry_after_seconds: 7,
+        }
+        .into();
+        for (error, status, code, retry) in [
+            (saturated, 503, "store_saturated", "1"),
+            (throttled, 429, "too_many_unknown_keys", "7"),
+        ] {
+            assert_eq!(error.code(), code);
+            let response = error.into_response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(response.headers()[header::RETRY_AFTER], retry);
         }
     }
 

@@ -232,6 +232,14 @@ impl Authorization for ExtAuthz {
             Err(keyward_engine::EngineError::Invalid(field)) => {
                 return Err(Status::invalid_argument(field.to_string()));
             }
+            Err(e @ keyward_engine::EngineError::TooManyUnknownKeys { .. }) => {
+                // Answered like a limit (429, RESOURCE_EXHAUSTED), with its own problem code.
+                return Ok(Response::new(denied(
+                    VerifyCode::RateLimited,
+                    e.into(),
+                    None,
+                )));
+            }
             Err(e) => {
                 tracing::error!(error = %e, "ext_authz check failed");
                 return Err(Status::unavailable(

@@ -261,6 +261,8 @@ pub async fn revoke_key(
     responses(
         (status = 200, body = VerifyKeyResponse),
         (status = 400, description = "Bad permission query or body, or a path that cannot be normalised safely", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "too_many_unknown_keys: the request's `ip` presented too many unknown keys; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "store_unavailable, or store_saturated (see Retry-After): the key was not in the cache and the store could not be read", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn verify_key(
     State(state): State<AppState>,

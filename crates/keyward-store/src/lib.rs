@@ -60,6 +60,17 @@ pub enum StoreError {
     /// The backend failed (connection, I/O, timeout).
     #[error("store backend error")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store is busy, not down: no pooled connection was free in time while the server
+    /// kept answering other calls, or the server shed the statement (too many connections, a
+    /// statement timeout). Callers retry shortly; it is never a reason to treat the store as
+    /// unreachable.
+    #[error("store saturated")]
+    Saturated(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The write would leave no usable root key holding `root.manage` (enabled, not revoked,
+    /// not expired). Checked inside the write's transaction, so two writes racing on two such
+    /// keys cannot both pass.
+    #[error("{0} is the last usable root key with root.manage")]
+    LastRootKey(String),
 }
 
 /// A key found by the hash of one of its secrets.

@@ -36,6 +36,8 @@
 
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -43,7 +45,7 @@ use keyward_core::audit::{AuditDraft, AuditEvent, GENESIS_HASH};
 use keyward_core::key::KeyHash;
 use keyward_core::permission::Permission;
 use keyward_core::quota::{Balance, QuotaConfig, current_balance};
-use keyward_core::record::{KeyRecord, KeyStatus, Plan, SecretInfo};
+use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, Plan, SecretInfo};
 use keyward_core::route::RoutePattern;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
@@ -52,8 +54,8 @@ use time::OffsetDateTime;
 use keyward_core::usage::UsageCount;
 
 use crate::sql::{
-    backend, event_from_row, from_millis, json_text, opt_from_millis, plan_from_row,
-    record_from_row, secret_from_row, to_millis,
+    backend, check_root_guard, event_from_row, from_millis, json_text, opt_from_millis,
+    plan_from_row, record_from_row, secret_from_row, to_millis,
 };
 use crate::usage::{UsageQuery, UsageTuple, page, to_i64};
 use crate::{
@@ -119,6 +121,57 @@ pub struct PostgresStore {
     feed_connect: PgConnectOptions,
     channel: String,
     options: PostgresOptions,
+    /// When the server last answered a call (see [`Answered`]).
+    answered: Arc<Answered>,
+}
+
+/// When the server last answered a call, to tell a full pool from an unreachable server: sqlx
+/// reports both as a pool timeout (the pool keeps retrying a refused connection until the
+/// acquire timeout). A pool timeout while the server answered other calls within the last
+/// acquire timeout is saturation; with no answer in that time it is an outage. (The window is
+/// two acquire timeouts: the call that timed out waited one of them, and an answer shortly
+/// before it began still says the server was alive. After a server goes silent, its first
+/// pool timeouts can therefore read as saturation for one more acquire timeout.)
+#[derive(Debug)]
+struct Answered {
+    since: std::time::Instant,
+    /// Milliseconds after `since` of the last answer, plus one (0: never).
+    at: AtomicU64,
+}
+
+impl Answered {
+    fn new() -> Self {
+        Self {
+            since: std::time::Instant::now(),
+            at: AtomicU64::new(0),
+        }
+    }
+
+    fn note(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.at.store(ms + 1, Ordering::Relaxed);
+    }
+
+    fn within(&self, window: Duration) -> bool {
+        match self.at.load(Ordering::Relaxed) {
+            0 => false,
+            at => {
+                let ago = self
+                    .since
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(at - 1));
+                ago <= window
+            }
+        }
+    }
+}
+
+/// Whether `source` is sqlx's pool timeout.
+fn is_pool_timeout(source: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    matches!(
+        source.downcast_ref::<sqlx::Error>(),
+        Some(sqlx::Error::PoolTimedOut)
+    )
 }
 
 /// Whether `e` says the connection failed (so a read may be retried on another one), as
@@ -254,6 +307,7 @@ impl PostgresStore {
             feed_connect,
             channel,
             options,
+            answered: Arc::new(Answered::new()),
         })
     }
 
@@ -286,18 +340,36 @@ impl PostgresStore {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, StoreError>> + 'a,
     {
-        match op().await {
+        let result = match op().await {
             Err(e) if is_connection_error(&e) => {
                 tracing::debug!(error = %e, "store read failed on its connection; retrying once");
                 op().await
             }
             other => other,
-        }
+        };
+        self.observed(result)
     }
 
     /// A write transaction.
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        self.pool.begin().await.map_err(backend)
+        self.observed(self.pool.begin().await.map_err(backend))
+    }
+
+    /// Notes an answer from the server, or tells a pool timeout's cause (see [`Answered`]).
+    fn observed<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match result {
+            Ok(value) => {
+                self.answered.note();
+                Ok(value)
+            }
+            Err(StoreError::Saturated(source))
+                if is_pool_timeout(&*source)
+                    && !self.answered.within(self.options.acquire_timeout * 2) =>
+            {
+                Err(StoreError::Backend(source))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn secrets_for(
@@ -671,6 +743,25 @@ async fn append_in(conn: &mut PgConnection, draft: AuditDraft) -> Result<i64, St
     Ok(seq)
 }
 
+/// The last-root-key guard ([`check_root_guard`]) over the root keys as this transaction
+/// sees them; the caller holds the write lock, so no other write can change them meanwhile.
+async fn root_guard(
+    conn: &mut PgConnection,
+    after: &KeyRecord,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let rows = sqlx::query("SELECT * FROM keys WHERE kind = 'root' AND revoked_at IS NULL")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let roots = rows
+        .iter()
+        .map(record_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let before = roots.iter().find(|k| k.key_id == after.key_id);
+    check_root_guard(before, after, &roots, now)
+}
+
 /// Applies a key write, its audit event and its notification inside the caller's
 /// transaction, which holds `lock_writes`.
 async fn write_key_in(
@@ -702,6 +793,9 @@ async fn write_key_in(
              WHERE key_id = $1 AND version = $21"
         }
     };
+    if r.kind == KeyKind::Root && expected_version.is_some() {
+        root_guard(conn, &r, audit.time).await?;
+    }
     if let Some(plan) = &r.policy.plan {
         let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM plans WHERE plan_id = $1")
             .bind(plan)

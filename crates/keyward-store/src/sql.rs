@@ -12,12 +12,59 @@ use time::OffsetDateTime;
 
 use crate::StoreError;
 
-/// A backend error as a [`StoreError`]: unique violations are [`StoreError::Duplicate`].
+/// A backend error as a [`StoreError`]: unique violations are [`StoreError::Duplicate`], and
+/// a full pool or a server shedding load is [`StoreError::Saturated`], not an outage (a flood
+/// of lookups must not make a node believe its store is down). A pool timeout is ambiguous on
+/// PostgreSQL (the pool also times out while it cannot connect): `postgres.rs` turns it back
+/// into [`StoreError::Backend`] when the server has not answered anything lately.
 pub(crate) fn backend(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Duplicate,
+        sqlx::Error::PoolTimedOut => StoreError::Saturated(Box::new(e)),
+        // PostgreSQL: too_many_connections, and query_canceled (a statement timeout).
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .is_some_and(|code| matches!(&*code, "53300" | "57014")) =>
+        {
+            StoreError::Saturated(Box::new(e))
+        }
         _ => StoreError::Backend(Box::new(e)),
     }
+}
+
+/// Whether `record` keeps root keys manageable at `now`: a root key without a tenant that is
+/// enabled, not revoked, not expired, and grants `root.manage`. A tenant-scoped root key does
+/// not count: it cannot mint an unscoped root key, so it cannot recover the installation.
+pub(crate) fn manages_root(record: &KeyRecord, now: OffsetDateTime) -> bool {
+    record.kind == KeyKind::Root
+        && record.tenant.is_none()
+        && record.enabled
+        && record.revoked_at.is_none()
+        && record.expires_at.is_none_or(|at| at > now)
+        && keyward_core::permission::granted(&record.permissions, "root.manage")
+}
+
+/// The last-root-key guard, run by both backends inside a key write's transaction (under the
+/// write lock, so two writes cannot both see the other's key as the one that remains):
+/// a write that turns a key that [`manages_root`] into one that does not is refused with
+/// [`StoreError::LastRootKey`] unless one of `others` (every other unrevoked root key, read
+/// in the same transaction) still manages root keys. `now` is the write's audit time.
+pub(crate) fn check_root_guard(
+    before: Option<&KeyRecord>,
+    after: &KeyRecord,
+    others: &[KeyRecord],
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let loses_one = before.is_some_and(|b| manages_root(b, now)) && !manages_root(after, now);
+    if loses_one
+        && !others
+            .iter()
+            .any(|r| r.key_id != after.key_id && manages_root(r, now))
+    {
+        return Err(StoreError::LastRootKey(after.key_id.clone()));
+    }
+    Ok(())
 }
 
 pub(crate) fn to_millis(t: OffsetDateTime) -> i64 {

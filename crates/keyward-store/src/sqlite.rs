@@ -13,7 +13,7 @@ use keyward_core::audit::{AuditDraft, AuditEvent, GENESIS_HASH};
 use keyward_core::key::KeyHash;
 use keyward_core::permission::Permission;
 use keyward_core::quota::{Balance, QuotaConfig, current_balance};
-use keyward_core::record::{KeyRecord, KeyStatus, Plan, SecretInfo};
+use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, Plan, SecretInfo};
 use keyward_core::route::RoutePattern;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
@@ -22,8 +22,8 @@ use time::OffsetDateTime;
 use keyward_core::usage::UsageCount;
 
 use crate::sql::{
-    backend, event_from_row, json_text, opt_from_millis, plan_from_row, record_from_row,
-    secret_from_row, to_millis,
+    backend, check_root_guard, event_from_row, json_text, opt_from_millis, plan_from_row,
+    record_from_row, secret_from_row, to_millis,
 };
 use crate::usage::{UsageQuery, UsageTuple, page, to_i64};
 use crate::{
@@ -213,6 +213,25 @@ async fn append_in(conn: &mut SqliteConnection, draft: AuditDraft) -> Result<i64
     Ok(seq)
 }
 
+/// The last-root-key guard ([`check_root_guard`]) over the root keys as this transaction
+/// sees them; the caller holds the write lock, so no other write can change them meanwhile.
+async fn root_guard(
+    conn: &mut SqliteConnection,
+    after: &KeyRecord,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let rows = sqlx::query("SELECT * FROM keys WHERE kind = 'root' AND revoked_at IS NULL")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let roots = rows
+        .iter()
+        .map(record_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let before = roots.iter().find(|k| k.key_id == after.key_id);
+    check_root_guard(before, after, &roots, now)
+}
+
 /// Applies a key write and appends its audit event inside the caller's write transaction.
 async fn write_key_in(conn: &mut SqliteConnection, write: KeyWrite) -> Result<i64, StoreError> {
     let KeyWrite {
@@ -238,6 +257,9 @@ async fn write_key_in(conn: &mut SqliteConnection, write: KeyWrite) -> Result<i6
              WHERE key_id = ?1 AND version = ?21"
         }
     };
+    if r.kind == KeyKind::Root && expected_version.is_some() {
+        root_guard(conn, &r, audit.time).await?;
+    }
     if let Some(plan) = &r.policy.plan {
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM plans WHERE plan_id = ?1")
             .bind(plan)

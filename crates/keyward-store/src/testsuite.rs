@@ -89,6 +89,7 @@ pub(crate) async fn run_all(store: &dyn KeyStore) {
     first_root_key_once(store).await;
     usage(store).await;
     audit_by_tenant(store).await;
+    finding_11_the_last_root_manage_key_is_guarded_inside_the_write(store).await;
 }
 
 /// The tenant filter of the audit log (a tenant-scoped root key's view): events whose target
@@ -809,4 +810,131 @@ async fn audit_chain(store: &dyn KeyStore) {
         .unwrap();
     assert_eq!(failures.items.len(), 1);
     assert_eq!(failures.items[0].summary, json!({"reason": "NOT_FOUND"}));
+}
+
+/// Issue 10, finding 11: the "last root.manage key" check runs inside the write's
+/// transaction. A write that would leave no usable root key with `root.manage` is refused
+/// even though the caller's own check (made before, outside the transaction) passed: this is
+/// what makes two revocations racing on the last two such keys leave one.
+async fn finding_11_the_last_root_manage_key_is_guarded_inside_the_write(store: &dyn KeyStore) {
+    let now = T0 + Duration::hours(1);
+    let create = |n: usize, permissions: &[&str]| {
+        let mut write = new_key_write(&id(n), &format!("kwroot_guard_{n}"));
+        write.record.kind = KeyKind::Root;
+        write.record.tenant = None;
+        write.record.permissions = permissions
+            .iter()
+            .map(|p| Permission::new(p).unwrap())
+            .collect();
+        write.audit.action = AuditAction::RootCreate;
+        write
+    };
+    // Root keys earlier checks left behind hold no root.manage, so they do not count.
+    let leftovers = store
+        .list_keys(&KeyFilter {
+            kind: KeyKind::Root,
+            owner: None,
+            tenant: None,
+            status: Some(KeyStatus::Active),
+            now,
+            limit: 1000,
+            after: None,
+        })
+        .await
+        .unwrap();
+    for key in leftovers.items {
+        assert!(!key.permissions.iter().any(|p| p.grants("root.manage")));
+    }
+    let change = |current: &KeyRecord, f: &dyn Fn(&mut KeyRecord)| {
+        let mut next = current.clone();
+        f(&mut next);
+        next.version = current.version + 1;
+        KeyWrite {
+            record: next,
+            expected_version: Some(current.version),
+            new_secret: None,
+            secret_ends: vec![],
+            audit: AuditDraft {
+                time: now,
+                ..draft(AuditAction::RootRevoke, &current.key_id)
+            },
+        }
+    };
+    let get = |n: usize| async move { store.get_key(&id(n), now).await.unwrap().unwrap() };
+    let revoke = |r: &mut KeyRecord| {
+        r.revoked_at = Some(now);
+        r.revoked_reason = Some("test".into());
+    };
+
+    store.write_key(create(200, &["*"])).await.unwrap();
+    store
+        .write_key(create(201, &["root.manage"]))
+        .await
+        .unwrap();
+    store.write_key(create(202, &["keys.read"])).await.unwrap();
+    // A tenant-scoped root.manage key is not one that remains: it cannot mint an unscoped
+    // root key (issue 10, finding 7).
+    let mut scoped = create(205, &["root.manage"]);
+    scoped.record.tenant = Some("acme".into());
+    store.write_key(scoped).await.unwrap();
+
+    // Both callers checked that another root.manage key exists, and both were right when
+    // they looked. The first revocation commits; the second would leave none.
+    let (a, b) = (get(200).await, get(201).await);
+    store.write_key(change(&a, &revoke)).await.unwrap();
+    let refused = store.write_key(change(&b, &revoke)).await;
+    assert!(
+        matches!(&refused, Err(StoreError::LastRootKey(k)) if *k == id(201)),
+        "{refused:?}"
+    );
+    let b = get(201).await;
+    assert_eq!(b.revoked_at, None, "the refused write changed nothing");
+    assert_eq!(b.version, 1);
+
+    // Disabling it, moving its expiry to the past, or taking root.manage away is the same.
+    let past = |r: &mut KeyRecord| r.expires_at = Some(now - Duration::seconds(1));
+    let disable = |r: &mut KeyRecord| r.enabled = false;
+    let demote = |r: &mut KeyRecord| r.permissions = vec![Permission::new("keys.*").unwrap()];
+    for f in [&past as &dyn Fn(&mut KeyRecord), &disable, &demote] {
+        assert!(matches!(
+            store.write_key(change(&b, f)).await,
+            Err(StoreError::LastRootKey(_))
+        ));
+    }
+    // A future expiry keeps it usable now, and other changes of the last key pass.
+    let later = |r: &mut KeyRecord| r.expires_at = Some(now + Duration::days(1));
+    store.write_key(change(&b, &later)).await.unwrap();
+    // Root keys without root.manage may go.
+    let c = get(202).await;
+    store.write_key(change(&c, &revoke)).await.unwrap();
+
+    // With a second root.manage key the first may go, and the chain records both writes.
+    store.write_key(create(203, &["root.*"])).await.unwrap();
+    let b = get(201).await;
+    store.write_key(change(&b, &revoke)).await.unwrap();
+    let d = get(203).await;
+    assert!(matches!(
+        store.write_key(change(&d, &revoke)).await,
+        Err(StoreError::LastRootKey(_))
+    ));
+
+    // Two revocations racing on the last two root.manage keys: exactly one commits.
+    store
+        .write_key(create(204, &["root.manage"]))
+        .await
+        .unwrap();
+    let e = get(204).await;
+    let (first, second) = tokio::join!(
+        store.write_key(change(&d, &revoke)),
+        store.write_key(change(&e, &revoke))
+    );
+    let refused = [&first, &second]
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::LastRootKey(_))))
+        .count();
+    assert_eq!(
+        (first.is_ok() as u8 + second.is_ok() as u8, refused),
+        (1, 1),
+        "{first:?} {second:?}"
+    );
 }

@@ -16,7 +16,7 @@
 //! # async fn example(engine: std::sync::Arc<keyward_engine::Keyward>) -> Result<(), keyward_webhooks::WebhookError> {
 //! let config = keyward_webhooks::WebhookConfig::new(
 //!     vec!["http://alerts.internal/keyward".to_owned()],
-//!     b"shared secret".to_vec(),
+//!     b"a shared secret of at least 32 bytes".to_vec(),
 //! )?;
 //! let dispatcher = keyward_webhooks::Dispatcher::spawn(engine.subscribe(), config);
 //! # drop(dispatcher); Ok(()) }
@@ -60,7 +60,17 @@ pub enum WebhookError {
     /// Endpoints without a secret: receivers could not tell keyward's events from forgeries.
     #[error("webhooks need a signing secret (--webhook-secret or KEYWARD_WEBHOOK_SECRET)")]
     MissingSecret,
+    /// A secret shorter than [`MIN_SECRET_BYTES`]: short enough to guess offline from one
+    /// signed payload.
+    #[error(
+        "the webhook secret is {0} bytes; it must be at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)"
+    )]
+    ShortSecret(usize),
 }
+
+/// Shortest webhook secret accepted, in bytes: HMAC-SHA256's own output size, so the key is
+/// never the weaker part (RFC 2104 section 3 recommends keys no shorter than the hash output).
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Where and how events are delivered.
 #[derive(Clone)]
@@ -99,6 +109,9 @@ impl WebhookConfig {
         let secret = Zeroizing::new(secret);
         if secret.is_empty() {
             return Err(WebhookError::MissingSecret);
+        }
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(WebhookError::ShortSecret(secret.len()));
         }
         let endpoints = endpoints
             .into_iter()
@@ -357,17 +370,17 @@ async fn attempt_once(
 mod tests {
     use super::*;
 
+    const SECRET: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+
     #[test]
     fn only_http_urls_and_a_secret_are_accepted() {
-        assert!(WebhookConfig::new(vec!["http://127.0.0.1:9/x".into()], b"s".to_vec()).is_ok());
+        let ok = |url: &str| WebhookConfig::new(vec![url.into()], SECRET.to_vec());
+        assert!(ok("http://127.0.0.1:9/x").is_ok());
         assert!(matches!(
-            WebhookConfig::new(vec!["https://example.com".into()], b"s".to_vec()),
+            ok("https://example.com"),
             Err(WebhookError::UnsupportedScheme(_))
         ));
-        assert!(matches!(
-            WebhookConfig::new(vec!["not a url".into()], b"s".to_vec()),
-            Err(WebhookError::InvalidUrl(_))
-        ));
+        assert!(matches!(ok("not a url"), Err(WebhookError::InvalidUrl(_))));
         assert!(matches!(
             WebhookConfig::new(vec!["http://x".into()], Vec::new()),
             Err(WebhookError::MissingSecret)
@@ -375,9 +388,23 @@ mod tests {
     }
 
     #[test]
+    fn secrets_shorter_than_32_bytes_are_refused() {
+        let url = || vec!["http://127.0.0.1:9/x".to_owned()];
+        for len in [1, 16, 31] {
+            let err = WebhookConfig::new(url(), vec![b'x'; len]).unwrap_err();
+            assert!(
+                matches!(err, WebhookError::ShortSecret(n) if n == len),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("at least 32"), "{err}");
+        }
+        assert!(WebhookConfig::new(url(), vec![b'x'; 32]).is_ok());
+    }
+
+    #[test]
     fn debug_hides_the_secret() {
-        let config = WebhookConfig::new(vec![], b"hunter2".to_vec()).unwrap();
-        assert!(!format!("{config:?}").contains("hunter2"));
+        let config = WebhookConfig::new(vec![], SECRET.to_vec()).unwrap();
+        assert!(!format!("{config:?}").contains("0123456789abcdef"));
     }
 
     #[test]

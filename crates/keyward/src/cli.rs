@@ -228,6 +228,11 @@ pub struct ServeArgs {
     /// overwritten) instead of standard output, which service managers ship to log stores.
     #[arg(long, env = "KEYWARD_BOOTSTRAP_KEY_FILE")]
     pub bootstrap_key_file: Option<PathBuf>,
+    /// Store reads for unknown keys each caller address may cause per minute (also the burst);
+    /// beyond it, keys not in the cache get 429 too_many_unknown_keys without a store read.
+    /// 0 turns the budget off.
+    #[arg(long, env = "KEYWARD_UNKNOWN_KEYS_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub unknown_keys_per_minute: u32,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]

@@ -20,6 +20,7 @@
 //! redis_fallback_credits = 10         # credits per key on this node while Redis is down
 //! stale_if_error_seconds = 300        # store down: keys cached this recently still verify
 //! fail_open_unknown_keys = false      # store down: DANGEROUS, admit unknown well-formed keys
+//! unknown_keys_per_minute = 60        # store reads for unknown keys per caller address (0: off)
 //! redis_reconcile_ms = 100            # how often local_first limits reconcile with Redis
 //! webhooks = ["http://127.0.0.1:9100/keyward"]  # signed event POSTs (secret: the
 //!                                     # KEYWARD_WEBHOOK_SECRET environment variable)
@@ -99,6 +100,7 @@ struct FileConfig {
     stale_if_error_seconds: Option<u64>,
     #[serde(default)]
     fail_open_unknown_keys: bool,
+    unknown_keys_per_minute: Option<u32>,
     redis_reconcile_ms: Option<u64>,
     #[serde(default)]
     webhooks: Vec<String>,
@@ -165,6 +167,8 @@ pub struct Loaded {
     /// Store outage behaviour (see README "When the store is down").
     pub stale_if_error: Duration,
     pub fail_open_unknown_keys: bool,
+    /// Store reads for unknown keys per caller address and minute (0: no budget).
+    pub unknown_keys_per_minute: u32,
     pub gateway: GatewayConfig,
     /// Webhook endpoints (the secret comes from KEYWARD_WEBHOOK_SECRET).
     pub webhooks: Vec<String>,
@@ -377,6 +381,10 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             Duration::from_secs,
         ),
         fail_open_unknown_keys: file.fail_open_unknown_keys,
+        unknown_keys_per_minute: file
+            .unknown_keys_per_minute
+            .unwrap_or(keyward_engine::UnknownKeyBudget::default().per_minute)
+            .min(1_000_000),
         listen: file.listen,
         data_dir: file.data_dir,
         store: file.store,
@@ -463,6 +471,18 @@ async fn serve(
             config_path.display()
         ),
     };
+    // Settings are checked before the store is touched or a root key minted.
+    let secret = std::env::var("KEYWARD_WEBHOOK_SECRET")
+        .ok()
+        .and_then(|s| s.parse::<crate::notify::WebhookSecret>().ok());
+    let notify = crate::notify::Settings {
+        webhooks: crate::notify::webhook_config(
+            loaded.webhooks.clone(),
+            secret.as_ref(),
+            loaded.webhook_max_attempts,
+        )?,
+        rotation: loaded.rotation.clone(),
+    };
     let store = crate::store::Store::open(
         store_url,
         &data_dir,
@@ -476,26 +496,14 @@ async fn serve(
             ..keyward_engine::CacheConfig::default()
         },
         fail_open_unknown_keys: loaded.fail_open_unknown_keys,
+        unknown_key_budget: crate::serve::unknown_key_budget(loaded.unknown_keys_per_minute),
     };
     let engine = Arc::new(crate::serve::with_redis(
         Keyward::new(store.shared(), Arc::new(SystemClock), config).with_anomaly_detection(anomaly),
         loaded.redis.clone(),
     )?);
     crate::bootstrap::announce(&engine, loaded.bootstrap_key_file.as_deref()).await?;
-    let secret = std::env::var("KEYWARD_WEBHOOK_SECRET")
-        .ok()
-        .and_then(|s| s.parse::<crate::notify::WebhookSecret>().ok());
-    let _webhooks = crate::notify::start(
-        &engine,
-        crate::notify::Settings {
-            webhooks: crate::notify::webhook_config(
-                loaded.webhooks.clone(),
-                secret.as_ref(),
-                loaded.webhook_max_attempts,
-            )?,
-            rotation: loaded.rotation.clone(),
-        },
-    );
+    let _webhooks = crate::notify::start(&engine, notify);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin = match loaded.admin_listen {
         Some(addr) => {
@@ -586,6 +594,7 @@ redis_fallback_nodes = 3
 redis_fallback_credits = 7
 stale_if_error_seconds = 60
 fail_open_unknown_keys = true
+unknown_keys_per_minute = 0
 otlp_endpoint = "http://127.0.0.1:4317"
 otlp_service_name = "edge"
 bootstrap_key_file = "/run/keyward/root-key"
@@ -639,6 +648,7 @@ case_sensitive = true
         assert_eq!(redis.fallback_credits, 7);
         assert_eq!(loaded.stale_if_error, Duration::from_secs(60));
         assert!(loaded.fail_open_unknown_keys);
+        assert_eq!(loaded.unknown_keys_per_minute, 0);
         assert_eq!(
             loaded.otlp_endpoint.as_deref(),
             Some("http://127.0.0.1:4317")
@@ -657,6 +667,7 @@ case_sensitive = true
         let route = &plain.gateway.routes[0];
         assert!(route.tenant.is_none() && route.environment.is_none());
         assert!(!route.allow_path_params && !route.prefix.is_case_sensitive());
+        assert_eq!(plain.unknown_keys_per_minute, 60);
         assert_eq!(plain.stale_if_error, Duration::from_secs(300));
         assert!(plain.redis.is_none());
         assert!(plain.otlp_endpoint.is_none());

@@ -25,6 +25,8 @@ impl std::str::FromStr for WebhookSecret {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // The length (at least 32 bytes) is checked by `WebhookConfig::new`, not here: clap
+        // quotes the value it rejects, and a secret must not reach an error message.
         if s.is_empty() {
             return Err("must not be empty".to_owned());
         }

@@ -89,6 +89,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Checked before anything starts: a bad listener setting is a usage error.
     let connections = args.listener.connections("admin")?;
+    // Settings are checked before the store is touched or a root key minted.
+    let notify = args.notify.settings()?;
     let store = crate::store::Store::open(
         args.store.as_deref(),
         &args.data_dir,
@@ -108,6 +110,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         quota_lease: args.quota_lease,
         fail_open_unknown_keys: args.fail_open_unknown_keys,
+        unknown_key_budget: unknown_key_budget(args.unknown_keys_per_minute),
     };
     let engine = Arc::new(with_redis(
         Keyward::new(store.shared(), Arc::new(SystemClock), config)
@@ -115,7 +118,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.redis.config(),
     )?);
     crate::bootstrap::announce(&engine, args.bootstrap_key_file.as_deref()).await?;
-    let _webhooks = crate::notify::start(&engine, args.notify.settings()?);
+    let _webhooks = crate::notify::start(&engine, notify);
     let flusher = spawn_upkeep(
         Arc::clone(&engine),
         Duration::from_secs(args.last_used_flush_seconds),
@@ -181,6 +184,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 pub async fn stop_upkeep(upkeep: tokio::task::JoinHandle<()>) {
     upkeep.abort();
     let _ = upkeep.await;
+}
+
+/// The per-address budget of unknown-key store reads for `--unknown-keys-per-minute` (or the
+/// gateway's `unknown_keys_per_minute`): that many a minute, and as many at once.
+pub fn unknown_key_budget(per_minute: u32) -> keyward_engine::UnknownKeyBudget {
+    keyward_engine::UnknownKeyBudget {
+        per_minute,
+        burst: per_minute,
+        ..keyward_engine::UnknownKeyBudget::default()
+    }
 }
 
 /// Adds shared limits and quotas on Redis to an engine, if configured.

@@ -203,6 +203,54 @@ async fn statement_timeout_applies_to_every_connection() {
     db.drop().await;
 }
 
+/// Issue 10, finding 5: a pool with every connection busy is saturation, not an outage. With
+/// one connection held, a lookup times out waiting for the pool; the server answered a call
+/// moments ago, so the error is `Saturated` (which the engine sheds without marking the store
+/// down or failing open). The same timeout with no answer from the server in the last acquire
+/// timeout is an outage (`Backend`): sqlx reports a refused connection the same way.
+#[tokio::test]
+async fn finding_5_a_full_pool_is_saturation_not_an_outage() {
+    let Some(db) = TestDb::new("finding_5_a_full_pool_is_saturation_not_an_outage") else {
+        return;
+    };
+    let store = PostgresStore::connect(
+        &db.url,
+        PostgresOptions {
+            max_connections: 1,
+            acquire_timeout: Duration::from_millis(300),
+            ..db.options("a")
+        },
+    )
+    .await
+    .unwrap();
+    store.ping().await.unwrap();
+    let held = store.pool.acquire().await.unwrap();
+    let hash = KeyHash::sha256_of("kw_live_flood");
+    let err = store.find_by_hash(&hash, T0).await.unwrap_err();
+    assert!(matches!(err, StoreError::Saturated(_)), "{err:?}");
+
+    // A node whose server has not answered within the acquire timeout: an outage.
+    let silent = PostgresStore {
+        answered: Arc::new(Answered::new()),
+        ..store.clone()
+    };
+    let err = silent.find_by_hash(&hash, T0).await.unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+
+    drop(held);
+    assert_eq!(store.find_by_hash(&hash, T0).await.unwrap(), None);
+    store.close().await;
+    db.drop().await;
+}
+
+#[test]
+fn a_server_that_never_answered_has_not_answered_lately() {
+    let answered = Answered::new();
+    assert!(!answered.within(Duration::from_secs(3600)));
+    answered.note();
+    assert!(answered.within(Duration::from_secs(1)));
+}
+
 #[tokio::test]
 async fn a_read_survives_its_connection_being_killed() {
     let Some(db) = TestDb::new("a_read_survives_its_connection_being_killed") else {

@@ -118,3 +118,45 @@ fn simulate_leak_detects_the_leak_within_30_seconds() {
         "{stdout}"
     );
 }
+
+/// Issue 10, finding 4, through the HTTP API: with `disable`, 35 verifications of a secret
+/// ended by rotation are a failure burst, reported and never acted on; the new secret keeps
+/// verifying.
+#[tokio::test]
+async fn finding_4_an_old_secret_cannot_switch_off_the_live_key() {
+    let server = Server::start_with(|engine| {
+        engine.with_anomaly_detection(AnomalyConfig {
+            on_anomaly: AnomalyAction::Disable,
+            ..AnomalyConfig::default()
+        })
+    })
+    .await;
+    let (old, key_id) = server.create(json!({"owner": "svc"})).await;
+    let rotated = server
+        .admin(
+            "POST",
+            &format!("/v1/keys/{key_id}/rotate"),
+            Some(json!({"grace_period_seconds": 0})),
+        )
+        .await;
+    assert_eq!(rotated.status, 201);
+    let new = rotated.json()["key"].as_str().unwrap().to_owned();
+    let mut outcomes = Vec::new();
+    for _ in 0..35 {
+        server.clock.advance(Duration::milliseconds(200));
+        let body = server
+            .verify(json!({"key": old, "ip": "203.0.113.66"}))
+            .await;
+        assert_eq!(body["code"], "EXPIRED", "{body}");
+        outcomes.extend(server.engine.drain_anomalies().await);
+    }
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes[0].action, AnomalyAction::Alert);
+    assert_eq!(server.verify(json!({"key": new})).await["code"], "VALID");
+    let audit = server
+        .admin("GET", "/v1/audit?action=anomaly.detected", None)
+        .await
+        .json();
+    assert_eq!(audit["events"][0]["summary"]["kind"], "key_failure_burst");
+    assert_eq!(audit["events"][0]["summary"]["action"], "alert");
+}

@@ -331,3 +331,40 @@ async fn the_gateway_command_serves_routes_and_the_admin_api() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Issue 10, finding 5: well-formed keys cost nothing to mint, and each unknown one used to be
+/// a store read. Through the gateway, an address presenting many unknown keys gets its
+/// budget (401 `unknown_key`), then 429 `too_many_unknown_keys` with `Retry-After` and no
+/// store read; a key the node has cached still passes from the same address (the budget is
+/// consulted only when the store would be read), and the budget comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn finding_5_a_flood_of_unknown_keys_from_one_address_is_throttled() {
+    let s = Server::start().await;
+    let up = upstream().await;
+    let gw = gateway(&s, vec![route("/api", up, None)]).await;
+    let (key, _) = s.create(json!({"owner": "o"})).await;
+    let unknown = || {
+        keyward_core::key::generate_key(
+            &keyward_core::key::Prefix::new("kw_live").unwrap(),
+            &mut rand::rngs::SysRng,
+        )
+        .unwrap()
+    };
+    assert_eq!(gw.raw("GET", "/api/x", Some(&key), None).await.status, 200);
+    let burst = keyward_engine::UnknownKeyBudget::default().burst;
+    for _ in 0..burst {
+        gw.raw("GET", "/api/x", Some(unknown().expose()), None)
+            .await
+            .problem(401, "unknown_key");
+    }
+    let throttled = gw
+        .raw("GET", "/api/x", Some(unknown().expose()), None)
+        .await;
+    throttled.problem(429, "too_many_unknown_keys");
+    assert_eq!(throttled.header("retry-after"), "1");
+    assert_eq!(gw.raw("GET", "/api/x", Some(&key), None).await.status, 200);
+    s.clock.advance(time::Duration::seconds(1));
+    gw.raw("GET", "/api/x", Some(unknown().expose()), None)
+        .await
+        .problem(401, "unknown_key");
+}

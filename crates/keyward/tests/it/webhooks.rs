@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::testkit::Server;
 
-const SECRET: &[u8] = b"whsec_test_only";
+const SECRET: &[u8] = b"whsec_test_only_0123456789abcdef0123";
 
 /// A request the receiver got.
 struct Received {
@@ -514,4 +514,57 @@ async fn keyward_serve_delivers_to_its_webhook_flags_and_never_logs_the_secret()
     assert_eq!(report.status, 200);
     assert!(!node.log().contains(secret));
     node.kill();
+}
+
+/// Issue 10: a webhook secret shorter than 32 bytes is refused at start, by `serve` (flag or
+/// environment) and by `gateway` (environment), with an error that says why and never quotes
+/// the secret.
+#[test]
+fn webhook_secrets_shorter_than_32_bytes_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let short = "thirty-one-bytes-of-a-secret-xx";
+    assert_eq!(short.len(), 31);
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nwebhooks = [\"http://127.0.0.1:9/hook\"]\n\n[[route]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:9\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let serve = |extra: &[&str], env: Option<&str>| {
+        let mut command = std::process::Command::new(crate::testkit::binary());
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .args(["--webhook", "http://127.0.0.1:9/hook"])
+            .args(extra)
+            .env_remove("KEYWARD_WEBHOOK_SECRET");
+        if let Some(secret) = env {
+            command.env("KEYWARD_WEBHOOK_SECRET", secret);
+        }
+        command
+    };
+    let mut gateway = std::process::Command::new(crate::testkit::binary());
+    gateway
+        .args(["gateway", "--config"])
+        .arg(&config)
+        .env("KEYWARD_WEBHOOK_SECRET", short);
+    for mut command in [
+        serve(&["--webhook-secret", short], None),
+        serve(&[], Some(short)),
+        gateway,
+    ] {
+        let out = command.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {err}");
+        assert!(
+            err.contains("the webhook secret is 31 bytes; it must be at least 32"),
+            "{command:?}: {err}"
+        );
+        assert!(!err.contains(short), "{err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(short));
+    }
 }
