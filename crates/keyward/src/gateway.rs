@@ -504,6 +504,7 @@ async fn serve(
     )?);
     crate::bootstrap::announce(&engine, loaded.bootstrap_key_file.as_deref()).await?;
     let _webhooks = crate::notify::start(&engine, notify);
+    let signalled = crate::serve::shutdown_signal();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin = match loaded.admin_listen {
         Some(addr) => {
@@ -549,7 +550,7 @@ async fn serve(
         "keyward: gateway listening on http://{bound} ({} threads)",
         loaded.threads
     );
-    crate::serve::shutdown_signal().await;
+    signalled.await;
     let _ = stop_tx.send(true);
     let served = async {
         join_per_core(gateway).await?;

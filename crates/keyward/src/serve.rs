@@ -55,27 +55,37 @@ pub async fn shutdown_traces(traces: Option<Traces>) {
     }
 }
 
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: call it before announcing the listener, so a SIGTERM sent right
+/// after the "listening on" line still shuts down gracefully instead of killing the process.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
+            (Ok(mut interrupt), Ok(mut term)) => {
                 tokio::select! {
-                    _ = interrupt => {}
+                    _ = interrupt.recv() => {}
                     _ = term.recv() => {}
                 }
             }
-            Err(_) => {
-                let _ = interrupt.await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down");
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
-    tracing::info!("shutting down");
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -147,6 +157,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     // The admin API stays on the work-stealing runtime: its requests vary in cost, and a
     // per-core split measured a worse tail (one thread can get most connections).
+    let signalled = shutdown_signal();
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -160,7 +171,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let location = store.describe(&args.data_dir);
     println!("keyward: listening on http://{local} ({location})");
     tracing::info!(%local, %location, "keyward listening");
-    shutdown_signal().await;
+    signalled.await;
     let _ = stop_tx.send(true);
     let served = async {
         http.await.context("HTTP task")?.context("serving HTTP")?;
