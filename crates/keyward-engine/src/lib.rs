@@ -647,13 +647,62 @@ impl Keyward {
         if cost > MAX_COST {
             return Err(FieldError::new("cost", format!("must be at most {MAX_COST}")).into());
         }
-        let result = self
-            .verify_scoped(presented, request, KeyKind::Api, cost, scope)
-            .await;
+        let result = match (scope, request.ip) {
+            (Scope::Tenant(_), Some(ip)) => {
+                self.verify_scoped_budgeted(presented, request, cost, scope, ip)
+                    .await
+            }
+            _ => {
+                self.verify_scoped(presented, request, KeyKind::Api, cost, scope)
+                    .await
+            }
+        };
         log_verification(&result);
         if let Ok(verification) = &result {
             self.anomaly
                 .observe(verification, request.ip, self.clock.now());
+        }
+        result
+    }
+
+    /// A scoped caller's verification, with the unknown-key budget of the address it names.
+    ///
+    /// The caller chooses that address, so the budget must not tell it whether a key outside
+    /// its scope exists: such a key has to cost exactly what a key never issued costs, in every
+    /// state of the cache. So, for scoped callers only, the budget is checked before any
+    /// lookup except of a key of its own tenant this node has cached, and every `NOT_FOUND`
+    /// answer takes a token, whether the store was read or not (the unscoped rule, a token per
+    /// store read that found nothing, would charge a never-issued key once and then answer
+    /// it from the not-found cache for free, while another tenant's key costs nothing).
+    async fn verify_scoped_budgeted(
+        &self,
+        presented: &str,
+        request: &VerifyRequest<'_>,
+        cost: u64,
+        scope: Scope<'_>,
+        ip: std::net::IpAddr,
+    ) -> Result<Verification, EngineError> {
+        if let Ok(parsed) = ParsedKey::parse(presented) {
+            let known_here = self.cache.known_record(&parsed.hash()).is_some_and(|cached| {
+                cached.record.kind == KeyKind::Api
+                    && scope.admits(cached.record.tenant.as_deref())
+            });
+            if !known_here
+                && let Err(retry_after_seconds) =
+                    self.unknown_keys.check(Some(ip), self.clock.now())
+            {
+                return Err(EngineError::TooManyUnknownKeys {
+                    retry_after_seconds,
+                });
+            }
+        }
+        let result = self
+            .verify_scoped(presented, request, KeyKind::Api, cost, scope)
+            .await;
+        if let Ok(v) = &result
+            && v.code == VerifyCode::NotFound
+        {
+            self.unknown_keys.charge(Some(ip), self.clock.now());
         }
         result
     }
@@ -718,7 +767,12 @@ impl Keyward {
         let hash = parsed.hash();
         let now = self.clock.now();
         let mut degraded = None;
-        let found = match self.lookup(&hash, now, request.ip, &mut degraded).await {
+        // A scoped caller's budget is kept by `verify_scoped_budgeted`, not by the store read.
+        let budget_ip = match scope {
+            Scope::All => request.ip,
+            Scope::Tenant(_) => None,
+        };
+        let found = match self.lookup(&hash, now, budget_ip, &mut degraded).await {
             // Never where the request requires a tenant or environment: an unknown key's
             // cannot be known, and admitting it would open one tenant's route to any key. A
             // scoped caller never fails open either, for the same reason.
