@@ -1875,37 +1875,6 @@ impl Keyward {
         Ok(Rotated { key, record, plan })
     }
 
-    /// Refuses to revoke `key_id` if it is the last usable root key holding `root.manage`:
-    /// without one, nobody could ever create a root key again.
-    async fn ensure_root_remains(&self, key_id: &str) -> Result<(), EngineError> {
-        let mut query = ListKeys {
-            status: Some(KeyStatus::Active),
-            limit: Some(MAX_PAGE),
-            ..ListKeys::default()
-        };
-        loop {
-            let page = self.list_keys(KeyKind::Root, query.clone()).await?;
-            // Only an unscoped key can create unscoped root keys, so only those count.
-            let other_admin = page.items.iter().any(|r| {
-                r.key_id != key_id
-                    && r.tenant.is_none()
-                    && r.enabled
-                    && keyward_core::permission::granted(&r.permissions, "root.manage")
-            });
-            if other_admin {
-                return Ok(());
-            }
-            match page.next_cursor {
-                Some(cursor) => query.after = Some(cursor),
-                None => {
-                    return Err(EngineError::LastRootKey {
-                        key_id: key_id.to_owned(),
-                    });
-                }
-            }
-        }
-    }
-
     /// Revokes a key of `kind`: every secret fails with REVOKED from now on.
     pub async fn revoke_key(
         &self,
@@ -1915,11 +1884,9 @@ impl Keyward {
         reason: &str,
     ) -> Result<KeyRecord, EngineError> {
         let reason = validate::reason(reason)?;
-        if kind == KeyKind::Root {
-            // Out of scope is not found, before the last-key check could tell otherwise.
-            self.get_key_as(actor, kind, key_id).await?;
-            self.ensure_root_remains(key_id).await?;
-        }
+        // The last usable root.manage key is guarded inside the write's transaction by the
+        // store (`KeyStore::write_key`), for the key being revoked only; an out-of-scope key
+        // is not found first (`modify_as`), before that guard could tell otherwise.
         let record = self
             .modify_as(actor, kind, key_id, |current, now| {
                 if current.revoked_at.is_some() {
