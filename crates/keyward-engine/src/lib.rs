@@ -683,10 +683,13 @@ impl Keyward {
         ip: std::net::IpAddr,
     ) -> Result<Verification, EngineError> {
         if let Ok(parsed) = ParsedKey::parse(presented) {
-            let known_here = self.cache.known_record(&parsed.hash()).is_some_and(|cached| {
-                cached.record.kind == KeyKind::Api
-                    && scope.admits(cached.record.tenant.as_deref())
-            });
+            let known_here = self
+                .cache
+                .known_record(&parsed.hash())
+                .is_some_and(|cached| {
+                    cached.record.kind == KeyKind::Api
+                        && scope.admits(cached.record.tenant.as_deref())
+                });
             if !known_here
                 && let Err(retry_after_seconds) =
                     self.unknown_keys.check(Some(ip), self.clock.now())

@@ -93,7 +93,12 @@ async fn review_a_root_key_without_root_manage_can_always_be_revoked() {
         .await
         .unwrap();
     f.engine
-        .revoke_key(&acme_admin, KeyKind::Root, &acme_leaked.record.key_id, "leaked")
+        .revoke_key(
+            &acme_admin,
+            KeyKind::Root,
+            &acme_leaked.record.key_id,
+            "leaked",
+        )
         .await
         .unwrap();
 }

@@ -336,7 +336,10 @@ async fn review_scoped_key_cannot_probe_other_tenant_via_unknown_key_budget() {
     // One of globex's keys is in this node's cache (globex's own traffic verified it), the
     // other has never been verified here.
     let cached = globex_key().await;
-    let v = f.engine.verify(cached.expose(), &VerifyRequest::default()).await;
+    let v = f
+        .engine
+        .verify(cached.expose(), &VerifyRequest::default())
+        .await;
     assert_eq!(v.unwrap().code, VerifyCode::Valid);
     let uncached = globex_key().await;
     let never_issued = unknown_key();
@@ -350,13 +353,10 @@ async fn review_scoped_key_cannot_probe_other_tenant_via_unknown_key_budget() {
         let engine = &f.engine;
         let acme = &acme;
         async move {
-            let answer = |key: String| {
-                let request = request.clone();
-                async move {
-                    match engine.verify_as(acme, &key, &request, 1).await {
-                        Ok(v) => format!("{:?}", v.code),
-                        Err(e) => format!("{e:?}"),
-                    }
+            let answer = |key: String| async move {
+                match engine.verify_as(acme, &key, &request, 1).await {
+                    Ok(v) => format!("{:?}", v.code),
+                    Err(e) => format!("{e:?}"),
                 }
             };
             let mut seen = vec![
