@@ -31,7 +31,8 @@
 //! matched as `/orders`, so a trailing slash can neither gain nor lose access.
 //!
 //! Case is kept. Gateway routes compare ASCII letters case-insensitively unless a route is
-//! case-sensitive ([`PathPrefix`]); key allowlists compare exactly ([`crate::route`]).
+//! case-sensitive, and take `%2B` for `+` and `%2A` for `*` ([`PathPrefix`]); key allowlists
+//! compare exactly ([`crate::route`]).
 //!
 //! ```
 //! use keyward_core::path::{PathOptions, PathPrefix, longest_prefix, normalize};
@@ -416,16 +417,15 @@ impl PathPrefix {
         self.case_sensitive
     }
 
-    /// True if `path` starts with this prefix, segment by segment.
+    /// True if `path` starts with this prefix, segment by segment (`%2B` and `+`, `%2A` and
+    /// `*` compared as equal, see `same_segment`).
     pub fn matches(&self, path: &NormalPath) -> bool {
         path.len() >= self.normal.len()
-            && self.normal.segments().zip(path.segments()).all(|(p, s)| {
-                if self.case_sensitive {
-                    p == s
-                } else {
-                    p.eq_ignore_ascii_case(s)
-                }
-            })
+            && self
+                .normal
+                .segments()
+                .zip(path.segments())
+                .all(|(p, s)| same_segment(p, s, !self.case_sensitive))
     }
 
     /// True if the two prefixes are the same path ignoring ASCII case: two such routes would
@@ -436,7 +436,47 @@ impl PathPrefix {
                 .normal
                 .segments()
                 .zip(other.normal.segments())
-                .all(|(a, b)| a.eq_ignore_ascii_case(b))
+                .all(|(a, b)| same_segment(a, b, true))
+    }
+}
+
+/// Compares two normal-form segments for route choice. The normal form keeps `%2B` and `%2A`
+/// apart from `+` and `*` (some servers read a raw `+` as a space, and `*` is the allowlist
+/// wildcard), but most upstreams decode them to `+` and `*`: if route choice told them apart,
+/// `/files/a%2Bb` would fall under a `/files` route and reach `/files/a+b` without a
+/// `/files/a+b` route's requirements. So here each is equal to its escape. Other escapes have
+/// one spelling in the normal form (upper-case hex), so they compare byte by byte.
+fn same_segment(a: &str, b: &str, fold_case: bool) -> bool {
+    let same_byte = |x: u8, y: u8| {
+        if fold_case {
+            x.eq_ignore_ascii_case(&y)
+        } else {
+            x == y
+        }
+    };
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if !a.contains(&b'%') && !b.contains(&b'%') {
+        return a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| same_byte(x, y));
+    }
+    // One unit: `%2B` as `+`, `%2A` as `*`, any other byte as itself.
+    let unit = |s: &[u8]| -> Option<(u8, usize)> {
+        match s {
+            [b'%', b'2', b'B', ..] => Some((b'+', 3)),
+            [b'%', b'2', b'A', ..] => Some((b'*', 3)),
+            [x, ..] => Some((*x, 1)),
+            [] => None,
+        }
+    };
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (unit(&a[i..]), unit(&b[j..])) {
+            (None, None) => return true,
+            (Some((x, n)), Some((y, m))) if same_byte(x, y) => {
+                i += n;
+                j += m;
+            }
+            _ => return false,
+        }
     }
 }
 

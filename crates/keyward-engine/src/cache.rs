@@ -158,6 +158,13 @@ impl VerifyCache {
         }
     }
 
+    /// The record of the key with secret `hash`, if both are cached (fresh or not), without
+    /// counting a lookup: a scoped verification asks this before its real lookup.
+    pub fn known_record(&self, hash: &KeyHash) -> Option<CachedRecord> {
+        let secret = self.secrets.get(hash)?;
+        self.records.get(&secret.key_id)
+    }
+
     pub fn record(&self, key_id: &str) -> Option<CachedRecord> {
         let found = self.records.get(key_id);
         telemetry::cache_lookup("records", found.is_some());

@@ -647,13 +647,65 @@ impl Keyward {
         if cost > MAX_COST {
             return Err(FieldError::new("cost", format!("must be at most {MAX_COST}")).into());
         }
-        let result = self
-            .verify_scoped(presented, request, KeyKind::Api, cost, scope)
-            .await;
+        let result = match (scope, request.ip) {
+            (Scope::Tenant(_), Some(ip)) => {
+                self.verify_scoped_budgeted(presented, request, cost, scope, ip)
+                    .await
+            }
+            _ => {
+                self.verify_scoped(presented, request, KeyKind::Api, cost, scope)
+                    .await
+            }
+        };
         log_verification(&result);
         if let Ok(verification) = &result {
             self.anomaly
                 .observe(verification, request.ip, self.clock.now());
+        }
+        result
+    }
+
+    /// A scoped caller's verification, with the unknown-key budget of the address it names.
+    ///
+    /// The caller chooses that address, so the budget must not tell it whether a key outside
+    /// its scope exists: such a key has to cost exactly what a key never issued costs, in every
+    /// state of the cache. So, for scoped callers only, the budget is checked before any
+    /// lookup except of a key of its own tenant this node has cached, and every `NOT_FOUND`
+    /// answer takes a token, whether the store was read or not (the unscoped rule, a token per
+    /// store read that found nothing, would charge a never-issued key once and then answer
+    /// it from the not-found cache for free, while another tenant's key costs nothing).
+    async fn verify_scoped_budgeted(
+        &self,
+        presented: &str,
+        request: &VerifyRequest<'_>,
+        cost: u64,
+        scope: Scope<'_>,
+        ip: std::net::IpAddr,
+    ) -> Result<Verification, EngineError> {
+        if let Ok(parsed) = ParsedKey::parse(presented) {
+            let known_here = self
+                .cache
+                .known_record(&parsed.hash())
+                .is_some_and(|cached| {
+                    cached.record.kind == KeyKind::Api
+                        && scope.admits(cached.record.tenant.as_deref())
+                });
+            if !known_here
+                && let Err(retry_after_seconds) =
+                    self.unknown_keys.check(Some(ip), self.clock.now())
+            {
+                return Err(EngineError::TooManyUnknownKeys {
+                    retry_after_seconds,
+                });
+            }
+        }
+        let result = self
+            .verify_scoped(presented, request, KeyKind::Api, cost, scope)
+            .await;
+        if let Ok(v) = &result
+            && v.code == VerifyCode::NotFound
+        {
+            self.unknown_keys.charge(Some(ip), self.clock.now());
         }
         result
     }
@@ -718,7 +770,12 @@ impl Keyward {
         let hash = parsed.hash();
         let now = self.clock.now();
         let mut degraded = None;
-        let found = match self.lookup(&hash, now, request.ip, &mut degraded).await {
+        // A scoped caller's budget is kept by `verify_scoped_budgeted`, not by the store read.
+        let budget_ip = match scope {
+            Scope::All => request.ip,
+            Scope::Tenant(_) => None,
+        };
+        let found = match self.lookup(&hash, now, budget_ip, &mut degraded).await {
             // Never where the request requires a tenant or environment: an unknown key's
             // cannot be known, and admitting it would open one tenant's route to any key. A
             // scoped caller never fails open either, for the same reason.
@@ -1821,37 +1878,6 @@ impl Keyward {
         Ok(Rotated { key, record, plan })
     }
 
-    /// Refuses to revoke `key_id` if it is the last usable root key holding `root.manage`:
-    /// without one, nobody could ever create a root key again.
-    async fn ensure_root_remains(&self, key_id: &str) -> Result<(), EngineError> {
-        let mut query = ListKeys {
-            status: Some(KeyStatus::Active),
-            limit: Some(MAX_PAGE),
-            ..ListKeys::default()
-        };
-        loop {
-            let page = self.list_keys(KeyKind::Root, query.clone()).await?;
-            // Only an unscoped key can create unscoped root keys, so only those count.
-            let other_admin = page.items.iter().any(|r| {
-                r.key_id != key_id
-                    && r.tenant.is_none()
-                    && r.enabled
-                    && keyward_core::permission::granted(&r.permissions, "root.manage")
-            });
-            if other_admin {
-                return Ok(());
-            }
-            match page.next_cursor {
-                Some(cursor) => query.after = Some(cursor),
-                None => {
-                    return Err(EngineError::LastRootKey {
-                        key_id: key_id.to_owned(),
-                    });
-                }
-            }
-        }
-    }
-
     /// Revokes a key of `kind`: every secret fails with REVOKED from now on.
     pub async fn revoke_key(
         &self,
@@ -1861,11 +1887,9 @@ impl Keyward {
         reason: &str,
     ) -> Result<KeyRecord, EngineError> {
         let reason = validate::reason(reason)?;
-        if kind == KeyKind::Root {
-            // Out of scope is not found, before the last-key check could tell otherwise.
-            self.get_key_as(actor, kind, key_id).await?;
-            self.ensure_root_remains(key_id).await?;
-        }
+        // The last usable root.manage key is guarded inside the write's transaction by the
+        // store (`KeyStore::write_key`), for the key being revoked only; an out-of-scope key
+        // is not found first (`modify_as`), before that guard could tell otherwise.
         let record = self
             .modify_as(actor, kind, key_id, |current, now| {
                 if current.revoked_at.is_some() {

@@ -289,3 +289,98 @@ async fn a_saturated_read_is_saturated_for_the_callers_that_waited_for_it() {
         ));
     }
 }
+
+/// A tenant-scoped caller chooses the `ip` of its verifications, so the per-address budget of
+/// unknown keys must not tell it whether another tenant's key exists: a key outside its scope
+/// (cached on the node or not, presented once or again) must cost and answer exactly what a
+/// key never issued does, in every state of the budget.
+#[tokio::test]
+async fn review_scoped_key_cannot_probe_other_tenant_via_unknown_key_budget() {
+    let f = fixture_with(EngineConfig {
+        unknown_key_budget: UnknownKeyBudget {
+            per_minute: 1,
+            burst: 3,
+            max_addresses: 1000,
+        },
+        ..EngineConfig::default()
+    })
+    .await;
+    let acme = f
+        .engine
+        .create_root_key(
+            &f.root,
+            crate::NewKey {
+                owner: "acme-admin".into(),
+                tenant: Some("acme".into()),
+                permissions: vec!["keys.verify".into()],
+                ..crate::NewKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    let acme = crate::Principal::new(acme.record);
+    let globex_key = || async {
+        f.engine
+            .create_key(
+                &f.root,
+                crate::NewKey {
+                    owner: "globex".into(),
+                    tenant: Some("globex".into()),
+                    ..crate::NewKey::default()
+                },
+            )
+            .await
+            .unwrap()
+            .key
+    };
+    // One of globex's keys is in this node's cache (globex's own traffic verified it), the
+    // other has never been verified here.
+    let cached = globex_key().await;
+    let v = f
+        .engine
+        .verify(cached.expose(), &VerifyRequest::default())
+        .await;
+    assert_eq!(v.unwrap().code, VerifyCode::Valid);
+    let uncached = globex_key().await;
+    let never_issued = unknown_key();
+
+    // What acme observes presenting `candidate` twice from a fresh address, then unknown keys
+    // until it is refused, then `candidate` again.
+    let mut last_octet = 0;
+    let mut observe = |candidate: String| {
+        last_octet += 1;
+        let request = from([198, 51, 100, last_octet]);
+        let engine = &f.engine;
+        let acme = &acme;
+        async move {
+            let answer = |key: String| async move {
+                match engine.verify_as(acme, &key, &request, 1).await {
+                    Ok(v) => format!("{:?}", v.code),
+                    Err(e) => format!("{e:?}"),
+                }
+            };
+            let mut seen = vec![
+                answer(candidate.clone()).await,
+                answer(candidate.clone()).await,
+            ];
+            let mut passed = 0;
+            while passed < 10 && answer(unknown_key().expose().to_owned()).await == "NotFound" {
+                passed += 1;
+            }
+            seen.push(format!("unknown keys before the budget ran out: {passed}"));
+            seen.push(answer(candidate).await);
+            seen
+        }
+    };
+    let baseline = observe(never_issued.expose().to_owned()).await;
+    // The budget did run out, so each answer below was given in both of its states.
+    assert_eq!(baseline[..2], ["NotFound", "NotFound"]);
+    assert!(!baseline[2].ends_with(": 10"), "{baseline:?}");
+    for (what, key) in [("cached", &cached), ("uncached", &uncached)] {
+        assert_eq!(
+            observe(key.expose().to_owned()).await,
+            baseline,
+            "globex's {what} key must look never issued to acme"
+        );
+    }
+}

@@ -26,6 +26,11 @@
 //! this node had not cached yet; telling its holder that the key is unknown would be false,
 //! and a client may act on it (discard the key, page someone). 429 says what happened.
 //!
+//! A tenant-scoped caller names the address itself, so for it the rule is stricter
+//! (`Keyward::verify_scoped_budgeted`): every `NOT_FOUND` answer takes a token and only a key
+//! of its own tenant that the node has cached skips the check, so that a key of another tenant
+//! costs exactly what a key never issued does.
+//!
 //! Verifications without a caller address (`POST /v1/keys/verify` without `ip`, made by a
 //! holder of a `keys.verify` root key) are not limited. This budget costs nothing on cache
 //! hits: it is consulted only on the store-miss path.

@@ -496,6 +496,35 @@ mod tests {
         }
     }
 
+    /// The normal form keeps `%2B` and `%2A` apart from `+` and `*`, but upstreams decode
+    /// them to `+` and `*`: a route whose prefix has either must be chosen for both spellings,
+    /// or `/files/a%2Bb` falls under `/files` and reaches `/files/a+b` with `/files`' needs.
+    #[test]
+    fn review_encoded_plus_or_star_cannot_dodge_a_more_specific_route() {
+        let config = GatewayConfig {
+            routes: vec![
+                route("/files"),
+                route("/files/a+b"),
+                route("/files/%2Ac"),
+                route("/files/d%2Be"),
+            ],
+            ratelimit_headers_on_success: false,
+        };
+        for (spelling, route) in [
+            ("/files/a+b/x", "/files/a+b"),
+            ("/files/a%2Bb/x", "/files/a+b"),
+            ("/files/a%2bb", "/files/a+b"),
+            ("/files/A%2BB", "/files/a+b"),
+            ("/files/*c", "/files/%2Ac"),
+            ("/files/%2ac/x", "/files/%2Ac"),
+            ("/files/d+e", "/files/d%2Be"),
+            ("/files/a%20b", "/files"),
+            ("/files/ab", "/files"),
+        ] {
+            assert_eq!(chosen(&config, spelling), Some(route), "{spelling}");
+        }
+    }
+
     #[test]
     fn the_query_key_is_removed() {
         assert_eq!(
