@@ -5,13 +5,14 @@
 //! the `origin` (or `referer`) header. Per-route requirements come from Envoy's
 //! `context_extensions`: `keyward_permissions` (a permission query), `keyward_cost` (units),
 //! `keyward_tenant` and `keyward_environment` (only keys of that tenant or environment pass),
-//! `keyward_allow_path_params` (`true` accepts `;` path parameters). A malformed extension is
-//! the route's misconfiguration and fails the call with INVALID_ARGUMENT.
+//! `keyward_allow_path_params` (`true` accepts `;` path parameters).
 //!
-//! The path is normalised as the gateway does ([`keyward_core::path`]). One that cannot be
-//! normalised safely is a denial, never a gRPC error (which Envoy's `failure_mode_allow` would
-//! turn into an admission): HTTP 400 `invalid_request` with `x-keyward-code: INVALID_PATH`,
-//! under the gRPC status INVALID_ARGUMENT.
+//! The path is normalised as the gateway does ([`keyward_core::path`]). What keyward cannot
+//! check as asked is a denial, never a gRPC error (which Envoy's `failure_mode_allow` would
+//! turn into an admission), with HTTP 400 under the gRPC status INVALID_ARGUMENT: a path that
+//! cannot be normalised safely (`invalid_request`, `x-keyward-code: INVALID_PATH`), a malformed
+//! extension (the route's misconfiguration, `invalid_field` naming it), and a request the engine
+//! refuses as invalid, such as a cost above a limit's burst.
 //!
 //! Allowed: gRPC OK with `x-keyward-key-id`, `x-keyward-owner`, `x-keyward-tenant` added to the
 //! upstream request, the key headers removed, and the RateLimit fields added to the response.
@@ -125,6 +126,19 @@ fn denied_path(error: PathError) -> CheckResponse {
     )
 }
 
+/// The denial of a check keyward cannot carry out as asked: a context extension that does not
+/// parse (the route's misconfiguration) or a request the engine refuses as invalid (a cost above
+/// a limit's burst). An answer, never a gRPC error: Envoy's `failure_mode_allow` lets a request
+/// through when the check *fails*, and these must not admit anything.
+fn denied_invalid(problem: crate::error::ApiError) -> Response<CheckResponse> {
+    Response::new(denial(
+        Status::invalid_argument("the check request is invalid"),
+        HttpStatusCode::BadRequest,
+        problem,
+        &HeaderMap::new(),
+    ))
+}
+
 fn denial(
     grpc: Status,
     envoy_status: HttpStatusCode,
@@ -172,33 +186,46 @@ impl Authorization for ExtAuthz {
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
         let extensions = request.attributes.as_ref().map(|a| &a.context_extensions);
-        let query = extensions
+        let misconfigured = |name: &str, detail: String| {
+            Ok(denied_invalid(crate::error::ApiError::field(name, detail)))
+        };
+        let query = match extensions
             .and_then(|e| e.get(PERMISSIONS_EXTENSION))
             .map(|q| PermissionQuery::parse(q))
             .transpose()
-            .map_err(|e| Status::invalid_argument(format!("{PERMISSIONS_EXTENSION}: {e}")))?;
-        let cost = extensions
+        {
+            Ok(query) => query,
+            Err(e) => return misconfigured(PERMISSIONS_EXTENSION, e.to_string()),
+        };
+        let cost = match extensions
             .and_then(|e| e.get(COST_EXTENSION))
             .map(|c| c.parse::<u64>())
             .transpose()
-            .map_err(|_| {
-                Status::invalid_argument(format!("{COST_EXTENSION} must be a whole number"))
-            })?
-            .unwrap_or(1);
+        {
+            Ok(cost) => cost.unwrap_or(1),
+            Err(_) => return misconfigured(COST_EXTENSION, "must be a whole number".into()),
+        };
         let requirement = |name: &str| {
             extensions
                 .and_then(|e| e.get(name))
                 .map(|v| validate::ident(name, v))
                 .transpose()
-                .map_err(|e| Status::invalid_argument(e.to_string()))
         };
-        let tenant = requirement(TENANT_EXTENSION)?;
-        let environment = requirement(ENVIRONMENT_EXTENSION)?;
+        let (tenant, environment) = match (
+            requirement(TENANT_EXTENSION),
+            requirement(ENVIRONMENT_EXTENSION),
+        ) {
+            (Ok(tenant), Ok(environment)) => (tenant, environment),
+            (Err(e), _) | (_, Err(e)) => return Ok(denied_invalid(e.into())),
+        };
         let allow_path_params = match extensions.and_then(|e| e.get(PATH_PARAMS_EXTENSION)) {
             None => false,
-            Some(v) => v.parse::<bool>().map_err(|_| {
-                Status::invalid_argument(format!("{PATH_PARAMS_EXTENSION} must be true or false"))
-            })?,
+            Some(v) => match v.parse::<bool>() {
+                Ok(allow) => allow,
+                Err(_) => {
+                    return misconfigured(PATH_PARAMS_EXTENSION, "must be true or false".into());
+                }
+            },
         };
         // Envoy's `path` is the request target, query included.
         let path = match http
@@ -229,8 +256,8 @@ impl Authorization for ExtAuthz {
         };
         let v = match self.engine.verify_cost(key, &verify, cost).await {
             Ok(v) => v,
-            Err(keyward_engine::EngineError::Invalid(field)) => {
-                return Err(Status::invalid_argument(field.to_string()));
+            Err(e @ keyward_engine::EngineError::Invalid(_)) => {
+                return Ok(denied_invalid(e.into()));
             }
             Err(e @ keyward_engine::EngineError::TooManyUnknownKeys { .. }) => {
                 // Answered like a limit (429, RESOURCE_EXHAUSTED), with its own problem code.

@@ -519,9 +519,11 @@ async fn finding_1_and_6_ext_authz_normalises_the_path_and_requires_tenants() {
     }
     // A malformed requirement is the route's misconfiguration.
     let misconfigured = check(&test_key, "/x", &[("keyward_tenant", "a b")]).await;
+    let (grpc, http, _, body) = check_ok(misconfigured);
     assert_eq!(
-        misconfigured.unwrap_err().code(),
-        tonic::Code::InvalidArgument
+        (grpc, http),
+        (3, Some(400)),
+        "INVALID_ARGUMENT, denied: {body}"
     );
 }
 

@@ -256,7 +256,58 @@ async fn check_over_grpc_allows_denies_and_limits() {
             &[("keyward_cost", "many")],
         ))
         .await;
-    assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+    // A denial, not a gRPC error: Envoy's failure_mode_allow admits on an error.
+    let (code, status, _, body) = outcome(&bad.unwrap().into_inner());
+    assert_eq!((code, status), (3, Some(400)), "INVALID_ARGUMENT, 400");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["code"], "invalid_field");
+    assert_eq!(body["field"], "keyward_cost");
+}
+
+/// Review of issue 10: a check keyward could not carry out was a gRPC error, which Envoy's
+/// `failure_mode_allow` turns into an admitted request, skipping limits and quota; a cost
+/// above a limit's burst (a tenant admin sets both) was one. Every such check is now a denial.
+#[tokio::test(flavor = "multi_thread")]
+async fn review_an_invalid_check_is_denied_never_a_grpc_error() {
+    let s = Server::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(keyward_http::ext_authz::serve_ext_authz(
+        listener,
+        Arc::clone(&s.engine),
+        std::future::pending(),
+    ));
+    let mut client = AuthorizationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (key, _) = s
+        .create(json!({
+            "owner": "o", "permissions": ["orders.read"],
+            "limits": [{"name": "per_second", "limit": 2, "period_seconds": 1}]
+        }))
+        .await;
+    for extensions in [
+        &[("keyward_cost", "5")][..],
+        &[("keyward_permissions", "orders.read AND (")][..],
+        &[("keyward_allow_path_params", "maybe")][..],
+        &[("keyward_environment", "no spaces")][..],
+    ] {
+        let answer = client
+            .check(check_request(
+                Some(&key),
+                "GET",
+                "/orders/1",
+                "10.1.1.1",
+                extensions,
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{extensions:?}: a gRPC error: {e}"))
+            .into_inner();
+        let (code, status, _, body) = outcome(&answer);
+        assert_eq!((code, status), (3, Some(400)), "{extensions:?}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["status"], 400, "{body}");
+    }
 }
 
 /// Issue 10, finding 12: a client's `x-keyward-code` (and every other `x-keyward-*` header it
