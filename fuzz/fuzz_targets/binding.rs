@@ -3,10 +3,11 @@
 //! `Origin` header value.
 //!
 //! Oracles: a parsed block is truncated to its network, contains its first and last address
-//! (also IPv4-mapped), reparses from its display form, and refuses a missing address; an exact
-//! origin pattern admits its own host in any case and with any port; `*.example.com` admits
-//! subdomains but not `example.com`; patterns round-trip through JSON; `origin_host` gives a
-//! non-empty lower-case host; empty allowlists admit everything.
+//! (outside the IPv4-mapped range; an IPv4 block also as IPv4-mapped IPv6), reparses from its
+//! display form and refuses a missing address; an address is admitted by its own entry, whatever
+//! its form; an exact origin pattern admits its own host in any case and with any port;
+//! `*.example.com` admits subdomains but not `example.com`; patterns round-trip through JSON;
+//! `origin_host` gives a non-empty lower-case host; empty allowlists admit everything.
 
 #![no_main]
 
@@ -33,8 +34,15 @@ fuzz_target!(|data: &[u8]| {
             "{net} does not reparse"
         );
         let list = [net];
-        assert!(ip_allowed(&list, Some(net.network())));
-        assert!(ip_allowed(&list, Some(net.broadcast())));
+        // An IPv4-mapped address is an IPv4 caller: IPv6 blocks do not cover it (`::/0` means
+        // every IPv6 caller), so only the ends outside the mapped range must pass.
+        for end in [net.network(), net.broadcast()] {
+            let mapped = matches!(end, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+            assert!(
+                mapped || ip_allowed(&list, Some(end)),
+                "{net} refused {end}"
+            );
+        }
         assert!(!ip_allowed(&list, None), "a missing address passed {net}");
         if let IpNet::V4(v4) = net {
             let mapped = IpAddr::V6(v4.network().to_ipv6_mapped());
@@ -43,10 +51,16 @@ fuzz_target!(|data: &[u8]| {
                 "mapped address refused by {net}"
             );
         }
-        if let Some(ip) = address {
-            let _ = ip_allowed(&list, Some(ip));
-            assert!(ip_allowed(&[IpNet::from(ip)], Some(ip)));
-        }
+        let _ = ip_allowed(&list, address);
+    }
+    if let Some(ip) = address {
+        // The address as an entry of its own admits it, whatever its form (IPv4-mapped
+        // entries were dead before `parse_cidr` turned them into IPv4 blocks).
+        let own = parse_cidr(&ip.to_string()).expect("an address is a block");
+        assert!(
+            ip_allowed(&[own], Some(ip)),
+            "{ip} refused by its own entry {own}"
+        );
     }
 
     assert!(origin_allowed(&[], Some(origin)));
