@@ -18,6 +18,7 @@ pub mod keys;
 pub mod plans;
 pub mod prometheus;
 pub mod reports;
+mod responses;
 pub mod root_keys;
 mod spans;
 pub mod system;
@@ -40,6 +41,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::ApiError;
+use crate::responses::CommonResponses;
 
 /// Largest accepted request body; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -196,7 +198,7 @@ impl Modify for SecurityAddon {
         audit::list_audit, audit::verify_audit, system::healthz, system::readyz, reports::rotation_report,
         usage::get_usage,
     ),
-    modifiers(&SecurityAddon),
+    modifiers(&SecurityAddon, &CommonResponses),
     tags(
         (name = "keys", description = "API key lifecycle"),
         (name = "verify", description = "Key verification"),
