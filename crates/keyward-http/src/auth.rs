@@ -53,6 +53,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         (status = 204, description = "Admitted; identity and RateLimit headers set"),
         (status = 401, description = "No key, or the key does not verify", body = keyward_wire::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Refused: permission, route, IP, origin, or (with X-Keyward-Code) a limit or quota", body = keyward_wire::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A query parameter is invalid, or X-Keyward-Root-Key is missing or not a root key with keys.verify (`auth_misconfigured`: the proxy is misconfigured)", body = keyward_wire::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn nginx_auth(
     State(state): State<AppState>,
@@ -60,8 +61,10 @@ pub async fn nginx_auth(
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<AuthParams>,
 ) -> Result<Response, ApiError> {
-    // nginx's own credential failing is a misconfiguration, not a bad client key: answer 500
-    // (nginx passes it on as 500) so it shows, instead of telling every client its key is bad.
+    // nginx's own credential failing is a misconfiguration, not a bad client key: answer 400,
+    // which nginx turns into a 500 for the client (any status but 2xx, 401 and 403), so it
+    // shows instead of every client being told its key is bad. Not a 5xx of keyward's own:
+    // anyone who reaches this endpoint can send a wrong header, and that is not keyward failing.
     if let Err(e) = state
         .engine
         .authenticate(header(&headers, ROOT_KEY_HEADER), "keys.verify", remote)
