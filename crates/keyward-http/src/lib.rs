@@ -15,6 +15,7 @@ pub mod ext_authz;
 pub mod extract;
 pub mod gateway;
 pub mod keys;
+mod links;
 pub mod plans;
 pub mod prometheus;
 pub mod reports;
@@ -41,6 +42,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::ApiError;
+use crate::links::Links;
 use crate::responses::CommonResponses;
 
 /// Largest accepted request body; larger ones get 413.
@@ -198,7 +200,7 @@ impl Modify for SecurityAddon {
         audit::list_audit, audit::verify_audit, system::healthz, system::readyz, reports::rotation_report,
         usage::get_usage,
     ),
-    modifiers(&SecurityAddon, &CommonResponses),
+    modifiers(&SecurityAddon, &CommonResponses, &Links),
     tags(
         (name = "keys", description = "API key lifecycle"),
         (name = "verify", description = "Key verification"),
@@ -213,7 +215,7 @@ struct ApiDoc;
 
 /// The OpenAPI 3.1 document, pretty-printed (the committed `openapi.json`).
 pub fn openapi_json() -> String {
-    let mut text = ApiDoc::openapi().to_pretty_json().unwrap_or_default();
+    let mut text = links::camel_case(ApiDoc::openapi().to_pretty_json().unwrap_or_default());
     text.push('\n');
     text
 }
