@@ -158,7 +158,10 @@ mod tests {
         assert_eq!(block.to_string(), "192.0.2.0/24");
         assert!(ip_allowed(&[block], ip("192.0.2.200")));
         // Wider than the mapped range: stays an IPv6 block.
-        assert_eq!(parse_cidr("::ffff:0:0/95").unwrap().to_string(), "::fffe:0:0/95");
+        assert_eq!(
+            parse_cidr("::ffff:0:0/95").unwrap().to_string(),
+            "::fffe:0:0/95"
+        );
         assert_eq!(parse_cidr("::1").unwrap().to_string(), "::1/128");
     }
 

@@ -7,41 +7,50 @@ use utoipa::Modify;
 use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::{OpenApi, RefOr};
 
-/// `(path, method, status)` of an answer, the operations its identifier feeds, the path
-/// parameter and where the identifier is in the answer's body.
-const LINKS: &[(&str, &str, &str, &[&str], &str, &str)] = &[
-    (
-        "/v1/keys",
-        "post",
-        "201",
-        KEY_OPERATIONS,
-        "key_id",
-        "$response.body#/record/key_id",
-    ),
-    (
-        "/v1/keys/{key_id}/rotate",
-        "post",
-        "201",
-        KEY_OPERATIONS,
-        "key_id",
-        "$response.body#/record/key_id",
-    ),
-    (
-        "/v1/plans",
-        "post",
-        "201",
-        &["get_plan", "replace_plan", "delete_plan"],
-        "plan_id",
-        "$response.body#/plan_id",
-    ),
-    (
-        "/v1/root-keys",
-        "post",
-        "201",
-        &["revoke_root_key"],
-        "key_id",
-        "$response.body#/record/key_id",
-    ),
+/// An answer (`path`, `method`, `status`) whose body holds an identifier (at `expression`) that
+/// the path parameter `parameter` of each of `targets` takes.
+struct LinkSpec {
+    path: &'static str,
+    method: &'static str,
+    status: &'static str,
+    targets: &'static [&'static str],
+    parameter: &'static str,
+    expression: &'static str,
+}
+
+const LINKS: &[LinkSpec] = &[
+    LinkSpec {
+        path: "/v1/keys",
+        method: "post",
+        status: "201",
+        targets: KEY_OPERATIONS,
+        parameter: "key_id",
+        expression: "$response.body#/record/key_id",
+    },
+    LinkSpec {
+        path: "/v1/keys/{key_id}/rotate",
+        method: "post",
+        status: "201",
+        targets: KEY_OPERATIONS,
+        parameter: "key_id",
+        expression: "$response.body#/record/key_id",
+    },
+    LinkSpec {
+        path: "/v1/plans",
+        method: "post",
+        status: "201",
+        targets: &["get_plan", "replace_plan", "delete_plan"],
+        parameter: "plan_id",
+        expression: "$response.body#/plan_id",
+    },
+    LinkSpec {
+        path: "/v1/root-keys",
+        method: "post",
+        status: "201",
+        targets: &["revoke_root_key"],
+        parameter: "key_id",
+        expression: "$response.body#/record/key_id",
+    },
 ];
 
 const KEY_OPERATIONS: &[&str] = &[
@@ -58,24 +67,24 @@ pub(crate) struct Links;
 
 impl Modify for Links {
     fn modify(&self, openapi: &mut OpenApi) {
-        for (path, method, status, targets, parameter, expression) in LINKS {
-            let Some(item) = openapi.paths.paths.get_mut(*path) else {
+        for spec in LINKS {
+            let Some(item) = openapi.paths.paths.get_mut(spec.path) else {
                 continue;
             };
-            let operation = match *method {
+            let operation = match spec.method {
                 "post" => item.post.as_mut(),
                 "put" => item.put.as_mut(),
                 _ => None,
             };
             let Some(RefOr::T(response)) =
-                operation.and_then(|o| o.responses.responses.get_mut(*status))
+                operation.and_then(|o| o.responses.responses.get_mut(spec.status))
             else {
                 continue;
             };
-            for target in *targets {
+            for target in spec.targets {
                 let link = LinkBuilder::new()
                     .operation_id(*target)
-                    .parameter(*parameter, *expression)
+                    .parameter(spec.parameter, spec.expression)
                     .build();
                 response.links.insert((*target).to_owned(), RefOr::T(link));
             }

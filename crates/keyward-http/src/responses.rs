@@ -49,7 +49,11 @@ fn add_common(operation: &mut Operation) {
             400,
             "The body is not valid JSON of the documented shape, or a field is invalid",
         );
-        add(operation, 413, "The body is too large (`payload_too_large`)");
+        add(
+            operation,
+            413,
+            "The body is too large (`payload_too_large`)",
+        );
         add(
             operation,
             415,
