@@ -3,17 +3,29 @@
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 /// Most CIDR blocks or origins on a key.
 pub const MAX_BINDINGS: usize = 64;
 
 /// Parses a CIDR block or a single address (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`).
+///
+/// A block inside the IPv4-mapped range (`::ffff:192.0.2.0/120`) becomes the IPv4 block it
+/// stands for (`192.0.2.0/24`): [`ip_allowed`] compares a mapped caller as IPv4, so the IPv6
+/// form would never match anything.
 pub fn parse_cidr(text: &str) -> Option<IpNet> {
-    text.parse::<IpNet>()
+    let net = text
+        .parse::<IpNet>()
         .ok()
-        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
-        .map(|net| net.trunc())
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))?
+        .trunc();
+    Some(match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    })
 }
 
 /// True if the allowlist is empty or `ip` is inside one of its blocks. A restricted key used
@@ -130,6 +142,27 @@ mod tests {
         assert!(parse_cidr("10.0.0.0/33").is_none());
         assert!(parse_cidr("nonsense").is_none());
         assert_eq!(parse_cidr("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+    }
+
+    /// Found by the `binding` fuzz target: an allowlist entry written as an IPv4-mapped IPv6
+    /// address or block never matched, not even its own address.
+    #[test]
+    fn fuzz_binding_ipv4_mapped_entry_matches_its_address() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let single = parse_cidr("::ffff:192.0.2.7").unwrap();
+        assert_eq!(single.to_string(), "192.0.2.7/32");
+        assert!(ip_allowed(&[single], ip("::ffff:192.0.2.7")));
+        assert!(ip_allowed(&[single], ip("192.0.2.7")));
+        assert!(!ip_allowed(&[single], ip("192.0.2.8")));
+        let block = parse_cidr("::ffff:192.0.2.0/120").unwrap();
+        assert_eq!(block.to_string(), "192.0.2.0/24");
+        assert!(ip_allowed(&[block], ip("192.0.2.200")));
+        // Wider than the mapped range: stays an IPv6 block.
+        assert_eq!(
+            parse_cidr("::ffff:0:0/95").unwrap().to_string(),
+            "::fffe:0:0/95"
+        );
+        assert_eq!(parse_cidr("::1").unwrap().to_string(), "::1/128");
     }
 
     #[test]

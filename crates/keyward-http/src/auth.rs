@@ -87,7 +87,7 @@ fn requirement(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
         ("X-Keyward-Require-Environment" = Option<String>, Header, description = "Only keys of this environment pass")),
     responses(
         (status = 204, description = "Admitted; identity and RateLimit headers set"),
-        (status = 400, description = "The proxy's request is invalid: permission query, parameters or a requirement header", body = keyward_wire::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The proxy's request is invalid: permission query, parameters or a requirement header, or X-Keyward-Root-Key is missing or not a root key with keys.verify (`auth_misconfigured`: the proxy is misconfigured)", body = keyward_wire::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No key, or the key does not verify", body = keyward_wire::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Refused: tenant, environment, permission, route, IP, origin, (with X-Keyward-Code) a limit, a quota or a path that cannot be normalised (INVALID_PATH), or too many unknown keys from the address", body = keyward_wire::Problem, content_type = "application/problem+json"),
     ))]
@@ -97,8 +97,10 @@ pub async fn nginx_auth(
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<AuthParams>,
 ) -> Result<Response, ApiError> {
-    // nginx's own credential failing is a misconfiguration, not a bad client key: answer 500
-    // (nginx passes it on as 500) so it shows, instead of telling every client its key is bad.
+    // nginx's own credential failing is a misconfiguration, not a bad client key: answer 400,
+    // which nginx turns into a 500 for the client (any status but 2xx, 401 and 403), so it
+    // shows instead of every client being told its key is bad. Not a 5xx of keyward's own:
+    // anyone who reaches this endpoint can send a wrong header, and that is not keyward failing.
     let principal = match state
         .engine
         .authenticate(header(&headers, ROOT_KEY_HEADER), "keys.verify", remote)

@@ -115,7 +115,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("internal", 500, "Internal error"),
     (
         "auth_misconfigured",
-        500,
+        400,
         "The proxy's keyward root key is invalid",
     ),
     ("store_unavailable", 503, "The key store is unavailable"),

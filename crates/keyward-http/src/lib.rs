@@ -15,11 +15,13 @@ pub mod ext_authz;
 pub mod extract;
 pub mod gateway;
 pub mod keys;
+mod links;
 pub mod listener;
 pub mod plans;
 pub mod prometheus;
 pub mod proxy_protocol;
 pub mod reports;
+mod responses;
 pub mod root_keys;
 mod spans;
 pub mod system;
@@ -42,6 +44,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::ApiError;
+use crate::links::Links;
+use crate::responses::CommonResponses;
 
 /// Largest accepted request body; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -193,7 +197,7 @@ impl Modify for SecurityAddon {
         audit::list_audit, audit::verify_audit, system::healthz, system::readyz, reports::rotation_report,
         usage::get_usage,
     ),
-    modifiers(&SecurityAddon),
+    modifiers(&SecurityAddon, &CommonResponses, &Links),
     tags(
         (name = "keys", description = "API key lifecycle"),
         (name = "verify", description = "Key verification"),
@@ -208,7 +212,7 @@ struct ApiDoc;
 
 /// The OpenAPI 3.1 document, pretty-printed (the committed `openapi.json`).
 pub fn openapi_json() -> String {
-    let mut text = ApiDoc::openapi().to_pretty_json().unwrap_or_default();
+    let mut text = links::camel_case(ApiDoc::openapi().to_pretty_json().unwrap_or_default());
     text.push('\n');
     text
 }

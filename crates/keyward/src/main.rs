@@ -2,16 +2,7 @@
 //! server. Errors print as one line (`error: ...`) with exit status 1; `verify` exits 3 when
 //! the key is not valid, and `audit verify` exits 3 when the chain is broken.
 
-mod bootstrap;
-mod cli;
-mod client;
-mod connections;
-mod gateway;
-mod notify;
-mod output;
-mod serve;
-mod simulate;
-mod store;
+use keyward::{cli, client, gateway, output, serve, simulate, store};
 
 use std::io::Read;
 use std::process::ExitCode;

@@ -9,9 +9,9 @@
 //!
 //! | credential                          | admin route                 | `/v1/auth` (in `X-Keyward-Root-Key`) |
 //! |-------------------------------------|-----------------------------|--------------------------------------|
-//! | none, malformed, unknown, revoked   | 401 `unauthenticated`       | 500 `auth_misconfigured`             |
-//! | an API key (holding `*`)            | 401 `unauthenticated`       | 500 `auth_misconfigured`             |
-//! | a root key with all but the one     | 403 `forbidden`             | 500 `auth_misconfigured`             |
+//! | none, malformed, unknown, revoked   | 401 `unauthenticated`       | 400 `auth_misconfigured`             |
+//! | an API key (holding `*`)            | 401 `unauthenticated`       | 400 `auth_misconfigured`             |
+//! | a root key with all but the one     | 403 `forbidden`             | 400 `auth_misconfigured`             |
 //! | a root key with exactly it          | the row's success status    | 204                                  |
 //! | ... confined to the resources' tenant | success, or 403 `out_of_scope` for operations over every tenant | 204 |
 //! | ... confined to another tenant      | as [`Scoped`] says          | 401 `unknown_key`                    |
@@ -199,7 +199,7 @@ impl Row {
             }
             (Bearer, C::Lacking) => problem(403, "forbidden"),
             (RootKeyHeader, C::None | C::Malformed | C::Unknown | C::Revoked | C::ApiKey)
-            | (RootKeyHeader, C::Lacking) => problem(500, "auth_misconfigured"),
+            | (RootKeyHeader, C::Lacking) => problem(400, "auth_misconfigured"),
             (_, C::Exact) => ok(self.ok),
             (_, C::OwnTenant) => match self.scoped {
                 Global => problem(403, "out_of_scope"),

@@ -305,10 +305,11 @@ async fn nginx_auth_endpoint_answers_204_401_403_with_headers() {
     assert_eq!(ok.header("ratelimit-policy"), "\"per_minute\";q=2;w=60");
     assert_eq!(ok.header("ratelimit"), "\"per_minute\";r=1;t=0");
 
-    // nginx's own root key missing is a misconfiguration: 500, not a client-facing 401.
+    // nginx's own root key missing is a misconfiguration: 400 (nginx makes it a 500), not a
+    // client-facing 401, and not a 5xx of keyward's own.
     auth(&s, None, Some(&key), &original, "")
         .await
-        .problem(500, "auth_misconfigured");
+        .problem(400, "auth_misconfigured");
     auth(&s, Some(&nginx), None, &original, "")
         .await
         .problem(401, "missing_key");
