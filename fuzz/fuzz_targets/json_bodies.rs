@@ -241,7 +241,11 @@ fn verify(r: &VerifyKeyRequest) -> Result<(), FieldError> {
         let _ = keyward_core::binding::origin_host(origin);
     }
     if let Some(path) = &r.path {
-        let _ = keyward_core::route::is_canonical_path(path);
+        // As the verify handler does; the normaliser has its own target (request_path).
+        let _ = keyward_core::path::normalize_target(
+            path.as_bytes(),
+            keyward_core::path::PathOptions::default(),
+        );
     }
     Ok(())
 }
