@@ -25,6 +25,21 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// The first unreserved character that is not part of a `%XX` escape.
+fn unescaped_unreserved(raw: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            i += 3;
+        } else if is_unreserved(raw[i]) {
+            return Some(i);
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 /// What must never be in a normal form.
 fn check_normal_form(n: &NormalPath) {
     let text = n.as_str();
@@ -128,7 +143,7 @@ fuzz_target!(|data: &[u8]| {
         }
 
         // An unreserved character percent-encoded is the same path.
-        if let Some(at) = raw.iter().position(|&b| is_unreserved(b)) {
+        if let Some(at) = unescaped_unreserved(raw) {
             let mut encoded = raw[..at].to_vec();
             encoded.extend_from_slice(format!("%{:02X}", raw[at]).as_bytes());
             encoded.extend_from_slice(&raw[at + 1..]);
