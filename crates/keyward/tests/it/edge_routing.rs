@@ -3,12 +3,8 @@
 //! form, the gateway forwards exactly it, and a route can require a tenant and environment.
 //! The gateway runs in front of the real echo upstream of `gateway.rs`.
 
-use std::sync::Arc;
-
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 use crate::ext_authz::{check_request, outcome};
 use crate::gateway::{gateway, route, upstream};
@@ -444,16 +440,7 @@ async fn finding_1_and_6_nginx_auth_normalises_x_original_uri_and_requires_tenan
 #[tokio::test(flavor = "multi_thread")]
 async fn finding_1_and_6_ext_authz_normalises_the_path_and_requires_tenants() {
     let s = Server::start().await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(keyward_http::ext_authz::serve_ext_authz(
-        listener,
-        Arc::clone(&s.engine),
-        std::future::pending(),
-    ));
-    let mut client = AuthorizationClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = crate::ext_authz::ext_authz_client(&s).await;
     let (key, _) = s
         .create(json!({"owner": "o", "tenant": "acme", "routes": ["GET /public/**"]}))
         .await;

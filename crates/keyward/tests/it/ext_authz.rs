@@ -96,9 +96,8 @@ pub(crate) fn outcome(
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn check_over_grpc_allows_denies_and_limits() {
-    let s = Server::start().await;
+/// The ext_authz gRPC server over `s`'s engine on port 0, and a client connected to it.
+pub(crate) async fn ext_authz_client(s: &Server) -> AuthorizationClient<tonic::transport::Channel> {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(keyward_http::ext_authz::serve_ext_authz(
@@ -106,9 +105,15 @@ async fn check_over_grpc_allows_denies_and_limits() {
         Arc::clone(&s.engine),
         std::future::pending(),
     ));
-    let mut client = AuthorizationClient::connect(format!("http://{addr}"))
+    AuthorizationClient::connect(format!("http://{addr}"))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_over_grpc_allows_denies_and_limits() {
+    let s = Server::start().await;
+    let mut client = ext_authz_client(&s).await;
     let (key, key_id) = s
         .create(json!({
             "owner": "billing", "tenant": "acme", "permissions": ["orders.read"], "ip_allowlist": ["10.0.0.0/8"],
@@ -270,16 +275,7 @@ async fn check_over_grpc_allows_denies_and_limits() {
 #[tokio::test(flavor = "multi_thread")]
 async fn review_an_invalid_check_is_denied_never_a_grpc_error() {
     let s = Server::start().await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(keyward_http::ext_authz::serve_ext_authz(
-        listener,
-        Arc::clone(&s.engine),
-        std::future::pending(),
-    ));
-    let mut client = AuthorizationClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = ext_authz_client(&s).await;
     let (key, _) = s
         .create(json!({
             "owner": "o", "permissions": ["orders.read"],
@@ -316,16 +312,7 @@ async fn review_an_invalid_check_is_denied_never_a_grpc_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn finding_12_no_client_keyward_header_survives_ext_authz() {
     let s = Server::start().await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(keyward_http::ext_authz::serve_ext_authz(
-        listener,
-        Arc::clone(&s.engine),
-        std::future::pending(),
-    ));
-    let mut client = AuthorizationClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = ext_authz_client(&s).await;
     let (key, key_id) = s.create(json!({"owner": "billing"})).await;
     let mut forged = check_request(Some(&key), "GET", "/x", "10.1.1.1", &[]);
     let http = forged
