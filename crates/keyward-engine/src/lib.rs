@@ -648,9 +648,10 @@ impl Keyward {
             return Err(FieldError::new("cost", format!("must be at most {MAX_COST}")).into());
         }
         let result = match (scope, request.ip) {
+            // Boxed: a scoped caller naming an address is the rare case, and inline its future
+            // would grow every verification's (a larger future is moved on every call).
             (Scope::Tenant(_), Some(ip)) => {
-                self.verify_scoped_budgeted(presented, request, cost, scope, ip)
-                    .await
+                Box::pin(self.verify_scoped_budgeted(presented, request, cost, scope, ip)).await
             }
             _ => {
                 self.verify_scoped(presented, request, KeyKind::Api, cost, scope)
