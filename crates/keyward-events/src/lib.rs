@@ -1,8 +1,8 @@
 //! keyward's events for operators' systems (webhooks and the like): what happened to which
 //! key, never a secret. An [`Event`] is the type the engine publishes on its event bus and,
-//! through its serde attributes and [`Event::webhook_body`], the JSON a webhook receiver gets;
-//! `webhook-bodies.jsonl`, committed in this crate's directory, holds that JSON for every variant,
-//! and a test fails when either drifts from the other.
+//! through its serde attributes and [`Event::webhook_body`], the JSON a webhook receiver gets.
+//! `webhook-bodies.jsonl`, committed in this crate's directory, holds that JSON for every
+//! variant, and a test fails when either drifts from the other.
 //!
 //! The crate knows nothing of how events travel: the engine's broadcast channel and its size
 //! are in `keyward-engine`, signing and delivery in `keyward-webhooks`.
