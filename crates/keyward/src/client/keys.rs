@@ -1,5 +1,5 @@
 //! `keyward keys`: issue, list, show, update, rotate and revoke keys and change their credits,
-//! through `/v1/keys`. The list query and the key path check serve `keyward root` too.
+//! through `/v1/keys`. Listing and revoking serve `keyward root` too.
 
 use std::process::ExitCode;
 
@@ -12,11 +12,11 @@ use serde::Serialize;
 
 use super::http::connect;
 use super::parse::{parse_duration, parse_limits, parse_meta, parse_quota, parse_time};
-use crate::cli::keys::{KeysCommand, KeysListArgs};
+use crate::cli::keys::{KeysCommand, KeysListArgs, RevokeArgs};
 
 /// The query of a key list (`GET /v1/keys`, `GET /v1/root-keys`).
 #[derive(Serialize)]
-pub struct ListQuery {
+struct ListQuery {
     #[serde(skip_serializing_if = "Option::is_none")]
     owner: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -42,7 +42,7 @@ impl From<&KeysListArgs> for ListQuery {
 }
 
 /// Rejects key_ids that would change the request path.
-pub fn key_path(base: &str, key_id: &str, action: &str) -> anyhow::Result<String> {
+fn key_path(base: &str, key_id: &str, action: &str) -> anyhow::Result<String> {
     if key_id.is_empty()
         || !key_id
             .bytes()
@@ -51,6 +51,23 @@ pub fn key_path(base: &str, key_id: &str, action: &str) -> anyhow::Result<String
         bail!("{key_id:?} is not a key_id (key_ followed by letters and digits)");
     }
     Ok(format!("{base}/{key_id}{action}"))
+}
+
+/// Lists the keys under `base` (`/v1/keys` or `/v1/root-keys`), one page.
+pub async fn list(base: &str, a: &KeysListArgs) -> anyhow::Result<()> {
+    let (client, out) = connect(&a.client)?;
+    let list: KeyList = client.get(base, &ListQuery::from(a)).await?;
+    out.key_list(&list)
+}
+
+/// Revokes the key `a.key_id` under `base` (`/v1/keys` or `/v1/root-keys`).
+pub async fn revoke(base: &str, a: RevokeArgs) -> anyhow::Result<()> {
+    let (client, out) = connect(&a.client)?;
+    let body = RevokeKeyRequest { reason: a.reason };
+    let key: KeyView = client
+        .post(&key_path(base, &a.key_id, "/revoke")?, &body)
+        .await?;
+    out.key(&key)
 }
 
 /// Runs one `keyward keys` subcommand.
@@ -81,11 +98,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             let created: CreatedKey = client.post("/v1/keys", &body).await?;
             out.created(&created)?;
         }
-        KeysCommand::List(a) => {
-            let (client, out) = connect(&a.client)?;
-            let list: KeyList = client.get("/v1/keys", &ListQuery::from(&a)).await?;
-            out.key_list(&list)?;
-        }
+        KeysCommand::List(a) => list("/v1/keys", &a).await?,
         KeysCommand::Show(a) => {
             let (client, out) = connect(&a.client)?;
             let key: KeyView = client
@@ -186,14 +199,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             };
             out.credits(&credits)?;
         }
-        KeysCommand::Revoke(a) => {
-            let (client, out) = connect(&a.client)?;
-            let body = RevokeKeyRequest { reason: a.reason };
-            let key: KeyView = client
-                .post(&key_path("/v1/keys", &a.key_id, "/revoke")?, &body)
-                .await?;
-            out.key(&key)?;
-        }
+        KeysCommand::Revoke(a) => revoke("/v1/keys", a).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

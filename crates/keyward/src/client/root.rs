@@ -3,10 +3,10 @@
 
 use std::process::ExitCode;
 
-use keyward_wire::{CreateRootKeyRequest, CreatedKey, KeyList, KeyView, RevokeKeyRequest};
+use keyward_wire::{CreateRootKeyRequest, CreatedKey};
 
 use super::http::connect;
-use super::keys::{ListQuery, key_path};
+use super::keys;
 use super::parse::parse_duration;
 use crate::cli::root::RootCommand;
 
@@ -26,19 +26,8 @@ pub async fn run(cmd: RootCommand) -> anyhow::Result<ExitCode> {
             let created: CreatedKey = client.post("/v1/root-keys", &body).await?;
             out.created(&created)?;
         }
-        RootCommand::List(a) => {
-            let (client, out) = connect(&a.client)?;
-            let list: KeyList = client.get("/v1/root-keys", &ListQuery::from(&a)).await?;
-            out.key_list(&list)?;
-        }
-        RootCommand::Revoke(a) => {
-            let (client, out) = connect(&a.client)?;
-            let body = RevokeKeyRequest { reason: a.reason };
-            let key: KeyView = client
-                .post(&key_path("/v1/root-keys", &a.key_id, "/revoke")?, &body)
-                .await?;
-            out.key(&key)?;
-        }
+        RootCommand::List(a) => keys::list("/v1/root-keys", &a).await?,
+        RootCommand::Revoke(a) => keys::revoke("/v1/root-keys", a).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
