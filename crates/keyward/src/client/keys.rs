@@ -54,14 +54,14 @@ fn key_path(base: &str, key_id: &str, action: &str) -> anyhow::Result<String> {
 }
 
 /// Lists the keys under `base` (`/v1/keys` or `/v1/root-keys`), one page.
-pub async fn list(base: &str, a: &KeysListArgs) -> anyhow::Result<()> {
+pub async fn list_keys(base: &str, a: &KeysListArgs) -> anyhow::Result<()> {
     let (client, out) = connect(&a.client)?;
     let list: KeyList = client.get(base, &ListQuery::from(a)).await?;
     out.key_list(&list)
 }
 
 /// Revokes the key `a.key_id` under `base` (`/v1/keys` or `/v1/root-keys`).
-pub async fn revoke(base: &str, a: RevokeArgs) -> anyhow::Result<()> {
+pub async fn revoke_key(base: &str, a: RevokeArgs) -> anyhow::Result<()> {
     let (client, out) = connect(&a.client)?;
     let body = RevokeKeyRequest { reason: a.reason };
     let key: KeyView = client
@@ -98,7 +98,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             let created: CreatedKey = client.post("/v1/keys", &body).await?;
             out.created(&created)?;
         }
-        KeysCommand::List(a) => list("/v1/keys", &a).await?,
+        KeysCommand::List(a) => list_keys("/v1/keys", &a).await?,
         KeysCommand::Show(a) => {
             let (client, out) = connect(&a.client)?;
             let key: KeyView = client
@@ -199,7 +199,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             };
             out.credits(&credits)?;
         }
-        KeysCommand::Revoke(a) => revoke("/v1/keys", a).await?,
+        KeysCommand::Revoke(a) => revoke_key("/v1/keys", a).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -26,8 +26,8 @@ pub async fn run(cmd: RootCommand) -> anyhow::Result<ExitCode> {
             let created: CreatedKey = client.post("/v1/root-keys", &body).await?;
             out.created(&created)?;
         }
-        RootCommand::List(a) => keys::list("/v1/root-keys", &a).await?,
-        RootCommand::Revoke(a) => keys::revoke("/v1/root-keys", a).await?,
+        RootCommand::List(a) => keys::list_keys("/v1/root-keys", &a).await?,
+        RootCommand::Revoke(a) => keys::revoke_key("/v1/root-keys", a).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
