@@ -67,7 +67,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::AnomalyArgs;
+use crate::cli::anomaly::AnomalyArgs;
 use crate::serve::{join_per_core, serve_per_core, stopped};
 use anyhow::{Context, bail};
 use keyward_engine::clock::SystemClock;
@@ -86,11 +86,11 @@ pub async fn run(
     redis: Option<keyward_engine::RedisConfig>,
     anomaly: AnomalyArgs,
     anomaly_given: impl Fn(&str) -> bool,
-    traces: &crate::cli::TraceArgs,
+    traces: &crate::cli::server::TraceArgs,
 ) -> anyhow::Result<()> {
     let loaded = load(config_path)?;
     let traces = crate::serve::init_telemetry(
-        crate::cli::LogFormat::Text,
+        crate::cli::server::LogFormat::Text,
         traces
             .config(
                 loaded.otlp_endpoint.as_deref(),
