@@ -18,7 +18,8 @@
 //! per settlement). The decision's source shows in [`Verification::enforcement`].
 //!
 //! Limits with `mode = "local_first"` are decided from node-local state and reconciled with
-//! Redis in the background (the `local_first` module, which documents the overshoot bound).
+//! Redis in the background (the `local_first` module; the overshoot bound is in
+//! docs/limits-and-quotas.md).
 
 mod local_first;
 
