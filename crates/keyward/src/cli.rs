@@ -65,7 +65,7 @@ pub struct GatewayArgs {
     pub traces: TraceArgs,
 }
 
-/// OpenTelemetry traces (see README "Traces"): off unless an endpoint is given.
+/// OpenTelemetry traces (see docs/observability.md, "Traces"): off unless an endpoint is given.
 #[derive(Debug, Clone, Args)]
 pub struct TraceArgs {
     /// Export traces over OTLP/gRPC to this collector (http://host:port, for example
@@ -142,7 +142,7 @@ pub fn parse_service_name(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-/// Webhooks and rotation policy (see README "Webhooks" and "Rotation policy").
+/// Webhooks and rotation policy (see docs/webhooks.md and docs/rotation-policy.md).
 #[derive(Debug, Clone, Args)]
 pub struct NotifyArgs {
     /// POST signed JSON events (key_revoked, key_expiring_soon, rotation_overdue, anomaly,
@@ -736,7 +736,7 @@ fn spike_factor(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Anomaly detection and the automated response (README: "Anomaly detection and response").
+/// Anomaly detection and the automated response (docs/anomaly-response.md).
 #[derive(Debug, Clone, Args)]
 pub struct AnomalyArgs {
     /// Response to an anomaly on a key of a tenant without an override (or without a tenant).
