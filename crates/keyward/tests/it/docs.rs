@@ -41,7 +41,13 @@ fn root() -> PathBuf {
 
 /// Top-level directories whose paths are cited as evidence.
 const PATH_PREFIXES: [&str; 7] = [
-    "crates/", "docs/", "deploy/", "examples/", "bench/", "fuzz/", ".ci/",
+    "crates/",
+    "docs/",
+    "deploy/",
+    "examples/",
+    "bench/",
+    "fuzz/",
+    ".ci/",
 ];
 
 /// The files the checks read, as paths relative to the root.
@@ -149,7 +155,11 @@ fn anchors(text: &str) -> BTreeSet<String> {
         }
         let base = slug(line[hashes..].trim_end_matches('#'));
         let n = seen.entry(base.clone()).or_insert(0);
-        out.insert(if *n == 0 { base.clone() } else { format!("{base}-{n}") });
+        out.insert(if *n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        });
         *n += 1;
     }
     out
@@ -343,14 +353,20 @@ fn problems(root: &Path, file: &str, text: &str, sources: &Sources) -> Vec<Strin
             && span == span.to_lowercase()
             && !sources.found(|_| true, &[span])
         {
-            problems.push(format!("{file}:{line}: `{span}`: no such name in crates/ or fuzz/"));
+            problems.push(format!(
+                "{file}:{line}: `{span}`: no such name in crates/ or fuzz/"
+            ));
         }
     }
     problems
 }
 
 /// Why a cited Rust path does not resolve, or `None` when it does or is not checked.
-fn missing_rust_path(names: &[&str], crates: &BTreeSet<String>, sources: &Sources) -> Option<String> {
+fn missing_rust_path(
+    names: &[&str],
+    crates: &BTreeSet<String>,
+    sources: &Sources,
+) -> Option<String> {
     let first = names[0];
     let crate_dir = first.replace('_', "-");
     if crates.contains(&crate_dir) {
@@ -359,8 +375,13 @@ fn missing_rust_path(names: &[&str], crates: &BTreeSet<String>, sources: &Source
         let mut file = None;
         let mut rest = &names[1..];
         while let Some((name, after)) = rest.split_first() {
-            let candidates = [format!("{module}/{name}.rs"), format!("{module}/{name}/mod.rs")];
-            let Some(found) = candidates.into_iter().find(|c| sources.found(|p| p == c.as_str(), &[]))
+            let candidates = [
+                format!("{module}/{name}.rs"),
+                format!("{module}/{name}/mod.rs"),
+            ];
+            let Some(found) = candidates
+                .into_iter()
+                .find(|c| sources.found(|p| p == c.as_str(), &[]))
             else {
                 break;
             };
@@ -403,7 +424,11 @@ fn docs_links_resolve_and_cited_code_exists() {
         let text = std::fs::read_to_string(root.join(&file)).unwrap();
         all.extend(problems(&root, &file, &text, &sources));
     }
-    assert!(all.is_empty(), "broken references in the docs:\n{}", all.join("\n"));
+    assert!(
+        all.is_empty(),
+        "broken references in the docs:\n{}",
+        all.join("\n")
+    );
 }
 
 /// The checker itself fails on what it is meant to catch (a synthetic document, checked as if
