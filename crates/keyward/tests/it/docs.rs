@@ -317,14 +317,14 @@ fn problems(root: &Path, file: &str, text: &str, sources: &Sources) -> Vec<Strin
         let line = unfenced[..range.start].matches('\n').count() + 1;
         let span = span.as_str();
         // 2. `path.rs::item`
-        if let Some((path, item)) = span.split_once(".rs::") {
-            if let Some(path) = repository_path(&format!("{path}.rs"), &crates) {
-                let item = item.split(['(', '<']).next().unwrap_or("");
-                if !sources.found(|p| p == path.as_str(), &[item]) {
-                    problems.push(format!("{file}:{line}: `{span}`: {path} has no `{item}`"));
-                }
-                continue;
+        if let Some((path, item)) = span.split_once(".rs::")
+            && let Some(path) = repository_path(&format!("{path}.rs"), &crates)
+        {
+            let item = item.split(['(', '<']).next().unwrap_or("");
+            if !sources.found(|p| p == path.as_str(), &[item]) {
+                problems.push(format!("{file}:{line}: `{span}`: {path} has no `{item}`"));
             }
+            continue;
         }
         // 1. a repository path
         if let Some(path) = repository_path(span, &crates) {
