@@ -1,6 +1,6 @@
 //! Validation of key metadata, with errors that name the offending field.
 //!
-//! Every limit here is documented in the README's "Limits" table; they keep records small
+//! Every limit here is documented in docs/http-api.md ("Input limits"); they keep records small
 //! enough to cache by the hundred thousand and keep hostile input from costing much.
 
 use std::borrow::Cow;

@@ -39,7 +39,7 @@ pub fn parse_rotation_policy(text: &str) -> Result<RotationPolicy, String> {
     RotationPolicy::parse(text)
 }
 
-/// Webhooks and rotation policy (see README "Webhooks" and "Rotation policy").
+/// Webhooks and rotation policy (see docs/webhooks.md and docs/rotation-policy.md).
 #[derive(Debug, Clone, Args)]
 pub struct NotifyArgs {
     /// POST signed JSON events (key_revoked, key_expiring_soon, rotation_overdue, anomaly,

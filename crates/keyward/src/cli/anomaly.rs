@@ -41,7 +41,7 @@ fn spike_factor(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Anomaly detection and the automated response (README: "Anomaly detection and response").
+/// Anomaly detection and the automated response (docs/anomaly-response.md).
 #[derive(Debug, Clone, Args)]
 pub struct AnomalyArgs {
     /// Response to an anomaly on a key of a tenant without an override (or without a tenant).

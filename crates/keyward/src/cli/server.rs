@@ -149,7 +149,7 @@ impl RedisArgs {
     }
 }
 
-/// OpenTelemetry traces (see README "Traces"): off unless an endpoint is given.
+/// OpenTelemetry traces (see docs/observability.md, "Traces"): off unless an endpoint is given.
 #[derive(Debug, Clone, Args)]
 pub struct TraceArgs {
     /// Export traces over OTLP/gRPC to this collector (http://host:port, for example

@@ -99,7 +99,7 @@ pub struct Loaded {
     pub quota_lease: u64,
     pub threads: usize,
     pub redis: Option<keyward_engine::RedisConfig>,
-    /// Store outage behaviour (see README "When the store is down").
+    /// Store outage behaviour (see docs/cluster.md, "When the store is down").
     pub stale_if_error: Duration,
     pub fail_open_unknown_keys: bool,
     /// Store reads for unknown keys per caller address and minute (0: no budget).
