@@ -18,9 +18,11 @@ mod data_dir;
 mod postgres;
 mod sql;
 mod sqlite;
+mod statement;
 #[cfg(test)]
 mod testsuite;
 mod usage;
+mod writes;
 
 use async_trait::async_trait;
 use keyward_core::audit::{AuditDraft, AuditEvent};

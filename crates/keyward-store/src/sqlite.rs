@@ -9,23 +9,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyward_core::audit::{AuditDraft, AuditEvent, GENESIS_HASH};
+use keyward_core::audit::{AuditDraft, AuditEvent};
 use keyward_core::key::KeyHash;
-use keyward_core::permission::Permission;
-use keyward_core::quota::{Balance, QuotaConfig, current_balance};
-use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, Plan, SecretInfo};
-use keyward_core::route::RoutePattern;
+use keyward_core::quota::{Balance, QuotaConfig};
+use keyward_core::record::{KeyRecord, KeyStatus, Plan, SecretInfo};
+use keyward_core::usage::UsageCount;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{Row, SqlitePool};
 use time::OffsetDateTime;
 
-use keyward_core::usage::UsageCount;
-
 use crate::sql::{
-    backend, check_root_guard, event_from_row, json_text, opt_from_millis, plan_from_row,
-    record_from_row, secret_from_row, to_millis,
+    backend, event_from_row, json_text, plan_from_row, record_from_row, secret_from_row, to_millis,
 };
 use crate::usage::{UsageQuery, UsageTuple, page, to_i64};
+use crate::writes;
 use crate::{
     AuditFilter, CreditOp, FoundKey, KeyFilter, KeyStore, KeyWrite, Page, PlanWrite, StoreError,
     UsageFilter, UsagePage,
@@ -140,191 +137,6 @@ impl SqliteStore {
     }
 }
 
-/// The balance at `now`, refilled if a scheduled refill passed (not yet written back).
-async fn read_balance(
-    conn: &mut SqliteConnection,
-    key_id: &str,
-    config: &QuotaConfig,
-    now: OffsetDateTime,
-) -> Result<Balance, StoreError> {
-    let row = sqlx::query("SELECT remaining, period FROM quota_balances WHERE key_id = ?1")
-        .bind(key_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?;
-    let stored = match row {
-        Some(row) => Some(Balance {
-            remaining: u64::try_from(row.try_get::<i64, _>("remaining").map_err(backend)?)
-                .unwrap_or(0),
-            period: opt_from_millis(row.try_get("period").map_err(backend)?)?,
-        }),
-        None => None,
-    };
-    Ok(current_balance(config, stored, now))
-}
-
-async fn write_balance(
-    conn: &mut SqliteConnection,
-    key_id: &str,
-    balance: Balance,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO quota_balances (key_id, remaining, period) VALUES (?1, ?2, ?3)
-         ON CONFLICT (key_id) DO UPDATE SET remaining = excluded.remaining, period = excluded.period",
-    )
-    .bind(key_id)
-    .bind(i64::try_from(balance.remaining).unwrap_or(i64::MAX))
-    .bind(balance.period.map(to_millis))
-    .execute(&mut *conn)
-    .await
-    .map_err(backend)?;
-    Ok(())
-}
-
-/// Appends `draft` to the chain inside the caller's transaction.
-async fn append_in(conn: &mut SqliteConnection, draft: AuditDraft) -> Result<i64, StoreError> {
-    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?;
-    let (seq, prev_hash) = match last {
-        Some(row) => (
-            row.try_get::<i64, _>("seq").map_err(backend)? + 1,
-            row.try_get::<String, _>("hash").map_err(backend)?,
-        ),
-        None => (1, GENESIS_HASH.to_owned()),
-    };
-    let event = draft.into_event(seq, &prev_hash);
-    sqlx::query(
-        "INSERT INTO audit_log (seq, time, actor, action, target, summary, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )
-    .bind(event.seq)
-    .bind(to_millis(event.time))
-    .bind(&event.actor)
-    .bind(&event.action)
-    .bind(&event.target)
-    .bind(&event.summary_json)
-    .bind(&event.prev_hash)
-    .bind(&event.hash)
-    .execute(&mut *conn)
-    .await
-    .map_err(backend)?;
-    Ok(seq)
-}
-
-/// The last-root-key guard ([`check_root_guard`]) over the root keys as this transaction
-/// sees them; the caller holds the write lock, so no other write can change them meanwhile.
-async fn root_guard(
-    conn: &mut SqliteConnection,
-    after: &KeyRecord,
-    now: OffsetDateTime,
-) -> Result<(), StoreError> {
-    let rows = sqlx::query("SELECT * FROM keys WHERE kind = 'root' AND revoked_at IS NULL")
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(backend)?;
-    let roots = rows
-        .iter()
-        .map(record_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let before = roots.iter().find(|k| k.key_id == after.key_id);
-    check_root_guard(before, after, &roots, now)
-}
-
-/// Applies a key write and appends its audit event inside the caller's write transaction.
-async fn write_key_in(conn: &mut SqliteConnection, write: KeyWrite) -> Result<i64, StoreError> {
-    let KeyWrite {
-        record: r,
-        expected_version,
-        new_secret,
-        secret_ends,
-        audit,
-    } = write;
-    let permissions: Vec<&str> = r.permissions.iter().map(Permission::as_str).collect();
-    let routes: Vec<&str> = r.routes.iter().map(RoutePattern::as_str).collect();
-    let sql = match expected_version {
-        None => {
-            "INSERT INTO keys (key_id, kind, owner, name, tenant, environment, purpose, tags, meta, permissions, routes,
-                expires_at, enabled, created_at, created_by, updated_at, revoked_at, revoked_reason, rotated_at, version, policy)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22)"
-        }
-        Some(_) => {
-            "UPDATE keys SET kind = ?2, owner = ?3, name = ?4, tenant = ?5, environment = ?6, purpose = ?7, tags = ?8,
-                meta = ?9, permissions = ?10, routes = ?11, expires_at = ?12, enabled = ?13, created_at = ?14,
-                created_by = ?15, updated_at = ?16, revoked_at = ?17, revoked_reason = ?18, rotated_at = ?19, version = ?20,
-                policy = ?22
-             WHERE key_id = ?1 AND version = ?21"
-        }
-    };
-    if r.kind == KeyKind::Root && expected_version.is_some() {
-        root_guard(conn, &r, audit.time).await?;
-    }
-    if let Some(plan) = &r.policy.plan {
-        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM plans WHERE plan_id = ?1")
-            .bind(plan)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(backend)?;
-        if exists.is_none() {
-            return Err(StoreError::PlanMissing(plan.clone()));
-        }
-    }
-    let result = sqlx::query(sql)
-        .bind(&r.key_id)
-        .bind(r.kind.as_str())
-        .bind(&r.owner)
-        .bind(&r.name)
-        .bind(&r.tenant)
-        .bind(&r.environment)
-        .bind(&r.purpose)
-        .bind(json_text(&r.tags))
-        .bind(json_text(&r.meta))
-        .bind(json_text(&permissions))
-        .bind(json_text(&routes))
-        .bind(r.expires_at.map(to_millis))
-        .bind(r.enabled)
-        .bind(to_millis(r.created_at))
-        .bind(&r.created_by)
-        .bind(to_millis(r.updated_at))
-        .bind(r.revoked_at.map(to_millis))
-        .bind(&r.revoked_reason)
-        .bind(r.rotated_at.map(to_millis))
-        .bind(r.version)
-        .bind(expected_version)
-        .bind(json_text(&r.policy))
-        .execute(&mut *conn)
-        .await
-        .map_err(backend)?;
-    if result.rows_affected() != 1 {
-        return Err(StoreError::Conflict);
-    }
-    if let Some(s) = new_secret {
-        sqlx::query(
-            "INSERT INTO secrets (hash, hash_version, key_id, start, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(s.hash.to_hex())
-        .bind(s.hash.version())
-        .bind(&r.key_id)
-        .bind(&s.start)
-        .bind(to_millis(s.created_at))
-        .bind(s.expires_at.map(to_millis))
-        .execute(&mut *conn)
-        .await
-        .map_err(backend)?;
-    }
-    for (hash, ends) in secret_ends {
-        sqlx::query("UPDATE secrets SET expires_at = ?1 WHERE hash = ?2 AND key_id = ?3")
-            .bind(to_millis(ends))
-            .bind(hash.to_hex())
-            .bind(&r.key_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-    }
-    append_in(conn, audit).await
-}
-
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn find_by_hash(
@@ -405,7 +217,7 @@ impl KeyStore for SqliteStore {
 
     async fn write_key(&self, write: KeyWrite) -> Result<i64, StoreError> {
         let mut tx = self.write_tx().await?;
-        let seq = write_key_in(&mut tx, write).await?;
+        let seq = writes::write_key(&mut *tx, write).await?;
         tx.commit().await.map_err(backend)?;
         Ok(seq)
     }
@@ -414,21 +226,14 @@ impl KeyStore for SqliteStore {
         // BEGIN IMMEDIATE holds the write lock, so the check and the insert cannot interleave
         // with another process bootstrapping the same file.
         let mut tx = self.write_tx().await?;
-        let roots: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE kind = 'root'")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if roots > 0 {
-            return Ok(None);
-        }
-        let seq = write_key_in(&mut tx, write).await?;
+        let seq = writes::create_first_root_key(&mut *tx, write).await?;
         tx.commit().await.map_err(backend)?;
-        Ok(Some(seq))
+        Ok(seq)
     }
 
     async fn append_audit(&self, draft: AuditDraft) -> Result<i64, StoreError> {
         let mut tx = self.write_tx().await?;
-        let seq = append_in(&mut tx, draft).await?;
+        let seq = writes::append_audit(&mut *tx, draft).await?;
         tx.commit().await.map_err(backend)?;
         Ok(seq)
     }
@@ -543,11 +348,8 @@ impl KeyStore for SqliteStore {
     }
 
     async fn count_root_keys(&self) -> Result<u64, StoreError> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE kind = 'root'")
-            .fetch_one(&self.readers)
-            .await
-            .map_err(backend)?;
-        Ok(count.max(0) as u64)
+        let mut conn = self.readers.acquire().await.map_err(backend)?;
+        Ok(writes::count_root_keys(&mut *conn).await?.max(0) as u64)
     }
 
     async fn change_head(&self) -> Result<i64, StoreError> {
@@ -584,64 +386,8 @@ impl KeyStore for SqliteStore {
     }
 
     async fn write_plan(&self, write: PlanWrite) -> Result<i64, StoreError> {
-        let PlanWrite {
-            plan: p,
-            expected_version,
-            delete,
-            audit,
-        } = write;
         let mut tx = self.write_tx().await?;
-        let permissions: Vec<&str> = p.permissions.iter().map(Permission::as_str).collect();
-        let result = if delete {
-            let in_use: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM keys WHERE json_extract(policy, '$.plan') = ?1 AND revoked_at IS NULL",
-            )
-            .bind(&p.plan_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-            if in_use > 0 {
-                return Err(StoreError::Conflict);
-            }
-            sqlx::query("DELETE FROM plans WHERE plan_id = ?1 AND version = ?2")
-                .bind(&p.plan_id)
-                .bind(expected_version)
-                .execute(&mut *tx)
-                .await
-        } else if let Some(expected) = expected_version {
-            sqlx::query(
-                "UPDATE plans SET limits = ?2, quota = ?3, permissions = ?4, version = ?5, updated_at = ?6
-                 WHERE plan_id = ?1 AND version = ?7",
-            )
-            .bind(&p.plan_id)
-            .bind(json_text(&p.limits))
-            .bind(p.quota.as_ref().map(json_text))
-            .bind(json_text(&permissions))
-            .bind(p.version)
-            .bind(to_millis(p.updated_at))
-            .bind(expected)
-            .execute(&mut *tx)
-            .await
-        } else {
-            sqlx::query(
-                "INSERT INTO plans (plan_id, limits, quota, permissions, version, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .bind(&p.plan_id)
-            .bind(json_text(&p.limits))
-            .bind(p.quota.as_ref().map(json_text))
-            .bind(json_text(&permissions))
-            .bind(p.version)
-            .bind(to_millis(p.created_at))
-            .bind(to_millis(p.updated_at))
-            .execute(&mut *tx)
-            .await
-        }
-        .map_err(backend)?;
-        if result.rows_affected() != 1 {
-            return Err(StoreError::Conflict);
-        }
-        let seq = append_in(&mut tx, audit).await?;
+        let seq = writes::write_plan(&mut *tx, write).await?;
         tx.commit().await.map_err(backend)?;
         Ok(seq)
     }
@@ -654,15 +400,9 @@ impl KeyStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<(u64, Balance), StoreError> {
         let mut tx = self.write_tx().await?;
-        let balance = read_balance(&mut tx, key_id, config, now).await?;
-        let granted = want.min(balance.remaining);
-        let after = Balance {
-            remaining: balance.remaining - granted,
-            period: balance.period,
-        };
-        write_balance(&mut tx, key_id, after).await?;
+        let taken = writes::take_credits(&mut *tx, key_id, config, want, now).await?;
         tx.commit().await.map_err(backend)?;
-        Ok((granted, after))
+        Ok(taken)
     }
 
     async fn adjust_credits(
@@ -675,24 +415,8 @@ impl KeyStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Balance, StoreError> {
         let mut tx = self.write_tx().await?;
-        let before = read_balance(&mut tx, key_id, config, now).await?;
-        let returned = before.remaining.saturating_add(unspent);
-        let remaining = match op {
-            CreditOp::Set(n) => n,
-            CreditOp::Increase(n) => returned.saturating_add(n),
-            CreditOp::Decrease(n) => returned.saturating_sub(n),
-        };
-        let after = Balance {
-            remaining,
-            period: before.period,
-        };
-        write_balance(&mut tx, key_id, after).await?;
-        let mut audit = audit;
-        if let Some(summary) = audit.summary.as_object_mut() {
-            summary.insert("before".into(), serde_json::Value::from(returned));
-            summary.insert("after".into(), serde_json::Value::from(remaining));
-        }
-        append_in(&mut tx, audit).await?;
+        let after =
+            writes::adjust_credits(&mut *tx, key_id, config, unspent, op, audit, now).await?;
         tx.commit().await.map_err(backend)?;
         Ok(after)
     }
@@ -706,14 +430,7 @@ impl KeyStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        let balance = read_balance(&mut tx, key_id, config, now).await?;
-        if balance.period == period {
-            let after = Balance {
-                remaining: balance.remaining.saturating_add(amount),
-                period,
-            };
-            write_balance(&mut tx, key_id, after).await?;
-        }
+        writes::give_back_credits(&mut *tx, key_id, config, amount, period, now).await?;
         tx.commit().await.map_err(backend)
     }
 
@@ -724,7 +441,7 @@ impl KeyStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Balance, StoreError> {
         let mut conn = self.readers.acquire().await.map_err(backend)?;
-        read_balance(&mut conn, key_id, config, now).await
+        writes::read_balance(&mut *conn, key_id, config, now).await
     }
 }
 
