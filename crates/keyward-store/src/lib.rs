@@ -15,7 +15,9 @@
 //! ```
 
 mod data_dir;
+mod dialect;
 mod postgres;
+mod reads;
 mod sql;
 mod sqlite;
 mod statement;

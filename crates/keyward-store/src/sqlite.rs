@@ -12,21 +12,20 @@ use async_trait::async_trait;
 use keyward_core::audit::{AuditDraft, AuditEvent};
 use keyward_core::key::KeyHash;
 use keyward_core::quota::{Balance, QuotaConfig};
-use keyward_core::record::{KeyRecord, KeyStatus, Plan, SecretInfo};
+use keyward_core::record::{KeyRecord, Plan};
 use keyward_core::usage::UsageCount;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Sqlite, SqlitePool};
 use time::OffsetDateTime;
 
-use crate::sql::{
-    backend, event_from_row, json_text, plan_from_row, record_from_row, secret_from_row, to_millis,
-};
-use crate::usage::{UsageQuery, UsageTuple, page, to_i64};
-use crate::writes;
+use crate::sql::{backend, to_millis};
+use crate::usage::to_i64;
 use crate::{
     AuditFilter, CreditOp, FoundKey, KeyFilter, KeyStore, KeyWrite, Page, PlanWrite, StoreError,
     UsageFilter, UsagePage,
 };
+use crate::{reads, usage, writes};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "keyward.db";
@@ -94,46 +93,9 @@ impl SqliteStore {
         self.writer.close().await;
     }
 
-    async fn secrets_for(
-        &self,
-        key_ids: &[&str],
-        now: OffsetDateTime,
-    ) -> Result<Vec<(String, SecretInfo)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT key_id, hash, hash_version, start, created_at, expires_at FROM secrets
-             WHERE key_id IN (SELECT value FROM json_each(?1)) AND (expires_at IS NULL OR expires_at > ?2)
-             ORDER BY key_id, expires_at IS NOT NULL, created_at DESC",
-        )
-        .bind(json_text(key_ids))
-        .bind(to_millis(now))
-        .fetch_all(&self.readers)
-        .await
-        .map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("key_id").map_err(backend)?,
-                    secret_from_row(row)?,
-                ))
-            })
-            .collect()
-    }
-
-    async fn with_secrets(
-        &self,
-        mut records: Vec<KeyRecord>,
-        now: OffsetDateTime,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        let ids: Vec<&str> = records.iter().map(|r| r.key_id.as_str()).collect();
-        let secrets = self.secrets_for(&ids, now).await?;
-        for record in &mut records {
-            record.secrets = secrets
-                .iter()
-                .filter(|(id, _)| *id == record.key_id)
-                .map(|(_, s)| s.clone())
-                .collect();
-        }
-        Ok(records)
+    /// A connection of the read-only pool.
+    async fn reader(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+        self.readers.acquire().await.map_err(backend)
     }
 }
 
@@ -144,19 +106,7 @@ impl KeyStore for SqliteStore {
         hash: &KeyHash,
         now: OffsetDateTime,
     ) -> Result<Option<FoundKey>, StoreError> {
-        let row = sqlx::query("SELECT key_id, hash, hash_version, start, created_at, expires_at FROM secrets WHERE hash = ?1 AND hash_version = ?2")
-            .bind(hash.to_hex())
-            .bind(hash.version())
-            .fetch_optional(&self.readers)
-            .await
-            .map_err(backend)?;
-        let Some(row) = row else { return Ok(None) };
-        let secret = secret_from_row(&row)?;
-        let key_id: String = row.try_get("key_id").map_err(backend)?;
-        Ok(self
-            .get_key(&key_id, now)
-            .await?
-            .map(|record| FoundKey { record, secret }))
+        reads::find_by_hash(&mut *self.reader().await?, hash, now).await
     }
 
     async fn get_key(
@@ -164,55 +114,11 @@ impl KeyStore for SqliteStore {
         key_id: &str,
         now: OffsetDateTime,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM keys WHERE key_id = ?1")
-            .bind(key_id)
-            .fetch_optional(&self.readers)
-            .await
-            .map_err(backend)?;
-        match row {
-            Some(row) => Ok(self
-                .with_secrets(vec![record_from_row(&row)?], now)
-                .await?
-                .pop()),
-            None => Ok(None),
-        }
+        reads::get_key(&mut *self.reader().await?, key_id, now).await
     }
 
     async fn list_keys(&self, filter: &KeyFilter) -> Result<Page<KeyRecord>, StoreError> {
-        let limit = i64::from(filter.limit.max(1));
-        let rows = sqlx::query(
-            "SELECT * FROM keys WHERE kind = ?1 AND seq > ?2
-               AND (?3 IS NULL OR owner = ?3) AND (?4 IS NULL OR tenant = ?4)
-               AND (?5 IS NULL
-                    OR (?5 = 'revoked' AND revoked_at IS NOT NULL)
-                    OR (?5 = 'expired' AND revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?6)
-                    OR (?5 = 'active' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?6)))
-             ORDER BY seq LIMIT ?7",
-        )
-        .bind(filter.kind.as_str())
-        .bind(filter.after.unwrap_or(0))
-        .bind(&filter.owner)
-        .bind(&filter.tenant)
-        .bind(filter.status.map(KeyStatus::as_str))
-        .bind(to_millis(filter.now))
-        .bind(limit + 1)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(backend)?;
-        let more = rows.len() as i64 > limit;
-        let rows = &rows[..rows.len().min(limit as usize)];
-        let next_cursor = match rows.last() {
-            Some(last) if more => Some(last.try_get::<i64, _>("seq").map_err(backend)?),
-            _ => None,
-        };
-        let records = rows
-            .iter()
-            .map(record_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Page {
-            items: self.with_secrets(records, filter.now).await?,
-            next_cursor,
-        })
+        reads::list_keys(&mut *self.reader().await?, filter).await
     }
 
     async fn write_key(&self, write: KeyWrite) -> Result<i64, StoreError> {
@@ -239,34 +145,7 @@ impl KeyStore for SqliteStore {
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Page<AuditEvent>, StoreError> {
-        let limit = i64::from(filter.limit.max(1));
-        let rows = sqlx::query(
-            "SELECT * FROM audit_log WHERE seq > ?1 AND (?2 IS NULL OR target = ?2) AND (?3 IS NULL OR action = ?3)
-               AND (?5 IS NULL
-                    OR EXISTS (SELECT 1 FROM keys k WHERE k.key_id = audit_log.target AND k.tenant = ?5)
-                    OR EXISTS (SELECT 1 FROM keys k WHERE k.key_id = audit_log.actor AND k.tenant = ?5))
-             ORDER BY seq LIMIT ?4",
-        )
-        .bind(filter.after.unwrap_or(0))
-        .bind(&filter.target)
-        .bind(&filter.action)
-        .bind(limit + 1)
-        .bind(&filter.tenant)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(backend)?;
-        let more = rows.len() as i64 > limit;
-        let items = rows
-            .iter()
-            .take(limit as usize)
-            .map(event_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if more {
-            items.last().map(|e| e.seq)
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        reads::list_audit(&mut *self.reader().await?, filter).await
     }
 
     async fn touch_last_used(&self, uses: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -316,48 +195,17 @@ impl KeyStore for SqliteStore {
     }
 
     async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError> {
-        let q = UsageQuery::new(filter);
-        let rows: Vec<UsageTuple> = sqlx::query_as(
-            "SELECT bucket, key_id, code, owner, tenant, verifications, credits FROM (
-               SELECT (hour / ?1) * ?1 AS bucket, key_id, code,
-                      MAX(owner) AS owner, MAX(tenant) AS tenant,
-                      CAST(SUM(verifications) AS BIGINT) AS verifications,
-                      CAST(SUM(credits) AS BIGINT) AS credits
-               FROM usage_hourly
-               WHERE hour >= ?2 AND hour < ?3 AND (?4 IS NULL OR key_id = ?4)
-                 AND (?5 IS NULL OR owner = ?5) AND (?6 IS NULL OR tenant = ?6)
-               GROUP BY 1, 2, 3
-             ) AS t
-             WHERE bucket > ?7 OR (bucket = ?7 AND (key_id > ?8 OR (key_id = ?8 AND code > ?9)))
-             ORDER BY bucket, key_id, code LIMIT ?10",
-        )
-        .bind(q.bucket)
-        .bind(q.from)
-        .bind(q.to)
-        .bind(q.key_id)
-        .bind(q.owner)
-        .bind(q.tenant)
-        .bind(q.after_bucket)
-        .bind(q.after_key_id)
-        .bind(q.after_code)
-        .bind(q.fetch)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(backend)?;
-        page(rows, filter.limit)
+        usage::list_usage(&mut *self.reader().await?, filter).await
     }
 
     async fn count_root_keys(&self) -> Result<u64, StoreError> {
-        let mut conn = self.readers.acquire().await.map_err(backend)?;
-        Ok(writes::count_root_keys(&mut *conn).await?.max(0) as u64)
+        Ok(writes::count_root_keys(&mut *self.reader().await?)
+            .await?
+            .max(0) as u64)
     }
 
     async fn change_head(&self) -> Result<i64, StoreError> {
-        let head: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_log")
-            .fetch_one(&self.readers)
-            .await
-            .map_err(backend)?;
-        Ok(head.unwrap_or(0))
+        reads::change_head(&mut *self.reader().await?).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -369,20 +217,11 @@ impl KeyStore for SqliteStore {
     }
 
     async fn get_plan(&self, plan_id: &str) -> Result<Option<Plan>, StoreError> {
-        let row = sqlx::query("SELECT * FROM plans WHERE plan_id = ?1")
-            .bind(plan_id)
-            .fetch_optional(&self.readers)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(plan_from_row).transpose()
+        reads::get_plan(&mut *self.reader().await?, plan_id).await
     }
 
     async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM plans ORDER BY plan_id")
-            .fetch_all(&self.readers)
-            .await
-            .map_err(backend)?;
-        rows.iter().map(plan_from_row).collect()
+        reads::list_plans(&mut *self.reader().await?).await
     }
 
     async fn write_plan(&self, write: PlanWrite) -> Result<i64, StoreError> {
@@ -440,8 +279,7 @@ impl KeyStore for SqliteStore {
         config: &QuotaConfig,
         now: OffsetDateTime,
     ) -> Result<Balance, StoreError> {
-        let mut conn = self.readers.acquire().await.map_err(backend)?;
-        writes::read_balance(&mut *conn, key_id, config, now).await
+        writes::read_balance(&mut *self.reader().await?, key_id, config, now).await
     }
 }
 

@@ -4,7 +4,8 @@
 //! them, in order. PostgreSQL reads `$N` natively, and sqlx's SQLite driver binds a `$N`
 //! parameter to the N-th value too, so one text serves both. A statement is run through
 //! [`Conn`], which every sqlx connection of a backend that speaks this crate's column types
-//! implements; the writes in `writes.rs` are written once against it.
+//! implements; the writes in `writes.rs` and the reads in `reads.rs` are written once
+//! against it. Where the two backends need different SQL, the text is in `dialect.rs`.
 //!
 //! Values are typed even when null ([`Value::Text(None)`](Value::Text) is a text null):
 //! PostgreSQL takes a parameter's type from its binding, so a null bound with the wrong type
@@ -15,6 +16,7 @@ use std::future::Future;
 use sqlx::{Database, Encode, Executor, IntoArguments, Type};
 
 use crate::StoreError;
+use crate::dialect::Dialect;
 use crate::sql::{Columns, backend};
 
 /// A value bound to a placeholder: every stored column is text, a 64-bit integer or a flag.
@@ -40,6 +42,12 @@ impl From<&str> for Value {
 impl From<&String> for Value {
     fn from(v: &String) -> Self {
         Value::Text(Some(v.clone()))
+    }
+}
+
+impl From<Option<&str>> for Value {
+    fn from(v: Option<&str>) -> Self {
+        Value::Text(v.map(str::to_owned))
     }
 }
 
@@ -126,29 +134,6 @@ impl Statement {
                 Value::Flag(v) => query.bind(v),
             })
     }
-}
-
-/// What a backend says about itself that sqlx's [`Database`] does not.
-pub(crate) trait Dialect: Database {
-    /// How many rows a statement changed.
-    fn rows_affected(result: &Self::QueryResult) -> u64;
-    /// Counts the unrevoked keys whose policy names the plan `$1` (JSON is read differently
-    /// by each backend).
-    const COUNT_KEYS_ON_PLAN: &'static str;
-}
-
-impl Dialect for sqlx::Sqlite {
-    fn rows_affected(result: &Self::QueryResult) -> u64 {
-        result.rows_affected()
-    }
-    const COUNT_KEYS_ON_PLAN: &'static str = "SELECT COUNT(*) AS n FROM keys WHERE json_extract(policy, '$.plan') = $1 AND revoked_at IS NULL";
-}
-
-impl Dialect for sqlx::Postgres {
-    fn rows_affected(result: &Self::QueryResult) -> u64 {
-        result.rows_affected()
-    }
-    const COUNT_KEYS_ON_PLAN: &'static str = "SELECT COUNT(*) AS n FROM keys WHERE (policy::jsonb ->> 'plan') = $1 AND revoked_at IS NULL";
 }
 
 /// A connection (or a transaction, through `&mut *tx`) that runs [`Statement`]s. Implemented

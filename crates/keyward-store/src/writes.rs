@@ -13,10 +13,11 @@ use keyward_core::record::{KeyKind, KeyRecord};
 use keyward_core::route::RoutePattern;
 use time::OffsetDateTime;
 
+use crate::dialect::Dialect;
 use crate::sql::{
     Columns, check_root_guard, json_text, opt_from_millis, record_from_row, to_millis,
 };
-use crate::statement::{Conn, Dialect, Statement, Value};
+use crate::statement::{Conn, Statement, Value};
 use crate::{CreditOp, KeyWrite, PlanWrite, StoreError};
 
 /// The columns of `keys` a key write sets, each with its value in `r`, in placeholder order.
