@@ -174,10 +174,8 @@ pub(crate) mod tests {
     use crate::record::KeyKind;
     use crate::route::RoutePattern;
     use serde_json::Map;
+    use keyward_testkit::T0;
     use time::Duration;
-    use time::macros::datetime;
-
-    pub(crate) const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
 
     pub(crate) fn secret(expires_at: Option<OffsetDateTime>) -> SecretInfo {
         SecretInfo {

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::testkit::Server;
+use keyward_testkit::server::Server;
 
 /// The workspace root (`deploy/`, `docs/`).
 fn root() -> PathBuf {

@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use serde_json::json;
 
 use crate::gateway::upstream;
-use crate::testkit::{Http, Server};
+use keyward_testkit::http::Http;
+use keyward_testkit::server::Server;
 
 /// Kills nginx when the test ends, whatever happens.
 struct Nginx(Child);
