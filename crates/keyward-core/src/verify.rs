@@ -173,8 +173,8 @@ pub(crate) mod tests {
     use crate::permission::Permission;
     use crate::record::KeyKind;
     use crate::route::RoutePattern;
-    use serde_json::Map;
     use keyward_testkit::T0;
+    use serde_json::Map;
     use time::Duration;
 
     pub(crate) fn secret(expires_at: Option<OffsetDateTime>) -> SecretInfo {

@@ -84,7 +84,8 @@ async fn a_spike_through_the_api_quarantines_the_key_until_an_operator_re_enable
 /// seconds, with the key disabled and no false positive during the baseline.
 #[test]
 fn simulate_leak_detects_the_leak_within_30_seconds() {
-    let out = KEYWARD.command()
+    let out = KEYWARD
+        .command()
         .args([
             "simulate-leak",
             "--baseline-minutes",

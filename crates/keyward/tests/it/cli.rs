@@ -237,7 +237,8 @@ fn client_errors_are_one_line_and_non_zero() {
             "{args:?}: {err}"
         );
     }
-    let no_key = KEYWARD.command()
+    let no_key = KEYWARD
+        .command()
         .args(["keys", "list", "--url", &format!("http://{}", server.addr)])
         .env_remove("KEYWARD_ROOT_KEY")
         .output()
@@ -245,7 +246,8 @@ fn client_errors_are_one_line_and_non_zero() {
     assert_eq!(no_key.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&no_key.stderr).contains("KEYWARD_ROOT_KEY"));
     // Nothing listens on port 1.
-    let unreachable = KEYWARD.command()
+    let unreachable = KEYWARD
+        .command()
         .args(["keys", "list", "--url", "http://127.0.0.1:1"])
         .env("KEYWARD_ROOT_KEY", &root)
         .output()
@@ -266,7 +268,8 @@ fn verify_reads_the_key_from_stdin() {
         &root,
         &["keys", "create", "--owner", "o", "--output", "json"],
     ));
-    let mut child = KEYWARD.command()
+    let mut child = KEYWARD
+        .command()
         .args(["verify", "-"])
         .env("KEYWARD_URL", format!("http://{}", server.addr))
         .env("KEYWARD_ROOT_KEY", &root)
@@ -310,7 +313,8 @@ fn committed_help_text_is_current() {
     ];
     let mut text = String::new();
     for args in commands {
-        let out = KEYWARD.command()
+        let out = KEYWARD
+            .command()
             .args(args.iter())
             .arg("--help")
             .env_clear()
@@ -338,7 +342,8 @@ fn committed_help_text_is_current() {
 #[test]
 fn cluster_example_env_files_use_real_settings() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/cluster");
-    let help = KEYWARD.command()
+    let help = KEYWARD
+        .command()
         .args(["serve", "--help"])
         .output()
         .unwrap();

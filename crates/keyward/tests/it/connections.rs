@@ -11,7 +11,6 @@ use tokio::net::TcpStream;
 
 use crate::edge::{DEADLINE, addr_of, connections, exchange, read_until_closed, trickle};
 use crate::gateway::{gateway_on, route, upstream};
-use crate::KEYWARD;
 use keyward_testkit::http::Http;
 use keyward_testkit::server::Server;
 
@@ -240,7 +239,8 @@ async fn finding_3_and_14_serve_flags_configure_the_listener() {
         .await;
     assert_eq!(metrics.status, 200);
 
-    let refused = crate::KEYWARD.command()
+    let refused = crate::KEYWARD
+        .command()
         .args([
             "serve",
             "--listen",

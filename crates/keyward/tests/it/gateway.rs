@@ -302,9 +302,7 @@ async fn finding_5_a_flood_of_unknown_keys_from_one_address_is_throttled() {
             .await
             .problem(401, "unknown_key");
     }
-    let throttled = gw
-        .raw("GET", "/api/x", Some(&unknown()), None)
-        .await;
+    let throttled = gw.raw("GET", "/api/x", Some(&unknown()), None).await;
     throttled.problem(429, "too_many_unknown_keys");
     assert_eq!(throttled.header("retry-after"), "1");
     assert_eq!(gw.raw("GET", "/api/x", Some(&key), None).await.status, 200);

@@ -7,8 +7,6 @@
 //! `CI=true` a missing URL fails them. Each test uses a schema of its own (`?schema=`), from
 //! `keyward_testkit::postgres`.
 
-use std::process::Command;
-
 use keyward_testkit::http::Http;
 use keyward_testkit::postgres::Schema;
 use keyward_testkit::process::Process;
@@ -32,7 +30,12 @@ async fn serve_on_postgres_creates_and_verifies_a_key_across_nodes() {
         a.stdout_lines
     );
     let http_a = Http::new(a.addr);
-    let (key, key_id) = http_a.create(&root, json!({"owner": "billing", "permissions": ["orders.read"]})).await;
+    let (key, key_id) = http_a
+        .create(
+            &root,
+            json!({"owner": "billing", "permissions": ["orders.read"]}),
+        )
+        .await;
 
     // A second node on the same store: no second root key, and it knows the key.
     let b = KEYWARD.serve_with(&["--store", &store], &logs.path().join("b"));
@@ -126,7 +129,8 @@ async fn migrate_runs_the_migrations_and_exits() {
         return;
     };
     for _ in 0..2 {
-        let out = KEYWARD.command()
+        let out = KEYWARD
+            .command()
             .args(["migrate", "--store", &schema.store_url()])
             .output()
             .unwrap();
@@ -155,7 +159,8 @@ fn migrate_failures_are_clear_errors() {
             "postgres://".to_owned(),
         ),
     ] {
-        let out = KEYWARD.command()
+        let out = KEYWARD
+            .command()
             .args(["migrate", "--store", &store])
             .output()
             .unwrap();
@@ -170,7 +175,8 @@ fn migrate_failures_are_clear_errors() {
         assert!(!err.contains("panic"), "{err}");
     }
     // Without a store there is nothing to migrate: a usage error, not a panic.
-    let out = KEYWARD.command()
+    let out = KEYWARD
+        .command()
         .arg("migrate")
         .env_remove("KEYWARD_STORE")
         .output()

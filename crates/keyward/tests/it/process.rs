@@ -1,7 +1,5 @@
 //! The server as a process: durability across SIGKILL, and clear startup errors.
 
-use std::process::Command;
-
 use crate::KEYWARD;
 
 #[test]
@@ -34,7 +32,8 @@ fn acknowledged_key_survives_sigkill() {
 }
 
 fn serve_fails(data_dir: &std::path::Path) -> String {
-    let out = KEYWARD.command()
+    let out = KEYWARD
+        .command()
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .output()
@@ -71,7 +70,8 @@ fn unusable_listen_address_is_a_clear_startup_error() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = KEYWARD.command()
+    let out = KEYWARD
+        .command()
         .args(["serve", "--listen", &addr, "--data-dir"])
         .arg(dir.path())
         .output()
@@ -114,7 +114,7 @@ fn finding_9_bootstrap_key_goes_to_a_private_file_not_stdout() {
         "--bootstrap-key-file",
         key_file.to_str().unwrap(),
     ];
-    let server = KEYWARD.serve_with(&args, dir.path());
+    let mut server = KEYWARD.serve_with(&args, dir.path());
     assert_eq!(server.root_key, None, "{:?}", server.stdout_lines);
     assert!(
         server
@@ -155,7 +155,8 @@ fn finding_9_an_existing_bootstrap_key_file_is_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("root-key");
     std::fs::write(&key_file, "operator's own notes\n").unwrap();
-    let out = KEYWARD.command()
+    let out = KEYWARD
+        .command()
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .arg("--bootstrap-key-file")
@@ -177,7 +178,7 @@ fn finding_9_an_existing_bootstrap_key_file_is_never_overwritten() {
     // A store that already has a root key leaves no empty file behind either.
     let fresh = tempfile::tempdir().unwrap();
     let data = fresh.path().join("data");
-    let first = KEYWARD.serve(&data);
+    let mut first = KEYWARD.serve(&data);
     assert!(first.root_key.is_some());
     first.terminate();
     let unused = fresh.path().join("unused-key-file");

@@ -5,7 +5,6 @@
 //! an endpoint nothing is exported at all.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use keyward_testkit::http::Http;
 use keyward_testkit::keys::{secret_part, stranger};

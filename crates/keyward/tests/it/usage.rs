@@ -54,10 +54,7 @@ async fn usage_is_counted_per_key_hour_and_outcome_and_reported_per_hour_and_day
         "MALFORMED"
     );
     let unknown = keyward_testkit::keys::stranger("kw_live");
-    assert_eq!(
-        s.verify(json!({"key": unknown})).await["code"],
-        "NOT_FOUND"
-    );
+    assert_eq!(s.verify(json!({"key": unknown})).await["code"], "NOT_FOUND");
     // Nothing is in the store before the flush: counting stays off the verify path.
     let before = s.admin("GET", "/v1/usage", None).await;
     assert_eq!(before.status, 200);
@@ -289,7 +286,7 @@ fn usage_export_writes_csv_after_a_clean_shutdown() {
     let data = dir.path().to_str().unwrap().to_owned();
     // No periodic flush during the test: only the shutdown's flush can write the counts.
     let args = ["--data-dir", &data, "--last-used-flush-seconds", "3600"];
-    let server = KEYWARD.serve_with(&args, dir.path());
+    let mut server = KEYWARD.serve_with(&args, dir.path());
     let root = server.root_key.clone().unwrap();
     let owner = "team, \"quoted\"";
     let created = server.cli(

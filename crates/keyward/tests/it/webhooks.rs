@@ -20,7 +20,6 @@ use time::Duration as Days;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::KEYWARD;
 use keyward_testkit::server::Server;
 
 const SECRET: &[u8] = b"whsec_test_only_0123456789abcdef0123";
