@@ -20,8 +20,9 @@
 //! PostgreSQL and Redis tests read `KEYWARD_TEST_POSTGRES_URL` and `KEYWARD_TEST_REDIS_URL`.
 //! Without the variable a test prints `SKIPPED <test>: …` to standard error (past the
 //! harness's capture) and returns; with `CI=true` a missing variable fails the test instead,
-//! so CI cannot pass by skipping. Each test gets a schema or namespace of its own, so tests
-//! run in parallel against one server.
+//! so CI cannot pass by skipping ([`skip`] does the same for a test that lacks a tool, such
+//! as nginx). Each test gets a schema or namespace of its own, so tests run in parallel
+//! against one server.
 //!
 //! # Dependency cycles, and why the crate is cut the way it is
 //!
@@ -66,6 +67,8 @@ pub mod redis;
 #[cfg(feature = "server")]
 pub mod server;
 mod service;
+
+pub use service::skip;
 
 use time::OffsetDateTime;
 use time::macros::datetime;

@@ -1,23 +1,29 @@
-//! What the PostgreSQL and Redis fixtures share: finding the service from the environment
-//! (or saying the test was skipped), and names unique to one test.
+//! What the fixtures of outside services share: skipping a test that lacks one (or failing it
+//! in CI), finding PostgreSQL or Redis from the environment, and names unique to one test.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The URL in `variable`, or `None` after printing that `test` was skipped. With `CI=true` a
-/// missing URL fails the test instead: CI must not pass by skipping.
+/// Says that `test` is skipped, and why (`SKIPPED test: why` on standard error), for a test
+/// about to return early because something it needs is missing. With `CI=true` it fails the
+/// test instead: CI must not pass by skipping.
+pub fn skip(test: &str, why: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: {why}, and CI=true requires it"
+    );
+    // Straight to stderr, not eprintln!: the test harness would hide that.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// The URL in `variable`, or `None` after [`skip`]ping `test` when it is not set.
 pub(crate) fn url(variable: &str, example: &str, test: &str) -> Option<String> {
     match std::env::var(variable) {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test}: {variable} is not set, and CI=true requires it"
-            );
-            // Straight to stderr, not eprintln!: the test harness would hide that.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: set {variable} (e.g. {example}) to run it"
+            skip(
+                test,
+                &format!("{variable} is not set (e.g. {variable}={example})"),
             );
             None
         }
