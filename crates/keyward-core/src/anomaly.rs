@@ -343,9 +343,7 @@ impl KeyBaseline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use time::macros::datetime;
-
-    const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+    use keyward_testkit::T0;
 
     /// Feeds `count` successful requests `every` apart from `ips` in turn, starting at `start`;
     /// returns the findings and the time after the last request.

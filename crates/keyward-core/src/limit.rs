@@ -194,10 +194,8 @@ pub fn check(limit: &RateLimit, tat: Option<i128>, cost: u64, now: OffsetDateTim
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyward_testkit::T0;
     use time::Duration;
-    use time::macros::datetime;
-
-    const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
 
     fn limit(limit: u64, period_seconds: u64, burst: u64) -> RateLimit {
         RateLimit {

@@ -59,7 +59,8 @@ pub fn plan_rotation(secrets: &[SecretInfo], grace: Duration, now: OffsetDateTim
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::tests::{T0, secret};
+    use crate::verify::tests::secret;
+    use keyward_testkit::T0;
 
     #[test]
     fn first_rotation_deprecates_the_current_secret() {

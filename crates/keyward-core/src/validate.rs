@@ -263,7 +263,7 @@ pub fn prefix(explicit: Option<&str>, environment: &str) -> Result<Prefix, Field
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::tests::T0;
+    use keyward_testkit::T0;
     use serde_json::json;
 
     #[test]

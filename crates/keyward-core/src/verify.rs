@@ -173,11 +173,9 @@ pub(crate) mod tests {
     use crate::permission::Permission;
     use crate::record::KeyKind;
     use crate::route::RoutePattern;
+    use keyward_testkit::T0;
     use serde_json::Map;
     use time::Duration;
-    use time::macros::datetime;
-
-    pub(crate) const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
 
     pub(crate) fn secret(expires_at: Option<OffsetDateTime>) -> SecretInfo {
         SecretInfo {

@@ -11,12 +11,11 @@ use keyward_core::key::KeyHash;
 use keyward_core::permission::Permission;
 use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, SecretInfo};
 use serde_json::json;
-use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 
 use crate::{AuditFilter, KeyFilter, KeyStore, KeyWrite, StoreError};
 
-pub(crate) const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+pub(crate) use keyward_testkit::T0;
 
 pub(crate) fn record(key_id: &str, owner: &str) -> KeyRecord {
     KeyRecord {

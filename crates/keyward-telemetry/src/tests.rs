@@ -1,49 +1,14 @@
 //! Unit tests of the redacting writer and the panic hook.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
 
-use keyward_core::key::{Prefix, generate_key};
 use keyward_core::redact::REDACTED;
+use keyward_testkit::keys::stranger as key;
+use keyward_testkit::logs::Capture;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 use super::*;
-
-/// Collects everything written, for inspection.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-fn key(prefix: &str) -> String {
-    let prefix = Prefix::new(prefix).unwrap();
-    generate_key(&prefix, &mut rand::rngs::SysRng)
-        .unwrap()
-        .expose()
-        .to_owned()
-}
 
 /// Serialises the tests that install a subscriber. tracing caches each callsite's interest
 /// process-wide, computed over every live subscriber; a process runs one, but parallel tests
@@ -182,6 +147,8 @@ mod traces {
     use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
     use tracing_subscriber::EnvFilter;
 
+    use keyward_testkit::keys::secret_part;
+
     use super::{Capture, key};
     use crate::traces::{RedactingExporter, Traces};
     use crate::{Format, subscriber, subscriber_with_traces};
@@ -202,12 +169,6 @@ mod traces {
             self.0.lock().unwrap().extend(batch);
             Ok(())
         }
-    }
-
-    /// The 32 random characters of a key: what must not be exported, whatever surrounds it.
-    fn secret_part(key: &str) -> &str {
-        let body = &key[key.rfind('_').unwrap() + 1..];
-        &body[..32]
     }
 
     /// Runs `emit` under the real subscriber with traces going to a collecting exporter;

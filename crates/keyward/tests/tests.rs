@@ -1,10 +1,12 @@
-//! keyward's integration tests, compiled into one binary. `testkit` boots the real server
-//! (in-process on port 0 with a manual clock, or the real binary as a child process).
+//! keyward's integration tests, compiled into one binary. The `keyward-testkit` crate boots
+//! the real server (in-process on port 0 with a manual clock, or the real binary as a child
+//! process, [`KEYWARD`]) and holds every fixture the tests share.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "it/testkit.rs"]
-mod testkit;
+/// The keyward binary built for these tests: only this crate's tests know its path.
+pub(crate) const KEYWARD: keyward_testkit::process::Binary =
+    keyward_testkit::process::Binary::at(env!("CARGO_BIN_EXE_keyward"));
 
 #[path = "it/anomaly.rs"]
 mod anomaly;
@@ -42,10 +44,6 @@ mod outage;
 mod postgres;
 #[path = "it/process.rs"]
 mod process;
-/// The engine's cut-and-restore TCP proxy, shared rather than copied.
-#[path = "../../keyward-engine/src/test_proxy.rs"]
-#[allow(dead_code)] // redis_socket is for the engine's Redis tests.
-mod proxy;
 #[path = "it/shared_limits.rs"]
 mod shared_limits;
 #[path = "it/tenant_scope.rs"]

@@ -1,15 +1,14 @@
 //! PostgreSQL store tests. They need a server: set `KEYWARD_TEST_POSTGRES_URL` (for example
 //! `postgres://postgres@127.0.0.1:5432/test`). Without it each test says it was skipped, and
 //! with `CI=true` a missing URL fails the test instead. Every test works in a schema of its
-//! own, so they run in parallel against one database.
+//! own (`keyward_testkit::postgres::Schema`), so they run in parallel against one database.
 
-use std::io::Write;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use keyward_core::audit::{AuditAction, AuditDraft, ChainVerifier};
 use keyward_core::quota::QuotaConfig;
 use keyward_core::record::{KeyKind, Plan};
+use keyward_testkit::postgres::Schema;
 use serde_json::json;
 
 use super::feed::{PgChangeFeed, parse_payload};
@@ -21,42 +20,22 @@ use keyward_core::key::KeyHash;
 /// How long a test waits for a change to arrive before it fails.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A schema of one test; [`TestDb::drop`] removes it at the end.
-struct TestDb {
-    url: String,
-    schema: String,
+/// The testkit's schema of one test, with this crate's store built on it; [`TestDb::drop`]
+/// removes the schema at the end.
+struct TestDb(Schema);
+
+impl std::ops::Deref for TestDb {
+    type Target = Schema;
+
+    fn deref(&self) -> &Schema {
+        &self.0
+    }
 }
 
 impl TestDb {
     /// The test database, or `None` (after saying so) when none is configured.
     fn new(test: &str) -> Option<Self> {
-        let url = match std::env::var("KEYWARD_TEST_POSTGRES_URL") {
-            Ok(url) if !url.is_empty() => url,
-            _ => {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "{test}: KEYWARD_TEST_POSTGRES_URL is not set, and CI=true requires the PostgreSQL tests to run"
-                );
-                // Straight to stderr, not eprintln!: the test harness would hide that.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED {test}: set KEYWARD_TEST_POSTGRES_URL (e.g. postgres://postgres@127.0.0.1:5432/test) to run it"
-                );
-                return None;
-            }
-        };
-        static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let schema = format!(
-            "kwtest_{}_{:x}_{}",
-            std::process::id(),
-            nanos,
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        Some(Self { url, schema })
+        Schema::new(test).map(Self)
     }
 
     fn options(&self, node: &str) -> PostgresOptions {
@@ -74,19 +53,8 @@ impl TestDb {
             .unwrap()
     }
 
-    /// Runs one statement outside any store (as an operator would).
-    async fn admin(&self, sql: &str) {
-        let mut conn = PgConnection::connect(&self.url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let _ = conn.close().await;
-    }
-
     async fn drop(self) {
-        self.admin(&format!("DROP SCHEMA \"{}\" CASCADE", self.schema))
-            .await;
+        self.0.drop().await;
     }
 }
 

@@ -4,7 +4,8 @@ use keyward_engine::anomaly::{AnomalyAction, AnomalyConfig};
 use serde_json::json;
 use time::Duration;
 
-use crate::testkit::{Server, binary};
+use crate::KEYWARD;
+use keyward_testkit::server::Server;
 
 /// A leaked key through the HTTP API: steady traffic from three addresses, then twenty times
 /// the rate; the tenant's `disable` quarantines the key, the audit log says so, and an
@@ -83,7 +84,8 @@ async fn a_spike_through_the_api_quarantines_the_key_until_an_operator_re_enable
 /// seconds, with the key disabled and no false positive during the baseline.
 #[test]
 fn simulate_leak_detects_the_leak_within_30_seconds() {
-    let out = std::process::Command::new(binary())
+    let out = KEYWARD
+        .command()
         .args([
             "simulate-leak",
             "--baseline-minutes",

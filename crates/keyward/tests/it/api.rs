@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use time::Duration;
 
-use crate::testkit::Server;
+use keyward_testkit::server::Server;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_verify_revoke() {
@@ -264,12 +264,8 @@ async fn every_verify_code() {
     )
     .await;
     assert_eq!(code(s.verify(json!({"key": other})).await), "REVOKED");
-    let unknown = keyward_core::key::generate_key(
-        &keyward_core::key::Prefix::new("kw_live").unwrap(),
-        &mut rand::rngs::SysRng,
-    )
-    .unwrap();
-    let nf = s.verify(json!({"key": unknown.expose()})).await;
+    let unknown = keyward_testkit::keys::stranger("kw_live");
+    let nf = s.verify(json!({"key": unknown})).await;
     assert_eq!(code(nf.clone()), "NOT_FOUND");
     assert!(nf.get("key_id").is_none());
     let mut other_tenant = ok.clone();

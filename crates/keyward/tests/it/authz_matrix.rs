@@ -25,7 +25,8 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 use time::Duration;
 
-use crate::testkit::{Response, Server};
+use keyward_testkit::http::Response;
+use keyward_testkit::server::Server;
 
 /// How a root key confined to a tenant, holding the row's permission, is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,13 +382,7 @@ impl<'a> Fixture<'a> {
             )
             .await;
         assert_eq!(r.status, 200);
-        let unknown = keyward_core::key::generate_key(
-            &keyward_core::key::Prefix::new("kwroot").unwrap(),
-            &mut rand::rngs::SysRng,
-        )
-        .unwrap()
-        .expose()
-        .to_owned();
+        let unknown = keyward_testkit::keys::stranger("kwroot");
         // acme's key overdue for rotation, and its usage of the current hour: the listings and
         // reports have something of acme's to show, or to hide.
         s.engine

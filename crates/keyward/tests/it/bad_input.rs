@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::testkit::Server;
+use keyward_testkit::server::Server;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_bodies_get_clear_4xx() {

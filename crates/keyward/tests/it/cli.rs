@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::testkit::{Process, binary};
+use crate::KEYWARD;
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8(o.stdout.clone()).unwrap()
@@ -22,7 +22,7 @@ fn json(o: &std::process::Output) -> Value {
 #[test]
 fn readme_walkthrough() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Process::start(dir.path());
+    let server = KEYWARD.serve(dir.path());
     let root = server
         .root_key
         .clone()
@@ -202,7 +202,7 @@ fn readme_walkthrough() {
 #[test]
 fn client_errors_are_one_line_and_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Process::start(dir.path());
+    let server = KEYWARD.serve(dir.path());
     let root = server.root_key.clone().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["keys", "show", "../audit"], "is not a key_id"),
@@ -237,7 +237,8 @@ fn client_errors_are_one_line_and_non_zero() {
             "{args:?}: {err}"
         );
     }
-    let no_key = std::process::Command::new(binary())
+    let no_key = KEYWARD
+        .command()
         .args(["keys", "list", "--url", &format!("http://{}", server.addr)])
         .env_remove("KEYWARD_ROOT_KEY")
         .output()
@@ -245,7 +246,8 @@ fn client_errors_are_one_line_and_non_zero() {
     assert_eq!(no_key.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&no_key.stderr).contains("KEYWARD_ROOT_KEY"));
     // Nothing listens on port 1.
-    let unreachable = std::process::Command::new(binary())
+    let unreachable = KEYWARD
+        .command()
         .args(["keys", "list", "--url", "http://127.0.0.1:1"])
         .env("KEYWARD_ROOT_KEY", &root)
         .output()
@@ -260,13 +262,14 @@ fn client_errors_are_one_line_and_non_zero() {
 fn verify_reads_the_key_from_stdin() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let server = Process::start(dir.path());
+    let server = KEYWARD.serve(dir.path());
     let root = server.root_key.clone().unwrap();
     let created = json(&server.cli(
         &root,
         &["keys", "create", "--owner", "o", "--output", "json"],
     ));
-    let mut child = std::process::Command::new(binary())
+    let mut child = KEYWARD
+        .command()
         .args(["verify", "-"])
         .env("KEYWARD_URL", format!("http://{}", server.addr))
         .env("KEYWARD_ROOT_KEY", &root)
@@ -310,7 +313,8 @@ fn committed_help_text_is_current() {
     ];
     let mut text = String::new();
     for args in commands {
-        let out = std::process::Command::new(binary())
+        let out = KEYWARD
+            .command()
             .args(args.iter())
             .arg("--help")
             .env_clear()
@@ -338,7 +342,8 @@ fn committed_help_text_is_current() {
 #[test]
 fn cluster_example_env_files_use_real_settings() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/cluster");
-    let help = std::process::Command::new(binary())
+    let help = KEYWARD
+        .command()
         .args(["serve", "--help"])
         .output()
         .unwrap();

@@ -11,7 +11,8 @@ use tokio::net::TcpStream;
 
 use crate::edge::{DEADLINE, addr_of, connections, exchange, read_until_closed, trickle};
 use crate::gateway::{gateway_on, route, upstream};
-use crate::testkit::{Http, Server};
+use keyward_testkit::http::Http;
+use keyward_testkit::server::Server;
 
 /// An admin API and a gateway, both with `config`; returns (server, admin, gateway) addresses.
 async fn both_listeners(adjust: fn(&mut ListenerConfig)) -> (Server, SocketAddr, SocketAddr) {
@@ -217,7 +218,7 @@ async fn finding_3_a_connection_where_nothing_moves_is_closed() {
 async fn finding_3_and_14_serve_flags_configure_the_listener() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = crate::testkit::Process::start_with(
+    let server = crate::KEYWARD.serve_with(
         &[
             "--data-dir",
             data.to_str().unwrap(),
@@ -238,7 +239,8 @@ async fn finding_3_and_14_serve_flags_configure_the_listener() {
         .await;
     assert_eq!(metrics.status, 200);
 
-    let refused = std::process::Command::new(crate::testkit::binary())
+    let refused = crate::KEYWARD
+        .command()
         .args([
             "serve",
             "--listen",

@@ -13,7 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::gateway::{gateway_on, route, upstream};
-use crate::testkit::{Http, Server};
+use keyward_testkit::http::Http;
+use keyward_testkit::server::Server;
 
 /// Longest any test here waits for the server to act: generous, never a timing assertion.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(20);

@@ -9,7 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::ext_authz::{check_request, outcome};
 use crate::gateway::{gateway, route, upstream};
 use crate::limits::verifier;
-use crate::testkit::{Http, Server};
+use keyward_testkit::http::Http;
+use keyward_testkit::server::Server;
 
 /// Sends `METHOD target HTTP/1.1` exactly as given, for targets an HTTP client library would
 /// refuse to build (a backslash, a NUL byte), and returns the status and the body.

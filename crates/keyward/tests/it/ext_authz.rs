@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, 
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::testkit::Server;
+use keyward_testkit::server::Server;
 
 pub(crate) fn check_request(
     key: Option<&str>,

@@ -13,7 +13,8 @@ use keyward_http::listener::Connections;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::testkit::{Http, Server};
+use keyward_testkit::http::Http;
+use keyward_testkit::server::Server;
 
 /// An upstream that reads the body and answers with the method, path, query, headers and body
 /// length it received, or (under `/slow`) never answers.
@@ -251,7 +252,6 @@ async fn a_spent_quota_is_a_429_with_its_ratelimit_item() {
 /// `keyward gateway --config` as a process: thread-per-core listeners plus the admin API.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_gateway_command_serves_routes_and_the_admin_api() {
-    use std::io::{BufRead, BufReader};
     let up = upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
@@ -263,63 +263,15 @@ async fn the_gateway_command_serves_routes_and_the_admin_api() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(crate::testkit::binary())
-        .args(["gateway", "--config"])
-        .arg(&config)
-        .env("KEYWARD_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut seen = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let done = line.contains("gateway listening on");
-            seen.push(line);
-            if done {
-                break;
-            }
-        }
-        seen
-    })
-    .await
-    .unwrap();
-    let addr_after = |marker: &str| -> std::net::SocketAddr {
-        let line = lines
-            .iter()
-            .find(|l| l.contains(marker))
-            .unwrap_or_else(|| panic!("{marker}: {lines:?}"));
-        line.split("http://")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let admin = Http::new(addr_after("admin API listening on"));
-    let gw = Http::new(addr_after("gateway listening on"));
-    let root = lines
-        .iter()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("kwroot_")
-                .map(|r| format!("kwroot_{r}"))
-        })
-        .unwrap();
+    let gateway = crate::KEYWARD.gateway(&config, dir.path());
+    let admin = Http::new(gateway.addr_after("admin API listening on"));
+    let gw = Http::new(gateway.addr);
+    let root = gateway.root_key.clone().unwrap();
+    let lines = &gateway.stdout_lines;
     assert!(lines.iter().any(|l| l.contains("(2 threads)")), "{lines:?}");
-    let created = admin
-        .call(
-            "POST",
-            "/v1/keys",
-            Some(&root),
-            Some(json!({"owner": "o", "permissions": ["orders.read"]})),
-        )
+    let (key, _) = admin
+        .create(&root, json!({"owner": "o", "permissions": ["orders.read"]}))
         .await;
-    let key = created.json()["key"].as_str().unwrap().to_owned();
     for _ in 0..4 {
         let r = gw.raw("GET", "/orders/1", Some(&key), None).await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -328,8 +280,7 @@ async fn the_gateway_command_serves_routes_and_the_admin_api() {
     gw.raw("GET", "/orders/1", None, None)
         .await
         .problem(401, "missing_key");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    gateway.kill();
 }
 
 /// Issue 10, finding 5: well-formed keys cost nothing to mint, and each unknown one used to be
@@ -343,28 +294,20 @@ async fn finding_5_a_flood_of_unknown_keys_from_one_address_is_throttled() {
     let up = upstream().await;
     let gw = gateway(&s, vec![route("/api", up, None)]).await;
     let (key, _) = s.create(json!({"owner": "o"})).await;
-    let unknown = || {
-        keyward_core::key::generate_key(
-            &keyward_core::key::Prefix::new("kw_live").unwrap(),
-            &mut rand::rngs::SysRng,
-        )
-        .unwrap()
-    };
+    let unknown = || keyward_testkit::keys::stranger("kw_live");
     assert_eq!(gw.raw("GET", "/api/x", Some(&key), None).await.status, 200);
     let burst = keyward_engine::UnknownKeyBudget::default().burst;
     for _ in 0..burst {
-        gw.raw("GET", "/api/x", Some(unknown().expose()), None)
+        gw.raw("GET", "/api/x", Some(&unknown()), None)
             .await
             .problem(401, "unknown_key");
     }
-    let throttled = gw
-        .raw("GET", "/api/x", Some(unknown().expose()), None)
-        .await;
+    let throttled = gw.raw("GET", "/api/x", Some(&unknown()), None).await;
     throttled.problem(429, "too_many_unknown_keys");
     assert_eq!(throttled.header("retry-after"), "1");
     assert_eq!(gw.raw("GET", "/api/x", Some(&key), None).await.status, 200);
     s.clock.advance(time::Duration::seconds(1));
-    gw.raw("GET", "/api/x", Some(unknown().expose()), None)
+    gw.raw("GET", "/api/x", Some(&unknown()), None)
         .await
         .problem(401, "unknown_key");
 }

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use time::Duration;
 
-use crate::testkit::Server;
+use keyward_testkit::server::Server;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_reports_limits_and_refuses_with_retry_after() {
@@ -271,7 +271,7 @@ async fn auth(
     key: Option<&str>,
     extra: &[(&str, &str)],
     query: &str,
-) -> crate::testkit::Response {
+) -> keyward_testkit::http::Response {
     s.http.auth_request(root, key, extra, query).await
 }
 

@@ -1,68 +1,86 @@
-//! The no-leak test (issue 5): a whole session of creating, verifying, rotating and revoking
-//! keys, with every kind of mistake a client makes with a key (in the URL path and query, in
+//! The no-leak tests (issue 5): sessions of creating, verifying, rotating and revoking keys,
+//! with every kind of mistake a client makes with a key (in the URL path and query, in
 //! unknown JSON fields, in metadata, as a root key, in a broken body), and a panicking handler.
-//! Every key the session created or presented is then looked for in every output channel: the
-//! server's JSON log at debug level, every response body and header, the audit log (through the
-//! API and in the bytes of the SQLite files), `GET /metrics` when the server has it, and the
-//! usage report (`GET /v1/usage` and its CSV export).
-
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+//! Each session is one focused test; at its end every key it created or presented is looked
+//! for in every output channel ([`Session::finish`]): the server's JSON log at debug level,
+//! every response body and header, the audit log (through the API and in the bytes of the
+//! SQLite files), `GET /metrics` when the server has it, and the usage report (`GET /v1/usage`
+//! and its CSV export).
 
 use axum::Router;
 use axum::routing::post;
-use keyward_core::key::{Prefix, generate_key};
 use keyward_core::redact::REDACTED;
-use keyward_engine::clock::ManualClock;
-use keyward_engine::{EngineConfig, Keyward};
-use keyward_http::AppState;
-use keyward_store::SqliteStore;
+use keyward_testkit::http::{Http, Response};
+use keyward_testkit::keys::{assert_no_key, contains, stranger};
+use keyward_testkit::logs::Capture;
+use keyward_testkit::process::Process;
+use keyward_testkit::server::Server;
 use serde_json::{Value, json};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
 
-use crate::testkit::{Http, Process, Response, T0};
+use crate::KEYWARD;
 
-/// A fresh, well-formed key that the server has never seen.
-fn stranger(prefix: &str) -> String {
-    let prefix = Prefix::new(prefix).unwrap();
-    generate_key(&prefix, &mut rand::rngs::SysRng)
-        .unwrap()
-        .expose()
-        .to_owned()
-}
-
-/// The 32 random characters of a key: what must not appear anywhere, whatever surrounds it.
-fn secret_part(key: &str) -> &str {
-    let body = &key[key.rfind('_').unwrap() + 1..];
-    &body[..32]
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle.as_bytes())
-}
-
-fn assert_no_key(channel: &str, output: &[u8], keys: &[String]) {
-    for key in keys {
-        assert!(
-            !contains(output, secret_part(key)),
-            "{channel} contains the key {key}:\n{}",
-            String::from_utf8_lossy(output)
-        );
-    }
-}
-
-/// Talks to the server and keeps every response (headers and body) for the final check.
+/// A `keyward serve` with a JSON log at debug level, and a session of calls to it that keeps
+/// every response (headers and body) and every key it created or presented, for the final
+/// check.
 struct Session {
+    server: Process,
+    data: tempfile::TempDir,
+    logs: tempfile::TempDir,
     http: Http,
     root: String,
     keys: Vec<String>,
+    /// The key_ids of the keys the session created: the audit log must name them.
+    key_ids: Vec<String>,
     responses: Vec<u8>,
 }
 
+/// What [`Session::finish`] read from the channels that name key_ids, for a test's own checks.
+struct Channels {
+    /// The server's log, one JSON value per line.
+    log: Vec<Value>,
+    /// `GET /v1/usage?granularity=day` after a clean restart.
+    usage: Vec<u8>,
+    /// `keyward usage export --granularity day`.
+    csv: Vec<u8>,
+}
+
+impl Channels {
+    /// Whether the log has a line with `message` naming `key_id`.
+    fn logged(&self, message: &str, key_id: &str) -> bool {
+        self.log
+            .iter()
+            .any(|l| l["fields"]["message"] == message && l["fields"]["key_id"] == key_id)
+    }
+}
+
 impl Session {
+    fn serve_args(data: &tempfile::TempDir) -> [&str; 4] {
+        [
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--log-format",
+            "json",
+        ]
+    }
+
+    fn start() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let server = KEYWARD.serve_with(&Self::serve_args(&data), logs.path());
+        let root = server.root_key.clone().unwrap();
+        Self {
+            http: Http::new(server.addr),
+            server,
+            data,
+            logs,
+            root: root.clone(),
+            keys: vec![root],
+            key_ids: Vec::new(),
+            responses: Vec::new(),
+        }
+    }
+
     fn keep(&mut self, r: &Response) {
         self.keep_headers(r);
         self.responses.extend_from_slice(&r.body);
@@ -77,6 +95,13 @@ impl Session {
             self.responses.extend_from_slice(value.as_bytes());
             self.responses.push(b'\n');
         }
+    }
+
+    /// A key no server has seen, remembered so the final check looks for it.
+    fn stranger(&mut self, prefix: &str) -> String {
+        let key = stranger(prefix);
+        self.keys.push(key.clone());
+        key
     }
 
     /// A call whose response body is the one place a new key is meant to appear.
@@ -139,8 +164,34 @@ impl Session {
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
         let json = r.json();
         let key = json["key"].as_str().unwrap().to_owned();
+        let key_id = json["record"]["key_id"].as_str().unwrap().to_owned();
         self.keys.push(key.clone());
-        (key, json["record"]["key_id"].as_str().unwrap().to_owned())
+        self.key_ids.push(key_id.clone());
+        (key, key_id)
+    }
+
+    /// The API key most sessions start from: (key, key_id).
+    async fn create_live(&mut self) -> (String, String) {
+        self.create(
+            "/v1/keys",
+            json!({"owner": "billing", "permissions": ["orders.read"], "meta": {"plan": "pro"}}),
+        )
+        .await
+    }
+
+    /// An API key with a custom prefix: (key, key_id).
+    async fn create_other(&mut self) -> (String, String) {
+        self.create("/v1/keys", json!({"owner": "ops", "prefix": "acme_prod"}))
+            .await
+    }
+
+    /// A narrow root key: (key, key_id).
+    async fn create_reader(&mut self) -> (String, String) {
+        self.create(
+            "/v1/root-keys",
+            json!({"owner": "support", "permissions": ["keys.read"]}),
+        )
+        .await
     }
 
     async fn verify(&mut self, body: Value) -> Value {
@@ -148,52 +199,109 @@ impl Session {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         r.json()
     }
+
+    /// Looks for every key of the session in every output channel: the audit log through the
+    /// API (every page; it must name every key_id created, and its chain verify), `GET
+    /// /metrics`, then after a clean stop (which writes the usage counts) and a second start
+    /// the usage report and its CSV export, and last the server's log (JSON lines), every
+    /// response, and the bytes of every file in the data directory.
+    async fn finish(mut self) -> Channels {
+        let mut audit = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/audit?limit=100&cursor={c}"),
+                None => "/v1/audit?limit=100".to_owned(),
+            };
+            let page = self.admin("GET", &path, None).await;
+            assert_eq!(page.status, 200);
+            audit.extend_from_slice(&page.body);
+            match page.json()["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        for key_id in &self.key_ids {
+            assert!(contains(&audit, key_id), "the audit log names key_ids");
+        }
+        assert_eq!(
+            self.admin("POST", "/v1/audit/verify", None).await.status,
+            200
+        );
+
+        // Metrics, where this build has them.
+        let metrics = self.admin("GET", "/metrics", None).await;
+        let scraped_metrics = metrics.status == 200;
+        if scraped_metrics {
+            assert_no_key("GET /metrics", &metrics.body, &self.keys);
+        }
+
+        let keys = self.keys.clone();
+        assert!(keys.len() > 1, "the session created or presented keys");
+        // A clean stop writes the usage counts; a second start serves them (the usage report
+        // and its CSV export are output channels too).
+        self.server.terminate();
+        self.server = KEYWARD.serve_with(&Self::serve_args(&self.data), self.logs.path());
+        self.http = Http::new(self.server.addr);
+        let usage = self.admin("GET", "/v1/usage?granularity=day", None).await;
+        assert_eq!(usage.status, 200);
+        let csv = self
+            .server
+            .cli(&self.root, &["usage", "export", "--granularity", "day"]);
+        assert!(
+            csv.status.success(),
+            "{}",
+            String::from_utf8_lossy(&csv.stderr)
+        );
+        assert_no_key("keyward usage export", &csv.stdout, &keys);
+        let log_path = self.server.log_path.clone();
+        self.server.kill();
+
+        // The log: JSON lines, never a key.
+        let log = std::fs::read(log_path).unwrap();
+        assert_no_key("the server log", &log, &keys);
+        let lines: Vec<Value> = String::from_utf8(log)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"))
+            })
+            .collect();
+
+        assert_no_key("HTTP responses", &self.responses, &keys);
+        assert_no_key("the audit log (API)", &audit, &keys);
+        for entry in std::fs::read_dir(self.data.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let bytes = std::fs::read(&path).unwrap();
+                assert_no_key(&format!("{}", path.display()), &bytes, &keys);
+            }
+        }
+        eprintln!(
+            "no-leak: {} keys checked; GET /metrics scraped: {scraped_metrics}",
+            keys.len()
+        );
+        Channels {
+            log: lines,
+            usage: usage.body,
+            csv: csv.stdout,
+        }
+    }
 }
 
+/// Verify: valid, unknown, bad checksum, truncated, in an unknown field, in the permissions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_plaintext_key_reaches_any_output_channel() {
-    let data = tempfile::tempdir().unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let serve_args = [
-        "--data-dir",
-        data.path().to_str().unwrap(),
-        "--log-format",
-        "json",
-    ];
-    let server = Process::start_with(&serve_args, logs.path());
-    let root = server.root_key.clone().unwrap();
-    let mut s = Session {
-        http: Http::new(server.addr),
-        root: root.clone(),
-        keys: vec![root.clone()],
-        responses: Vec::new(),
-    };
-
-    // Create: an API key, one with a custom prefix, and a narrow root key.
-    let (live, live_id) = s
-        .create(
-            "/v1/keys",
-            json!({"owner": "billing", "permissions": ["orders.read"], "meta": {"plan": "pro"}}),
-        )
-        .await;
-    let (other, other_id) = s
-        .create("/v1/keys", json!({"owner": "ops", "prefix": "acme_prod"}))
-        .await;
-    let (reader, reader_id) = s
-        .create(
-            "/v1/root-keys",
-            json!({"owner": "support", "permissions": ["keys.read"]}),
-        )
-        .await;
-
-    // Verify: valid, unknown, bad checksum, truncated, in an unknown field, in the permissions.
+async fn verifying_good_and_bad_keys_leaks_no_key() {
+    let mut s = Session::start();
+    let (live, live_id) = s.create_live().await;
+    let (other, other_id) = s.create_other().await;
     assert_eq!(
         s.verify(json!({"key": live, "permissions": "orders.read"}))
             .await["code"],
         "VALID"
     );
-    let unknown = stranger("kw_live");
-    s.keys.push(unknown.clone());
+    let unknown = s.stranger("kw_live");
     assert_eq!(s.verify(json!({"key": unknown})).await["code"], "NOT_FOUND");
     let mut bad_checksum = live.clone();
     let last = bad_checksum.pop().unwrap();
@@ -228,7 +336,26 @@ async fn no_plaintext_key_reaches_any_output_channel() {
         "INSUFFICIENT_PERMISSIONS"
     );
 
-    // A key in the URL path (also with its separator percent-encoded) and in the query string.
+    let channels = s.finish().await;
+    assert!(contains(&channels.usage, &live_id), "usage names key_ids");
+    assert!(contains(&channels.csv, &live_id));
+    assert!(
+        channels.logged("key created", &live_id),
+        "{:?}",
+        channels.log
+    );
+    assert!(
+        channels.logged("verification refused", &other_id),
+        "refusals name the key_id"
+    );
+}
+
+/// A key in the URL path (also with its separator percent-encoded) and in the query string,
+/// and the edge-auth endpoint with the client key as a bearer token and in the query string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_in_the_url_leaks_nowhere() {
+    let mut s = Session::start();
+    let (live, _) = s.create_live().await;
     for path in [
         format!("/v1/keys/{live}"),
         format!("/v1/keys/kw_live%5F{}", &live[8..]),
@@ -250,7 +377,28 @@ async fn no_plaintext_key_reaches_any_output_channel() {
         .await;
     assert!(r.status >= 400);
 
-    // Keys as metadata, owner or name are refused.
+    let root = s.root.clone();
+    let bearer = format!("Bearer {live}");
+    s.headers(
+        "GET",
+        "/v1/auth",
+        &[("x-keyward-root-key", &root), ("authorization", &bearer)],
+    )
+    .await;
+    s.headers(
+        "GET",
+        &format!("/v1/auth?api_key={live}"),
+        &[("x-keyward-root-key", &root)],
+    )
+    .await;
+    s.finish().await;
+}
+
+/// Keys as metadata, owner, name or tag are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_as_metadata_are_refused_and_leak_nowhere() {
+    let mut s = Session::start();
+    let (live, _) = s.create_live().await;
     for body in [
         json!({"owner": "o", "meta": {"note": live}}),
         json!({"owner": live}),
@@ -265,8 +413,15 @@ async fn no_plaintext_key_reaches_any_output_channel() {
             String::from_utf8_lossy(&r.body)
         );
     }
+    s.finish().await;
+}
 
-    // Bad bodies quoting a key.
+/// Bad bodies quoting a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bodies_quoting_a_key_leak_no_key() {
+    let mut s = Session::start();
+    let (live, _) = s.create_live().await;
+    let (other, _) = s.create_other().await;
     for (content_type, body) in [
         ("application/json", format!("{{\"key\": \"{live}")),
         (
@@ -284,11 +439,19 @@ async fn no_plaintext_key_reaches_any_output_channel() {
         // serde reads a struct from a JSON array too, so `["<key>"]` is a valid request.
         assert!(r.status >= 400 || r.status == 200, "{}", r.status);
     }
+    s.finish().await;
+}
 
-    // Root-key failures: an API key, an unknown and a malformed root key, a narrow root key
-    // beyond its permissions, the root key in the wrong header.
-    let unknown_root = stranger("kwroot");
-    s.keys.push(unknown_root.clone());
+/// Root-key failures: an API key, an unknown and a malformed root key, a narrow root key
+/// beyond its permissions, the root key in the wrong header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_root_keys_leak_no_key() {
+    let mut s = Session::start();
+    let (live, _) = s.create_live().await;
+    let (other, _) = s.create_other().await;
+    let (reader, reader_id) = s.create_reader().await;
+    let root = s.root.clone();
+    let unknown_root = s.stranger("kwroot");
     for bearer in [
         live.as_str(),
         unknown_root.as_str(),
@@ -316,22 +479,17 @@ async fn no_plaintext_key_reaches_any_output_channel() {
         .await;
     assert_eq!(r.status, 401);
 
-    // The edge-auth endpoint, with the client key as a bearer token and in the query string.
-    let bearer = format!("Bearer {live}");
-    s.headers(
-        "GET",
-        "/v1/auth",
-        &[("x-keyward-root-key", &root), ("authorization", &bearer)],
-    )
-    .await;
-    s.headers(
-        "GET",
-        &format!("/v1/auth?api_key={live}"),
-        &[("x-keyward-root-key", &root)],
-    )
-    .await;
+    let channels = s.finish().await;
+    assert!(channels.logged("root key refused", &reader_id));
+}
 
-    // Rotate (the old key in grace), revoke, then use both.
+/// Rotate (the old key in grace), revoke, then use both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_and_revoking_leaks_no_key() {
+    let mut s = Session::start();
+    let (_, live_id) = s.create_live().await;
+    let (other, other_id) = s.create_other().await;
+    let (reader, reader_id) = s.create_reader().await;
     let r = s
         .issue(
             &format!("/v1/keys/{live_id}/rotate"),
@@ -362,114 +520,16 @@ async fn no_plaintext_key_reaches_any_output_channel() {
     let r = s.call("GET", "/v1/keys", Some(&reader), None).await;
     assert_eq!(r.status, 401);
 
-    // The audit log through the API, every page.
-    let mut audit = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/v1/audit?limit=100&cursor={c}"),
-            None => "/v1/audit?limit=100".to_owned(),
-        };
-        let page = s.admin("GET", &path, None).await;
-        assert_eq!(page.status, 200);
-        audit.extend_from_slice(&page.body);
-        match page.json()["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let channels = s.finish().await;
+    assert!(contains(&channels.usage, &live_id), "usage names key_ids");
+    assert!(contains(&channels.csv, &live_id));
+    assert!(channels.logged("key rotated", &live_id));
+    assert!(channels.logged("key revoked", &other_id));
     assert!(
-        contains(&audit, &live_id) && contains(&audit, &other_id),
-        "the audit log names key_ids"
-    );
-    assert_eq!(s.admin("POST", "/v1/audit/verify", None).await.status, 200);
-
-    // Metrics, where this build has them.
-    let metrics = s.admin("GET", "/metrics", None).await;
-    let scraped_metrics = metrics.status == 200;
-    if scraped_metrics {
-        assert_no_key("GET /metrics", &metrics.body, &s.keys);
-    }
-
-    let keys = s.keys.clone();
-    assert!(keys.len() >= 7);
-    // A clean stop writes the usage counts; a second start serves them (the usage report and
-    // its CSV export are output channels too).
-    server.terminate();
-    let server = Process::start_with(&serve_args, logs.path());
-    s.http = Http::new(server.addr);
-    let usage = s.admin("GET", "/v1/usage?granularity=day", None).await;
-    assert_eq!(usage.status, 200);
-    assert!(contains(&usage.body, &live_id), "usage names key_ids");
-    let csv = server.cli(&root, &["usage", "export", "--granularity", "day"]);
-    assert!(
-        csv.status.success(),
-        "{}",
-        String::from_utf8_lossy(&csv.stderr)
-    );
-    assert!(contains(&csv.stdout, &live_id));
-    assert_no_key("keyward usage export", &csv.stdout, &keys);
-    server.kill();
-
-    // The log: JSON lines, naming key_ids, never a key.
-    let log = std::fs::read(logs.path().join("serve.log")).unwrap();
-    assert_no_key("the server log", &log, &keys);
-    let lines: Vec<Value> = String::from_utf8(log)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"))
-        })
-        .collect();
-    let logged = |message: &str, key_id: &str| {
-        lines
-            .iter()
-            .any(|l| l["fields"]["message"] == message && l["fields"]["key_id"] == key_id)
-    };
-    assert!(logged("key created", &live_id), "{lines:?}");
-    assert!(logged("key rotated", &live_id));
-    assert!(logged("key revoked", &other_id));
-    assert!(
-        logged("verification refused", &other_id),
+        channels.logged("verification refused", &other_id),
         "refusals name the key_id"
     );
-    assert!(logged("root key refused", &reader_id));
-
-    assert_no_key("HTTP responses", &s.responses, &keys);
-    assert_no_key("the audit log (API)", &audit, &keys);
-    for entry in std::fs::read_dir(data.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            let bytes = std::fs::read(&path).unwrap();
-            assert_no_key(&format!("{}", path.display()), &bytes, &keys);
-        }
-    }
-    eprintln!(
-        "no-leak: {} keys checked; GET /metrics scraped: {scraped_metrics}",
-        keys.len()
-    );
-}
-
-/// Collects what the logging writes.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
+    assert!(channels.logged("root key refused", &reader_id));
 }
 
 /// A handler that panics with the key it was sent in its message. It exists only here: the
@@ -494,34 +554,9 @@ async fn a_panicking_handler_leaks_no_key() {
     let _guard = tracing::subscriber::set_default(log);
     keyward_telemetry::install_panic_hook();
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
-    let engine = Arc::new(Keyward::new(
-        Arc::new(store),
-        Arc::new(ManualClock::new(T0)),
-        EngineConfig::default(),
-    ));
-    let root = engine
-        .bootstrap()
-        .await
-        .unwrap()
-        .unwrap()
-        .key
-        .expose()
-        .to_owned();
-    let state = AppState { engine };
     let extra = Router::new().route("/v1/test/panic", post(panic_with_key));
-    let app = keyward_http::router_with(state, extra);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    let http = Http::new(addr);
+    let server = Server::start_with_routes(extra).await;
+    let (http, root) = (&server.http, server.root_key.clone());
 
     let key = stranger("kw_live");
     let r = http
@@ -544,7 +579,7 @@ async fn a_panicking_handler_leaks_no_key() {
     assert_eq!(r2.json()["code"], "NOT_FOUND");
 
     let keys = vec![key, root];
-    let out = capture.0.lock().unwrap().clone();
+    let out = capture.bytes();
     assert_no_key("the log", &out, &keys);
     for r in [&r, &r2] {
         assert_no_key("the response", &r.body, &keys);

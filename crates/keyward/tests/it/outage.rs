@@ -1,16 +1,17 @@
 //! Real outages: a node reaches PostgreSQL through a TCP proxy the test controls, and the test
 //! cuts it off (every connection closed, new ones refused) while requests flow, then restores
-//! it. Needs `KEYWARD_TEST_POSTGRES_URL` (see postgres.rs).
+//! it. Needs `KEYWARD_TEST_POSTGRES_URL` (see `keyward_testkit::postgres`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use keyward_testkit::http::{Http, Response};
+use keyward_testkit::postgres::Schema;
+use keyward_testkit::proxy::CutProxy;
 use serde_json::{Value, json};
 
-use crate::postgres::Schema;
-use crate::proxy::CutProxy;
-use crate::testkit::{Http, Process, Response};
+use crate::KEYWARD;
 
 /// Calls `attempt` until it returns `Some`, for at most `within` (the node notices a lost or
 /// returned connection on its own schedule: a failed read, the feed's reconnect backoff).
@@ -48,8 +49,8 @@ async fn a_node_cut_off_from_postgres_serves_cached_keys_fails_closed_and_recove
     };
     let proxy = CutProxy::start(schema.server()).await;
     let logs = tempfile::tempdir().unwrap();
-    let store = schema.store_via(proxy.addr);
-    let node = Process::start_with(
+    let store = schema.store_url_via(proxy.addr);
+    let node = KEYWARD.serve_with(
         &[
             "--store",
             &store,

@@ -4,108 +4,15 @@
 //!
 //! These need a server: set `KEYWARD_TEST_POSTGRES_URL` (for example
 //! `postgres://postgres@127.0.0.1:5432/test`). Without it they say they were skipped; with
-//! `CI=true` a missing URL fails them. Each test uses a schema of its own (`?schema=`).
+//! `CI=true` a missing URL fails them. Each test uses a schema of its own (`?schema=`), from
+//! `keyward_testkit::postgres`.
 
-use std::io::Write;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-
+use keyward_testkit::http::Http;
+use keyward_testkit::postgres::Schema;
+use keyward_testkit::process::Process;
 use serde_json::json;
-use sqlx::Connection;
 
-use crate::testkit::{Http, Process, binary};
-
-/// A schema of one test, dropped by [`Schema::drop`].
-pub(crate) struct Schema {
-    pub(crate) url: String,
-    pub(crate) name: String,
-}
-
-impl Schema {
-    pub(crate) fn new(test: &str) -> Option<Self> {
-        let url = match std::env::var("KEYWARD_TEST_POSTGRES_URL") {
-            Ok(url) if !url.is_empty() => url,
-            _ => {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "{test}: KEYWARD_TEST_POSTGRES_URL is not set, and CI=true requires the PostgreSQL tests to run"
-                );
-                // Straight to stderr, not eprintln!: the test harness would hide that.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED {test}: set KEYWARD_TEST_POSTGRES_URL (e.g. postgres://postgres@127.0.0.1:5432/test) to run it"
-                );
-                return None;
-            }
-        };
-        static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!(
-            "kwit_{}_{:x}_{}",
-            std::process::id(),
-            nanos,
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        Some(Self { url, name })
-    }
-
-    /// The database server's address (the URL's host and port; loopback in tests).
-    pub(crate) fn server(&self) -> std::net::SocketAddr {
-        let after_at = self
-            .url
-            .rsplit_once('@')
-            .map_or(self.url.as_str(), |(_, h)| h);
-        let after_scheme = after_at.rsplit_once("://").map_or(after_at, |(_, h)| h);
-        let host_port = after_scheme.split(['/', '?']).next().unwrap();
-        let host_port = if host_port.contains(':') {
-            host_port.to_owned()
-        } else {
-            format!("{host_port}:5432")
-        };
-        std::net::ToSocketAddrs::to_socket_addrs(&host_port)
-            .unwrap()
-            .next()
-            .unwrap()
-    }
-
-    /// The `--store` value for this schema, reaching the server through `via` instead.
-    pub(crate) fn store_via(&self, via: std::net::SocketAddr) -> String {
-        let server = self.server();
-        let store = self.store();
-        let host = self
-            .url
-            .split("://")
-            .nth(1)
-            .unwrap()
-            .split(['/', '?'])
-            .next()
-            .unwrap();
-        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-        assert!(server.ip().is_loopback());
-        store.replacen(host, &via.to_string(), 1)
-    }
-
-    /// The `--store` value for this schema.
-    pub(crate) fn store(&self) -> String {
-        let sep = if self.url.contains('?') { '&' } else { '?' };
-        format!("{}{sep}schema={}", self.url, self.name)
-    }
-
-    pub(crate) async fn drop(self) {
-        let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-        let _ = conn.close().await;
-    }
-}
+use crate::KEYWARD;
 
 #[tokio::test]
 async fn serve_on_postgres_creates_and_verifies_a_key_across_nodes() {
@@ -114,8 +21,8 @@ async fn serve_on_postgres_creates_and_verifies_a_key_across_nodes() {
         return;
     };
     let logs = tempfile::tempdir().unwrap();
-    let store = schema.store();
-    let a = Process::start_with(&["--store", &store], &logs.path().join("a"));
+    let store = schema.store_url();
+    let a = KEYWARD.serve_with(&["--store", &store], &logs.path().join("a"));
     let root = a.root_key.clone().expect("the first node bootstraps");
     assert!(
         a.stdout_lines.iter().all(|l| !l.contains("password")),
@@ -123,24 +30,15 @@ async fn serve_on_postgres_creates_and_verifies_a_key_across_nodes() {
         a.stdout_lines
     );
     let http_a = Http::new(a.addr);
-    let created = http_a
-        .call(
-            "POST",
-            "/v1/keys",
-            Some(&root),
-            Some(json!({"owner": "billing", "permissions": ["orders.read"]})),
+    let (key, key_id) = http_a
+        .create(
+            &root,
+            json!({"owner": "billing", "permissions": ["orders.read"]}),
         )
         .await;
-    assert_eq!(
-        created.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&created.body)
-    );
-    let key = created.json()["key"].as_str().unwrap().to_owned();
 
     // A second node on the same store: no second root key, and it knows the key.
-    let b = Process::start_with(&["--store", &store], &logs.path().join("b"));
+    let b = KEYWARD.serve_with(&["--store", &store], &logs.path().join("b"));
     assert_eq!(b.root_key, None, "{:?}", b.stdout_lines);
     for node in [&http_a, &Http::new(b.addr)] {
         let verified = node
@@ -156,10 +54,6 @@ async fn serve_on_postgres_creates_and_verifies_a_key_across_nodes() {
     }
     // Node b has the key cached; a revoke through node a reaches it through the change feed
     // long before the cache's 30 s staleness bound.
-    let key_id = created.json()["record"]["key_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let revoked = http_a
         .call(
             "POST",
@@ -212,13 +106,13 @@ async fn nodes_starting_together_on_an_empty_store_mint_one_root_key() {
         return;
     };
     let logs = tempfile::tempdir().unwrap();
-    let store = schema.store();
+    let store = schema.store_url();
     let nodes: Vec<Process> = std::thread::scope(|scope| {
         let starts: Vec<_> = ["a", "b", "c"]
             .iter()
             .map(|name| {
                 let (store, dir) = (store.clone(), logs.path().join(name));
-                scope.spawn(move || Process::start_with(&["--store", &store], &dir))
+                scope.spawn(move || KEYWARD.serve_with(&["--store", &store], &dir))
             })
             .collect();
         starts.into_iter().map(|s| s.join().unwrap()).collect()
@@ -235,8 +129,9 @@ async fn migrate_runs_the_migrations_and_exits() {
         return;
     };
     for _ in 0..2 {
-        let out = Command::new(binary())
-            .args(["migrate", "--store", &schema.store()])
+        let out = KEYWARD
+            .command()
+            .args(["migrate", "--store", &schema.store_url()])
             .output()
             .unwrap();
         assert!(
@@ -264,7 +159,8 @@ fn migrate_failures_are_clear_errors() {
             "postgres://".to_owned(),
         ),
     ] {
-        let out = Command::new(binary())
+        let out = KEYWARD
+            .command()
             .args(["migrate", "--store", &store])
             .output()
             .unwrap();
@@ -279,7 +175,8 @@ fn migrate_failures_are_clear_errors() {
         assert!(!err.contains("panic"), "{err}");
     }
     // Without a store there is nothing to migrate: a usage error, not a panic.
-    let out = Command::new(binary())
+    let out = KEYWARD
+        .command()
         .arg("migrate")
         .env_remove("KEYWARD_STORE")
         .output()

@@ -1,13 +1,11 @@
 //! The server as a process: durability across SIGKILL, and clear startup errors.
 
-use std::process::Command;
-
-use crate::testkit::{Process, binary};
+use crate::KEYWARD;
 
 #[test]
 fn acknowledged_key_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Process::start(dir.path());
+    let server = KEYWARD.serve(dir.path());
     let root = server.root_key.clone().unwrap();
     let created = server.cli(
         &root,
@@ -18,7 +16,7 @@ fn acknowledged_key_survives_sigkill() {
     let key = created["key"].as_str().unwrap().to_owned();
     server.kill();
 
-    let restarted = Process::start(dir.path());
+    let restarted = KEYWARD.serve(dir.path());
     assert_eq!(
         restarted.root_key, None,
         "the root key is printed only on the first start of an empty store"
@@ -34,7 +32,8 @@ fn acknowledged_key_survives_sigkill() {
 }
 
 fn serve_fails(data_dir: &std::path::Path) -> String {
-    let out = Command::new(binary())
+    let out = KEYWARD
+        .command()
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .output()
@@ -71,7 +70,8 @@ fn unusable_listen_address_is_a_clear_startup_error() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = Command::new(binary())
+    let out = KEYWARD
+        .command()
         .args(["serve", "--listen", &addr, "--data-dir"])
         .arg(dir.path())
         .output()
@@ -82,31 +82,19 @@ fn unusable_listen_address_is_a_clear_startup_error() {
 
 #[test]
 fn listen_address_and_data_dir_come_from_the_environment() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("from-env");
-    let mut child = Command::new(binary())
-        .arg("serve")
-        .env("KEYWARD_LISTEN", "127.0.0.1:0")
-        .env("KEYWARD_DATA_DIR", &data)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let listening = loop {
-        line.clear();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "keyward serve exited early"
-        );
-        if line.contains("listening on") {
-            break line.clone();
-        }
-    };
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let server = KEYWARD.start(
+        &["serve"],
+        &[
+            ("KEYWARD_LISTEN", "127.0.0.1:0"),
+            ("KEYWARD_DATA_DIR", data.to_str().unwrap()),
+        ],
+        dir.path(),
+        "listening on",
+    );
+    let listening = server.stdout_lines.last().unwrap().clone();
+    server.kill();
     assert!(listening.contains("http://127.0.0.1:"), "{listening}");
     assert!(listening.contains("from-env"), "{listening}");
     assert!(data.join("keyward.db").exists());
@@ -126,7 +114,7 @@ fn finding_9_bootstrap_key_goes_to_a_private_file_not_stdout() {
         "--bootstrap-key-file",
         key_file.to_str().unwrap(),
     ];
-    let server = Process::start_with(&args, dir.path());
+    let mut server = KEYWARD.serve_with(&args, dir.path());
     assert_eq!(server.root_key, None, "{:?}", server.stdout_lines);
     assert!(
         server
@@ -156,7 +144,7 @@ fn finding_9_bootstrap_key_goes_to_a_private_file_not_stdout() {
     server.terminate();
 
     // A restart on the same store and file: the file is kept as it is, no new key.
-    let restarted = Process::start_with(&args, dir.path());
+    let restarted = KEYWARD.serve_with(&args, dir.path());
     assert_eq!(restarted.root_key, None);
     assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), root);
     assert!(restarted.cli(&root, &["root", "list"]).status.success());
@@ -167,7 +155,8 @@ fn finding_9_an_existing_bootstrap_key_file_is_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("root-key");
     std::fs::write(&key_file, "operator's own notes\n").unwrap();
-    let out = Command::new(binary())
+    let out = KEYWARD
+        .command()
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .arg("--bootstrap-key-file")
@@ -189,11 +178,11 @@ fn finding_9_an_existing_bootstrap_key_file_is_never_overwritten() {
     // A store that already has a root key leaves no empty file behind either.
     let fresh = tempfile::tempdir().unwrap();
     let data = fresh.path().join("data");
-    let first = Process::start(&data);
+    let mut first = KEYWARD.serve(&data);
     assert!(first.root_key.is_some());
     first.terminate();
     let unused = fresh.path().join("unused-key-file");
-    let again = Process::start_with(
+    let again = KEYWARD.serve_with(
         &[
             "--data-dir",
             data.to_str().unwrap(),

@@ -1,17 +1,19 @@
 //! Shared limits across servers (issue 4): two `keyward serve` processes with `--redis` and one
 //! namespace enforce one limit per key between them.
 
+use keyward_testkit::http::Http;
+use keyward_testkit::redis;
 use serde_json::json;
 
-use crate::testkit::{Http, Process, redis_namespace, redis_url};
+use crate::KEYWARD;
 
 #[tokio::test]
 async fn two_servers_sharing_redis_enforce_one_limit() {
-    let Some(url) = redis_url("two_servers_sharing_redis_enforce_one_limit") else {
+    let Some(url) = redis::url("two_servers_sharing_redis_enforce_one_limit") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let namespace = redis_namespace();
+    let namespace = redis::namespace();
     let data_dir = dir.path().to_str().unwrap();
     let args = [
         "--data-dir",
@@ -21,21 +23,15 @@ async fn two_servers_sharing_redis_enforce_one_limit() {
         "--redis-namespace",
         namespace.as_str(),
     ];
-    let a = Process::start_with(&args, &dir.path().join("a"));
+    let a = KEYWARD.serve_with(&args, &dir.path().join("a"));
     let root = a.root_key.clone().unwrap();
     // The second node shares the data directory (one store) and the Redis namespace.
-    let b = Process::start_with(&args, &dir.path().join("b"));
+    let b = KEYWARD.serve_with(&args, &dir.path().join("b"));
     let (http_a, http_b) = (Http::new(a.addr), Http::new(b.addr));
-    let created = http_a
-        .call(
-            "POST",
-            "/v1/keys",
-            Some(&root),
-            Some(json!({"owner": "o", "limits": [{"name": "per_hour", "limit": 5, "period_seconds": 3600}]})),
-        )
+    let limits = json!([{"name": "per_hour", "limit": 5, "period_seconds": 3600}]);
+    let (key, _) = http_a
+        .create(&root, json!({"owner": "o", "limits": limits}))
         .await;
-    assert_eq!(created.status, 201);
-    let key = created.json()["key"].as_str().unwrap().to_owned();
     let mut codes = Vec::new();
     for i in 0..8 {
         let node = if i % 2 == 0 { &http_a } else { &http_b };

@@ -5,7 +5,9 @@
 use serde_json::{Value, json};
 use time::Duration;
 
-use crate::testkit::{Process, Response, Server};
+use crate::KEYWARD;
+use keyward_testkit::http::Response;
+use keyward_testkit::server::Server;
 
 /// A root key minted by the bootstrap key: (secret, key_id).
 async fn root_key(s: &Server, body: Value) -> (String, String) {
@@ -575,7 +577,7 @@ async fn finding_7_a_tenant_root_key_reads_plans_but_cannot_change_them() {
 #[test]
 fn finding_7_the_cli_creates_a_tenant_root_key() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Process::start(dir.path());
+    let server = KEYWARD.serve(dir.path());
     let root = server.root_key.clone().unwrap();
     let created = server.cli(
         &root,

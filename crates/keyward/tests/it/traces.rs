@@ -4,13 +4,11 @@
 //! in what was exported, that a graceful shutdown delivers what was queued, and that without
 //! an endpoint nothing is exported at all.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
-use std::time::Duration;
 
-use keyward_core::key::{Prefix, generate_key};
+use keyward_testkit::http::Http;
+use keyward_testkit::keys::{secret_part, stranger};
+use keyward_testkit::process::PATIENCE;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -23,10 +21,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::testkit::{Http, binary};
-
-/// How long the test waits for the collector or the server before it fails.
-const PATIENCE: Duration = Duration::from_secs(30);
+use crate::KEYWARD;
 
 /// An OTLP/gRPC trace collector on 127.0.0.1:0 that passes every export request on.
 struct Collector {
@@ -132,160 +127,13 @@ fn int(span: &Span, key: &str) -> Option<i64> {
     }
 }
 
-/// A fresh, well-formed key that the server has never seen.
-fn stranger() -> String {
-    generate_key(&Prefix::new("kw_live").unwrap(), &mut rand::rngs::SysRng)
-        .unwrap()
-        .expose()
-        .to_owned()
-}
-
-/// The 32 random characters of a key: what must not appear, whatever surrounds it.
-fn secret_part(key: &str) -> &str {
-    let body = &key[key.rfind('_').unwrap() + 1..];
-    &body[..32]
-}
-
-/// A keyward process this test started, with its log in a file; killed if the test ends
-/// before it stopped the process.
-struct Running {
-    child: Option<Child>,
-    /// Kept open so the process never writes to a closed pipe.
-    stdout: Option<BufReader<std::process::ChildStdout>>,
-    /// What the process printed up to and including the `marker` line it was started with.
-    banner: Vec<String>,
-    log_path: PathBuf,
-}
-
-impl Running {
-    /// Starts `keyward ARGS` with `env`, its log at debug level in `dir`, and reads its
-    /// standard output up to the line containing `marker`.
-    async fn start(args: &[&str], env: &[(&str, &str)], dir: &Path, marker: &'static str) -> Self {
-        let log_path = dir.join("keyward.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let mut command = std::process::Command::new(binary());
-        command
-            .args(args)
-            .env("KEYWARD_LOG", "debug")
-            .env_remove("KEYWARD_OTLP_ENDPOINT")
-            .env_remove("KEYWARD_OTLP_SERVICE_NAME")
-            .stdout(Stdio::piped())
-            .stderr(log);
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut running = Self {
-            child: Some(child),
-            stdout: None,
-            banner: Vec::new(),
-            log_path,
-        };
-        // Reading blocks: off the runtime's threads, which serve the collector meanwhile.
-        let (stdout, banner) = tokio::task::spawn_blocking(move || {
-            let mut banner = Vec::new();
-            loop {
-                let mut line = String::new();
-                assert!(
-                    stdout.read_line(&mut line).unwrap() > 0,
-                    "keyward exited early: {banner:?}"
-                );
-                let done = line.contains(marker);
-                banner.push(line.trim_end().to_owned());
-                if done {
-                    return (stdout, banner);
-                }
-            }
-        })
-        .await
-        .unwrap();
-        running.stdout = Some(stdout);
-        running.banner = banner;
-        running
-    }
-
-    /// The address printed after `marker` (`http://ADDR`).
-    fn addr_after(&self, marker: &str) -> SocketAddr {
-        let line = self
-            .banner
-            .iter()
-            .find(|l| l.contains(marker))
-            .unwrap_or_else(|| panic!("{marker}: {:?}", self.banner));
-        line.split(marker)
-            .nth(1)
-            .unwrap()
-            .trim_start_matches(" http://")
-            .trim_start_matches("http://")
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-
-    /// The bootstrap root key it printed.
-    fn root_key(&self) -> String {
-        self.banner
-            .iter()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("kwroot_")
-                    .map(|r| format!("kwroot_{r}"))
-            })
-            .unwrap_or_else(|| panic!("no root key: {:?}", self.banner))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// Asks the process to stop as an operator would (SIGTERM) and waits, at most
-    /// [`PATIENCE`], for it to exit.
-    async fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let pid = child.id().to_string();
-        let signal = |name: &str| {
-            std::process::Command::new("sh")
-                .args(["-c", &format!("kill -{name} \"$1\""), "sh", &pid])
-                .status()
-                .unwrap()
-        };
-        assert!(signal("TERM").success());
-        let exited =
-            tokio::time::timeout(PATIENCE, tokio::task::spawn_blocking(move || child.wait())).await;
-        match exited {
-            Ok(status) => status.unwrap().unwrap(),
-            Err(_) => {
-                signal("KILL");
-                panic!(
-                    "keyward did not exit within {PATIENCE:?} of SIGTERM:\n{}",
-                    self.log()
-                );
-            }
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_exports_verify_and_request_spans_with_no_key_in_them() {
     let mut collector = Collector::start().await;
     let data = tempfile::tempdir().unwrap();
     let endpoint = collector.endpoint();
-    let mut server = Running::start(
+    let mut server = KEYWARD.serve_with(
         &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
             "--data-dir",
             data.path().to_str().unwrap(),
             "--otlp-endpoint",
@@ -293,28 +141,14 @@ async fn serve_exports_verify_and_request_spans_with_no_key_in_them() {
             "--otlp-service-name",
             "keyward-it",
         ],
-        &[],
         data.path(),
-        "listening on",
-    )
-    .await;
-    let root = server.root_key();
-    let http = Http::new(server.addr_after("listening on"));
+    );
+    let root = server.root_key.clone().unwrap();
+    let http = Http::new(server.addr);
 
-    let created = http
-        .call(
-            "POST",
-            "/v1/keys",
-            Some(&root),
-            Some(json!({"owner": "billing", "tenant": "acme"})),
-        )
+    let (key, key_id) = http
+        .create(&root, json!({"owner": "billing", "tenant": "acme"}))
         .await;
-    assert_eq!(created.status, 201);
-    let key = created.json()["key"].as_str().unwrap().to_owned();
-    let key_id = created.json()["record"]["key_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let verified = http
         .call(
             "POST",
@@ -327,7 +161,7 @@ async fn serve_exports_verify_and_request_spans_with_no_key_in_them() {
 
     // The key where a request could carry it into a span: an unknown field of a bad body, the
     // path, the query string, an unmatched route, and as the admin credential.
-    let unknown = stranger();
+    let unknown = stranger("kw_live");
     let r = http
         .call(
             "POST",
@@ -357,8 +191,7 @@ async fn serve_exports_verify_and_request_spans_with_no_key_in_them() {
     assert_eq!(r.json()["code"], "NOT_FOUND");
 
     // Spans are exported in batches (every 5 s): a graceful shutdown sends the rest.
-    let status = server.terminate().await;
-    assert!(status.success(), "{status:?}\n{}", server.log());
+    server.terminate();
     collector
         .wait_for("verify span of the created key", |spans| {
             spans
@@ -457,29 +290,19 @@ async fn without_an_endpoint_nothing_is_exported() {
     // The standard OpenTelemetry variables alone do not turn export on: only keyward's flag
     // (or KEYWARD_OTLP_ENDPOINT) does.
     let endpoint = collector.endpoint();
-    let mut server = Running::start(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.path().to_str().unwrap(),
-        ],
+    let data_dir = data.path().to_str().unwrap();
+    let mut server = KEYWARD.start(
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
         ],
         data.path(),
         "listening on",
-    )
-    .await;
-    let root = server.root_key();
-    let addr = server.addr_after("listening on");
-    let http = Http::new(addr);
-    let created = http
-        .call("POST", "/v1/keys", Some(&root), Some(json!({"owner": "o"})))
-        .await;
-    let key = created.json()["key"].as_str().unwrap().to_owned();
+    );
+    let root = server.root_key.clone().unwrap();
+    let http = Http::new(server.addr);
+    let (key, _) = http.create(&root, json!({"owner": "o"})).await;
     let verified = http
         .call(
             "POST",
@@ -489,8 +312,7 @@ async fn without_an_endpoint_nothing_is_exported() {
         )
         .await;
     assert_eq!(verified.json()["code"], "VALID");
-    let status = server.terminate().await;
-    assert!(status.success(), "{status:?}");
+    server.terminate();
     // The server has exited, so anything it exported has arrived.
     collector.drain();
     assert!(
@@ -521,24 +343,11 @@ async fn the_gateway_exports_request_spans_named_by_route_prefix() {
         ),
     )
     .unwrap();
-    let mut server = Running::start(
-        &["gateway", "--config", config.to_str().unwrap()],
-        &[],
-        dir.path(),
-        "gateway listening on",
-    )
-    .await;
+    let mut server = KEYWARD.gateway(&config, dir.path());
     let admin = Http::new(server.addr_after("admin API listening on"));
-    let gw = Http::new(server.addr_after("gateway listening on"));
-    let root = server.root_key();
-    let created = admin
-        .call("POST", "/v1/keys", Some(&root), Some(json!({"owner": "o"})))
-        .await;
-    let key = created.json()["key"].as_str().unwrap().to_owned();
-    let key_id = created.json()["record"]["key_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let gw = Http::new(server.addr);
+    let root = server.root_key.clone().unwrap();
+    let (key, key_id) = admin.create(&root, json!({"owner": "o"})).await;
     let r = gw.raw("GET", "/orders/1", Some(&key), None).await;
     assert_eq!(r.status, 200);
     let r = gw
@@ -553,8 +362,7 @@ async fn the_gateway_exports_request_spans_named_by_route_prefix() {
     let r = gw.raw("GET", "/orders/3", None, None).await;
     assert_eq!(r.status, 401);
 
-    let status = server.terminate().await;
-    assert!(status.success(), "{status:?}\n{}", server.log());
+    server.terminate();
     collector
         .wait_for("gateway spans", |spans| {
             spans

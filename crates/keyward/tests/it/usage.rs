@@ -4,7 +4,8 @@
 use serde_json::{Value, json};
 use time::Duration;
 
-use crate::testkit::{Process, Server};
+use crate::KEYWARD;
+use keyward_testkit::server::Server;
 
 fn rows(report: &Value) -> Vec<(String, String, String, u64, u64)> {
     report["items"]
@@ -52,15 +53,8 @@ async fn usage_is_counted_per_key_hour_and_outcome_and_reported_per_hour_and_day
         s.verify(json!({"key": "kw_live_nope"})).await["code"],
         "MALFORMED"
     );
-    let unknown = keyward_core::key::generate_key(
-        &keyward_core::key::Prefix::new("kw_live").unwrap(),
-        &mut rand::rngs::SysRng,
-    )
-    .unwrap();
-    assert_eq!(
-        s.verify(json!({"key": unknown.expose()})).await["code"],
-        "NOT_FOUND"
-    );
+    let unknown = keyward_testkit::keys::stranger("kw_live");
+    assert_eq!(s.verify(json!({"key": unknown})).await["code"], "NOT_FOUND");
     // Nothing is in the store before the flush: counting stays off the verify path.
     let before = s.admin("GET", "/v1/usage", None).await;
     assert_eq!(before.status, 200);
@@ -292,7 +286,7 @@ fn usage_export_writes_csv_after_a_clean_shutdown() {
     let data = dir.path().to_str().unwrap().to_owned();
     // No periodic flush during the test: only the shutdown's flush can write the counts.
     let args = ["--data-dir", &data, "--last-used-flush-seconds", "3600"];
-    let server = Process::start_with(&args, dir.path());
+    let mut server = KEYWARD.serve_with(&args, dir.path());
     let root = server.root_key.clone().unwrap();
     let owner = "team, \"quoted\"";
     let created = server.cli(
@@ -312,7 +306,7 @@ fn usage_export_writes_csv_after_a_clean_shutdown() {
     }
     server.terminate();
 
-    let server = Process::start_with(&args, dir.path());
+    let server = KEYWARD.serve_with(&args, dir.path());
     let out = server.cli(&root, &["usage", "export", "--granularity", "day"]);
     assert!(
         out.status.success(),

@@ -20,7 +20,7 @@ use time::Duration as Days;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::testkit::Server;
+use keyward_testkit::server::Server;
 
 const SECRET: &[u8] = b"whsec_test_only_0123456789abcdef0123";
 
@@ -469,7 +469,7 @@ async fn keyward_serve_delivers_to_its_webhook_flags_and_never_logs_the_secret()
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_owned();
     let secret = std::str::from_utf8(SECRET).unwrap();
-    let node = crate::testkit::Process::start_with(
+    let node = crate::KEYWARD.serve_with(
         &[
             "--data-dir",
             &data,
@@ -483,15 +483,8 @@ async fn keyward_serve_delivers_to_its_webhook_flags_and_never_logs_the_secret()
         dir.path(),
     );
     let root = node.root_key.clone().unwrap();
-    let http = crate::testkit::Http::new(node.addr);
-    let created = http
-        .call("POST", "/v1/keys", Some(&root), Some(json!({"owner": "o"})))
-        .await;
-    assert_eq!(created.status, 201);
-    let key_id = created.json()["record"]["key_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let http = keyward_testkit::http::Http::new(node.addr);
+    let (_, key_id) = http.create(&root, json!({"owner": "o"})).await;
     let r = http
         .call(
             "POST",
@@ -535,7 +528,7 @@ fn webhook_secrets_shorter_than_32_bytes_are_refused_at_start() {
     )
     .unwrap();
     let serve = |extra: &[&str], env: Option<&str>| {
-        let mut command = std::process::Command::new(crate::testkit::binary());
+        let mut command = crate::KEYWARD.command();
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
@@ -547,7 +540,7 @@ fn webhook_secrets_shorter_than_32_bytes_are_refused_at_start() {
         }
         command
     };
-    let mut gateway = std::process::Command::new(crate::testkit::binary());
+    let mut gateway = crate::KEYWARD.command();
     gateway
         .args(["gateway", "--config"])
         .arg(&config)
