@@ -159,7 +159,7 @@ pub struct NotifyArgs {
     /// Rotation policy TENANT/ENVIRONMENT=DAYS (`*` for any): the current secret of a matching
     /// active key must be younger than DAYS; the most specific rule applies. Repeatable.
     #[arg(long = "rotation-policy", env = "KEYWARD_ROTATION_POLICIES", value_delimiter = ',', value_parser = crate::notify::parse_rotation_policy)]
-    pub rotation_policies: Vec<keyward_engine::rotation::RotationPolicy>,
+    pub rotation_policies: Vec<keyward_engine::rotation_policy::RotationPolicy>,
     /// Days of notice for key_expiring_soon, and the rotation report's default "due soon" window.
     #[arg(long, env = "KEYWARD_EXPIRY_WARNING_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=365))]
     pub expiry_warning_days: u32,

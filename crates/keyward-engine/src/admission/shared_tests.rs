@@ -9,9 +9,15 @@ use keyward_store::SqliteStore;
 use redis::AsyncCommands;
 use time::macros::datetime;
 
+use std::sync::Arc;
+
+use keyward_core::verify::{VerifyCode, VerifyRequest};
+use time::{Duration, OffsetDateTime};
+
 use super::*;
 use crate::clock::ManualClock;
 use crate::test_proxy::{CutProxy, redis_socket};
+use crate::*;
 
 const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
 
@@ -537,12 +543,13 @@ async fn losing_redis_data_refunds_at_most_the_spend_since_the_last_write_behind
     assert_eq!(c.store_balance(&created).await, 65);
 }
 
+#[path = "shared/local_first_tests.rs"]
 mod local_first;
 
 /// One node with Redis over a store the test can take down (`store.down`).
 struct StoreOutageNode {
     node: Keyward,
-    store: Arc<crate::tests::CountingStore>,
+    store: Arc<crate::test_fixture::CountingStore>,
     clock: Arc<ManualClock>,
     root: Principal,
     namespace: String,
@@ -551,7 +558,7 @@ struct StoreOutageNode {
 
 async fn store_outage_node(url: &str) -> StoreOutageNode {
     let dir = tempfile::tempdir().unwrap();
-    let store = crate::tests::CountingStore::open(dir.path()).await;
+    let store = crate::test_fixture::CountingStore::open(dir.path()).await;
     let clock = Arc::new(ManualClock::new(T0));
     let namespace = namespace();
     let node = Keyward::new(store.clone(), clock.clone(), EngineConfig::default())
