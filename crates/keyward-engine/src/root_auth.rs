@@ -516,7 +516,7 @@ mod tests {
     async fn failed_authentications_are_audited_at_a_bounded_rate() {
         let f = fixture().await;
         // Anonymous failures from many addresses: the total cap holds (one address alone is
-        // capped lower, see auth_audit.rs).
+        // capped lower, see root_auth.rs).
         for i in 0..(AUTH_FAILURE_EVENTS_PER_MINUTE + 10) {
             let from = std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes());
             let _ = f
