@@ -69,7 +69,7 @@ pub enum EngineError {
         permission: String,
     },
     /// The caller's address presented too many keys this node does not know; refused without
-    /// a store read (see [`unknown_keys`]).
+    /// a store read (see [`unknown_keys`](crate::unknown_keys)).
     #[error("too many unknown keys from this address; retry in {retry_after_seconds} s")]
     TooManyUnknownKeys {
         /// Seconds until the address may present an unknown key again.

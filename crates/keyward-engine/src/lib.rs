@@ -5,12 +5,12 @@
 //! nothing of HTTP. It is a composition of components, each with its own state and a narrow
 //! API, none of which knows `Keyward`:
 //!
-//! - `lookup` ([`KeyLookup`](lookup::KeyLookup)): finding keys, by secret hash on the verify
+//! - `lookup` (`KeyLookup`): finding keys, by secret hash on the verify
 //!   path (the verify cache and plan map, change-feed trust, the store probe, single-flight
 //!   reads, the unknown-key budget) and by key_id;
-//! - `admission` ([`Admission`](admission::Admission)): limits and quotas, node-local or
+//! - `admission` (`Admission`): limits and quotas, node-local or
 //!   shared through Redis, and everything else about credits;
-//! - `lifecycle` ([`Lifecycle`](lifecycle::Lifecycle)): creating, updating, rotating and
+//! - `lifecycle` (`Lifecycle`): creating, updating, rotating and
 //!   revoking keys, each write with its audit event and cache eviction;
 //! - `plans`, `usage` (the `last_used_at` and usage buffers), `root_auth` (root permissions
 //!   and refused admin calls), [`anomaly`] (detection and response) and [`rotation_policy`].

@@ -104,7 +104,7 @@ impl Keyward {
     ///
     /// It leaves the verify path's failure state alone: anyone can call `/readyz`, and a ping
     /// that happens to succeed must not send every lookup back to a store that just failed
-    /// before [`STORE_PROBE_INTERVAL`](crate::lookup::STORE_PROBE_INTERVAL) has passed (issue 10, finding 5).
+    /// before `STORE_PROBE_INTERVAL` (`lookup.rs`) has passed (issue 10, finding 5).
     pub async fn ready(&self) -> Result<(), EngineError> {
         self.store.ping().await?;
         Ok(())
