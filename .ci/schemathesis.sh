@@ -67,7 +67,7 @@ echo "== schemathesis against http://$address (max $max_examples examples per op
 
 # The run happens in the scratch directory: schemathesis keeps a .schemathesis/ folder there.
 # X-Keyward-Root-Key is /v1/auth's proxy credential; a wrong one is the proxy's
-# misconfiguration, answered 500 `auth_misconfigured` by design (README), so the run sends the
+# misconfiguration, answered 400 `auth_misconfigured` by design (docs/edge.md; nginx shows its clients a 500), so the run sends the
 # right one, as a configured proxy does.
 status=0
 schemathesis="$(cd "$venv" && pwd)/bin/schemathesis"

@@ -1,7 +1,7 @@
 //! Validation of key metadata, with errors that name the offending field.
 //!
 //! Every input limit of keyward is here (key metadata, policies, rotation grace, verify
-//! requests, paging), documented in the README's "Limits" table; they keep records small
+//! requests, paging), documented in docs/http-api.md ("Input limits"); they keep records small
 //! enough to cache by the hundred thousand and keep hostile input from costing much.
 
 use std::borrow::Cow;

@@ -25,31 +25,31 @@ use crate::heavy_hitters::{KeyLabels, OTHER};
 use crate::verification::Verification;
 
 /// Verifications by outcome `code` (the verify codes, plus `STORE_UNAVAILABLE` and `ERROR`) and
-/// `tenant` (`none` for keys without one and for unknown keys). M1.
+/// `tenant` (`none` for keys without one and for unknown keys).
 pub const VERIFICATIONS: &str = "keyward_verifications_total";
-/// Wall time of a verification in the engine, cache, store and admission included. M2.
+/// Wall time of a verification in the engine, cache, store and admission included.
 pub const VERIFY_DURATION: &str = "keyward_verify_duration_seconds";
-/// API keys created. M3.
+/// API keys created.
 pub const KEYS_ISSUED: &str = "keyward_keys_issued_total";
-/// API keys rotated. M3.
+/// API keys rotated.
 pub const KEYS_ROTATED: &str = "keyward_keys_rotated_total";
-/// API keys revoked. M3.
+/// API keys revoked.
 pub const KEYS_REVOKED: &str = "keyward_keys_revoked_total";
 /// Key writes (create, update, rotate, revoke) that failed in the store, by `action`.
 pub const KEY_WRITE_FAILURES: &str = "keyward_key_write_failures_total";
-/// Time from a key write to this node applying its change notification. M4.
+/// Time from a key write to this node applying its change notification.
 pub const REVOCATION_PROPAGATION: &str = "keyward_revocation_propagation_seconds";
-/// Verifications of a known API key, by `key_id` (capped, see `heavy_hitters`). M5.
+/// Verifications of a known API key, by `key_id` (capped, see `heavy_hitters`).
 pub const KEY_REQUESTS: &str = "keyward_key_requests_total";
-/// Verifications refused with RATE_LIMITED or USAGE_EXCEEDED (HTTP 429), by `key_id`. M6.
+/// Verifications refused with RATE_LIMITED or USAGE_EXCEEDED (HTTP 429), by `key_id`.
 pub const KEY_RATE_LIMITED: &str = "keyward_key_rate_limited_total";
-/// Anomalies detected, by `kind` and `action` taken. M7.
+/// Anomalies detected, by `kind` and `action` taken.
 pub const ANOMALIES: &str = "keyward_anomalies_total";
 /// Keys disabled by the automated response.
 pub const AUTO_DISABLES: &str = "keyward_auto_disables_total";
-/// Leak and exposure events, by `source`. M8.
+/// Leak and exposure events, by `source`.
 pub const LEAK_EVENTS: &str = "keyward_leak_events_total";
-/// Share of active keys within their rotation policy (0 to 1; NaN until first computed). M10.
+/// Share of active keys within their rotation policy (0 to 1; NaN until first computed).
 pub const ROTATION_COMPLIANCE: &str = "keyward_rotation_compliance_ratio";
 /// Webhook deliveries by `outcome`.
 pub const WEBHOOK_DELIVERIES: &str = "keyward_webhook_deliveries_total";

@@ -301,7 +301,7 @@ impl Keyward {
     }
 }
 
-/// The span of one verification (see README "Traces"): its attributes are `key_kind`, and,
+/// The span of one verification (see docs/observability.md, "Traces"): its attributes are `key_kind`, and,
 /// once decided, the outcome `code`, the `key_id` and `tenant` of the key found, and whether the
 /// answer was `degraded`. Never the presented key. Without a trace exporter the span is
 /// disabled, and creating and recording it costs a cached callsite check.

@@ -14,7 +14,7 @@ use keyward_engine::{AuthError, EngineError};
 use keyward_store::StoreError;
 use keyward_wire::Problem;
 
-/// Stable error codes: (code, HTTP status, title). The README's error table mirrors this.
+/// Stable error codes: (code, HTTP status, title). The table in docs/errors.md mirrors this.
 pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("invalid_request", 400, "The request could not be read"),
     ("invalid_field", 400, "A field is invalid"),

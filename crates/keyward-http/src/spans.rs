@@ -1,5 +1,5 @@
-//! The span of one HTTP request, for the admin API and the gateway alike (see README
-//! "Traces"). It names the request by its method and route template (the admin API's matched
+//! The span of one HTTP request, for the admin API and the gateway alike (see
+//! docs/observability.md, "Traces"). It names the request by its method and route template (the admin API's matched
 //! route, or the gateway route's configured prefix), never by the raw URI: a key pasted into a
 //! path or a query string must not reach a trace. Without a trace exporter the span is
 //! disabled and every function here returns at once.

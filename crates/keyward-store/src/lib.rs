@@ -15,12 +15,16 @@
 //! ```
 
 mod data_dir;
+mod dialect;
 mod postgres;
+mod reads;
 mod sql;
 mod sqlite;
+mod statement;
 #[cfg(test)]
 mod testsuite;
 mod usage;
+mod writes;
 
 use async_trait::async_trait;
 use keyward_core::audit::{AuditDraft, AuditEvent};

@@ -9,27 +9,23 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyward_core::audit::{AuditDraft, AuditEvent, GENESIS_HASH};
+use keyward_core::audit::{AuditDraft, AuditEvent};
 use keyward_core::key::KeyHash;
-use keyward_core::permission::Permission;
-use keyward_core::quota::{Balance, QuotaConfig, current_balance};
-use keyward_core::record::{KeyKind, KeyRecord, KeyStatus, Plan, SecretInfo};
-use keyward_core::route::RoutePattern;
+use keyward_core::quota::{Balance, QuotaConfig};
+use keyward_core::record::{KeyRecord, Plan};
+use keyward_core::usage::UsageCount;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{Sqlite, SqlitePool};
 use time::OffsetDateTime;
 
-use keyward_core::usage::UsageCount;
-
-use crate::sql::{
-    backend, check_root_guard, event_from_row, json_text, opt_from_millis, plan_from_row,
-    record_from_row, secret_from_row, to_millis,
-};
-use crate::usage::{UsageQuery, UsageTuple, page, to_i64};
+use crate::sql::{backend, to_millis};
+use crate::usage::to_i64;
 use crate::{
     AuditFilter, CreditOp, FoundKey, KeyFilter, KeyStore, KeyWrite, Page, PlanWrite, StoreError,
     UsageFilter, UsagePage,
 };
+use crate::{reads, usage, writes};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "keyward.db";
@@ -97,232 +93,10 @@ impl SqliteStore {
         self.writer.close().await;
     }
 
-    async fn secrets_for(
-        &self,
-        key_ids: &[&str],
-        now: OffsetDateTime,
-    ) -> Result<Vec<(String, SecretInfo)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT key_id, hash, hash_version, start, created_at, expires_at FROM secrets
-             WHERE key_id IN (SELECT value FROM json_each(?1)) AND (expires_at IS NULL OR expires_at > ?2)
-             ORDER BY key_id, expires_at IS NOT NULL, created_at DESC",
-        )
-        .bind(json_text(key_ids))
-        .bind(to_millis(now))
-        .fetch_all(&self.readers)
-        .await
-        .map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("key_id").map_err(backend)?,
-                    secret_from_row(row)?,
-                ))
-            })
-            .collect()
+    /// A connection of the read-only pool.
+    async fn reader(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+        self.readers.acquire().await.map_err(backend)
     }
-
-    async fn with_secrets(
-        &self,
-        mut records: Vec<KeyRecord>,
-        now: OffsetDateTime,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        let ids: Vec<&str> = records.iter().map(|r| r.key_id.as_str()).collect();
-        let secrets = self.secrets_for(&ids, now).await?;
-        for record in &mut records {
-            record.secrets = secrets
-                .iter()
-                .filter(|(id, _)| *id == record.key_id)
-                .map(|(_, s)| s.clone())
-                .collect();
-        }
-        Ok(records)
-    }
-}
-
-/// The balance at `now`, refilled if a scheduled refill passed (not yet written back).
-async fn read_balance(
-    conn: &mut SqliteConnection,
-    key_id: &str,
-    config: &QuotaConfig,
-    now: OffsetDateTime,
-) -> Result<Balance, StoreError> {
-    let row = sqlx::query("SELECT remaining, period FROM quota_balances WHERE key_id = ?1")
-        .bind(key_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?;
-    let stored = match row {
-        Some(row) => Some(Balance {
-            remaining: u64::try_from(row.try_get::<i64, _>("remaining").map_err(backend)?)
-                .unwrap_or(0),
-            period: opt_from_millis(row.try_get("period").map_err(backend)?)?,
-        }),
-        None => None,
-    };
-    Ok(current_balance(config, stored, now))
-}
-
-async fn write_balance(
-    conn: &mut SqliteConnection,
-    key_id: &str,
-    balance: Balance,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO quota_balances (key_id, remaining, period) VALUES (?1, ?2, ?3)
-         ON CONFLICT (key_id) DO UPDATE SET remaining = excluded.remaining, period = excluded.period",
-    )
-    .bind(key_id)
-    .bind(i64::try_from(balance.remaining).unwrap_or(i64::MAX))
-    .bind(balance.period.map(to_millis))
-    .execute(&mut *conn)
-    .await
-    .map_err(backend)?;
-    Ok(())
-}
-
-/// Appends `draft` to the chain inside the caller's transaction.
-async fn append_in(conn: &mut SqliteConnection, draft: AuditDraft) -> Result<i64, StoreError> {
-    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend)?;
-    let (seq, prev_hash) = match last {
-        Some(row) => (
-            row.try_get::<i64, _>("seq").map_err(backend)? + 1,
-            row.try_get::<String, _>("hash").map_err(backend)?,
-        ),
-        None => (1, GENESIS_HASH.to_owned()),
-    };
-    let event = draft.into_event(seq, &prev_hash);
-    sqlx::query(
-        "INSERT INTO audit_log (seq, time, actor, action, target, summary, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )
-    .bind(event.seq)
-    .bind(to_millis(event.time))
-    .bind(&event.actor)
-    .bind(&event.action)
-    .bind(&event.target)
-    .bind(&event.summary_json)
-    .bind(&event.prev_hash)
-    .bind(&event.hash)
-    .execute(&mut *conn)
-    .await
-    .map_err(backend)?;
-    Ok(seq)
-}
-
-/// The last-root-key guard ([`check_root_guard`]) over the root keys as this transaction
-/// sees them; the caller holds the write lock, so no other write can change them meanwhile.
-async fn root_guard(
-    conn: &mut SqliteConnection,
-    after: &KeyRecord,
-    now: OffsetDateTime,
-) -> Result<(), StoreError> {
-    let rows = sqlx::query("SELECT * FROM keys WHERE kind = 'root' AND revoked_at IS NULL")
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(backend)?;
-    let roots = rows
-        .iter()
-        .map(record_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let before = roots.iter().find(|k| k.key_id == after.key_id);
-    check_root_guard(before, after, &roots, now)
-}
-
-/// Applies a key write and appends its audit event inside the caller's write transaction.
-async fn write_key_in(conn: &mut SqliteConnection, write: KeyWrite) -> Result<i64, StoreError> {
-    let KeyWrite {
-        record: r,
-        expected_version,
-        new_secret,
-        secret_ends,
-        audit,
-    } = write;
-    let permissions: Vec<&str> = r.permissions.iter().map(Permission::as_str).collect();
-    let routes: Vec<&str> = r.routes.iter().map(RoutePattern::as_str).collect();
-    let sql = match expected_version {
-        None => {
-            "INSERT INTO keys (key_id, kind, owner, name, tenant, environment, purpose, tags, meta, permissions, routes,
-                expires_at, enabled, created_at, created_by, updated_at, revoked_at, revoked_reason, rotated_at, version, policy)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22)"
-        }
-        Some(_) => {
-            "UPDATE keys SET kind = ?2, owner = ?3, name = ?4, tenant = ?5, environment = ?6, purpose = ?7, tags = ?8,
-                meta = ?9, permissions = ?10, routes = ?11, expires_at = ?12, enabled = ?13, created_at = ?14,
-                created_by = ?15, updated_at = ?16, revoked_at = ?17, revoked_reason = ?18, rotated_at = ?19, version = ?20,
-                policy = ?22
-             WHERE key_id = ?1 AND version = ?21"
-        }
-    };
-    if r.kind == KeyKind::Root && expected_version.is_some() {
-        root_guard(conn, &r, audit.time).await?;
-    }
-    if let Some(plan) = &r.policy.plan {
-        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM plans WHERE plan_id = ?1")
-            .bind(plan)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(backend)?;
-        if exists.is_none() {
-            return Err(StoreError::PlanMissing(plan.clone()));
-        }
-    }
-    let result = sqlx::query(sql)
-        .bind(&r.key_id)
-        .bind(r.kind.as_str())
-        .bind(&r.owner)
-        .bind(&r.name)
-        .bind(&r.tenant)
-        .bind(&r.environment)
-        .bind(&r.purpose)
-        .bind(json_text(&r.tags))
-        .bind(json_text(&r.meta))
-        .bind(json_text(&permissions))
-        .bind(json_text(&routes))
-        .bind(r.expires_at.map(to_millis))
-        .bind(r.enabled)
-        .bind(to_millis(r.created_at))
-        .bind(&r.created_by)
-        .bind(to_millis(r.updated_at))
-        .bind(r.revoked_at.map(to_millis))
-        .bind(&r.revoked_reason)
-        .bind(r.rotated_at.map(to_millis))
-        .bind(r.version)
-        .bind(expected_version)
-        .bind(json_text(&r.policy))
-        .execute(&mut *conn)
-        .await
-        .map_err(backend)?;
-    if result.rows_affected() != 1 {
-        return Err(StoreError::Conflict);
-    }
-    if let Some(s) = new_secret {
-        sqlx::query(
-            "INSERT INTO secrets (hash, hash_version, key_id, start, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(s.hash.to_hex())
-        .bind(s.hash.version())
-        .bind(&r.key_id)
-        .bind(&s.start)
-        .bind(to_millis(s.created_at))
-        .bind(s.expires_at.map(to_millis))
-        .execute(&mut *conn)
-        .await
-        .map_err(backend)?;
-    }
-    for (hash, ends) in secret_ends {
-        sqlx::query("UPDATE secrets SET expires_at = ?1 WHERE hash = ?2 AND key_id = ?3")
-            .bind(to_millis(ends))
-            .bind(hash.to_hex())
-            .bind(&r.key_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-    }
-    append_in(conn, audit).await
 }
 
 #[async_trait]
@@ -332,19 +106,7 @@ impl KeyStore for SqliteStore {
         hash: &KeyHash,
         now: OffsetDateTime,
     ) -> Result<Option<FoundKey>, StoreError> {
-        let row = sqlx::query("SELECT key_id, hash, hash_version, start, created_at, expires_at FROM secrets WHERE hash = ?1 AND hash_version = ?2")
-            .bind(hash.to_hex())
-            .bind(hash.version())
-            .fetch_optional(&self.readers)
-            .await
-            .map_err(backend)?;
-        let Some(row) = row else { return Ok(None) };
-        let secret = secret_from_row(&row)?;
-        let key_id: String = row.try_get("key_id").map_err(backend)?;
-        Ok(self
-            .get_key(&key_id, now)
-            .await?
-            .map(|record| FoundKey { record, secret }))
+        reads::find_by_hash(&mut *self.reader().await?, hash, now).await
     }
 
     async fn get_key(
@@ -352,60 +114,16 @@ impl KeyStore for SqliteStore {
         key_id: &str,
         now: OffsetDateTime,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM keys WHERE key_id = ?1")
-            .bind(key_id)
-            .fetch_optional(&self.readers)
-            .await
-            .map_err(backend)?;
-        match row {
-            Some(row) => Ok(self
-                .with_secrets(vec![record_from_row(&row)?], now)
-                .await?
-                .pop()),
-            None => Ok(None),
-        }
+        reads::get_key(&mut *self.reader().await?, key_id, now).await
     }
 
     async fn list_keys(&self, filter: &KeyFilter) -> Result<Page<KeyRecord>, StoreError> {
-        let limit = i64::from(filter.limit.max(1));
-        let rows = sqlx::query(
-            "SELECT * FROM keys WHERE kind = ?1 AND seq > ?2
-               AND (?3 IS NULL OR owner = ?3) AND (?4 IS NULL OR tenant = ?4)
-               AND (?5 IS NULL
-                    OR (?5 = 'revoked' AND revoked_at IS NOT NULL)
-                    OR (?5 = 'expired' AND revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?6)
-                    OR (?5 = 'active' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?6)))
-             ORDER BY seq LIMIT ?7",
-        )
-        .bind(filter.kind.as_str())
-        .bind(filter.after.unwrap_or(0))
-        .bind(&filter.owner)
-        .bind(&filter.tenant)
-        .bind(filter.status.map(KeyStatus::as_str))
-        .bind(to_millis(filter.now))
-        .bind(limit + 1)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(backend)?;
-        let more = rows.len() as i64 > limit;
-        let rows = &rows[..rows.len().min(limit as usize)];
-        let next_cursor = match rows.last() {
-            Some(last) if more => Some(last.try_get::<i64, _>("seq").map_err(backend)?),
-            _ => None,
-        };
-        let records = rows
-            .iter()
-            .map(record_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Page {
-            items: self.with_secrets(records, filter.now).await?,
-            next_cursor,
-        })
+        reads::list_keys(&mut *self.reader().await?, filter).await
     }
 
     async fn write_key(&self, write: KeyWrite) -> Result<i64, StoreError> {
         let mut tx = self.write_tx().await?;
-        let seq = write_key_in(&mut tx, write).await?;
+        let seq = writes::write_key(&mut *tx, write).await?;
         tx.commit().await.map_err(backend)?;
         Ok(seq)
     }
@@ -414,54 +132,20 @@ impl KeyStore for SqliteStore {
         // BEGIN IMMEDIATE holds the write lock, so the check and the insert cannot interleave
         // with another process bootstrapping the same file.
         let mut tx = self.write_tx().await?;
-        let roots: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE kind = 'root'")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if roots > 0 {
-            return Ok(None);
-        }
-        let seq = write_key_in(&mut tx, write).await?;
+        let seq = writes::create_first_root_key(&mut *tx, write).await?;
         tx.commit().await.map_err(backend)?;
-        Ok(Some(seq))
+        Ok(seq)
     }
 
     async fn append_audit(&self, draft: AuditDraft) -> Result<i64, StoreError> {
         let mut tx = self.write_tx().await?;
-        let seq = append_in(&mut tx, draft).await?;
+        let seq = writes::append_audit(&mut *tx, draft).await?;
         tx.commit().await.map_err(backend)?;
         Ok(seq)
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Page<AuditEvent>, StoreError> {
-        let limit = i64::from(filter.limit.max(1));
-        let rows = sqlx::query(
-            "SELECT * FROM audit_log WHERE seq > ?1 AND (?2 IS NULL OR target = ?2) AND (?3 IS NULL OR action = ?3)
-               AND (?5 IS NULL
-                    OR EXISTS (SELECT 1 FROM keys k WHERE k.key_id = audit_log.target AND k.tenant = ?5)
-                    OR EXISTS (SELECT 1 FROM keys k WHERE k.key_id = audit_log.actor AND k.tenant = ?5))
-             ORDER BY seq LIMIT ?4",
-        )
-        .bind(filter.after.unwrap_or(0))
-        .bind(&filter.target)
-        .bind(&filter.action)
-        .bind(limit + 1)
-        .bind(&filter.tenant)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(backend)?;
-        let more = rows.len() as i64 > limit;
-        let items = rows
-            .iter()
-            .take(limit as usize)
-            .map(event_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if more {
-            items.last().map(|e| e.seq)
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        reads::list_audit(&mut *self.reader().await?, filter).await
     }
 
     async fn touch_last_used(&self, uses: &[(String, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -511,51 +195,17 @@ impl KeyStore for SqliteStore {
     }
 
     async fn list_usage(&self, filter: &UsageFilter) -> Result<UsagePage, StoreError> {
-        let q = UsageQuery::new(filter);
-        let rows: Vec<UsageTuple> = sqlx::query_as(
-            "SELECT bucket, key_id, code, owner, tenant, verifications, credits FROM (
-               SELECT (hour / ?1) * ?1 AS bucket, key_id, code,
-                      MAX(owner) AS owner, MAX(tenant) AS tenant,
-                      CAST(SUM(verifications) AS BIGINT) AS verifications,
-                      CAST(SUM(credits) AS BIGINT) AS credits
-               FROM usage_hourly
-               WHERE hour >= ?2 AND hour < ?3 AND (?4 IS NULL OR key_id = ?4)
-                 AND (?5 IS NULL OR owner = ?5) AND (?6 IS NULL OR tenant = ?6)
-               GROUP BY 1, 2, 3
-             ) AS t
-             WHERE bucket > ?7 OR (bucket = ?7 AND (key_id > ?8 OR (key_id = ?8 AND code > ?9)))
-             ORDER BY bucket, key_id, code LIMIT ?10",
-        )
-        .bind(q.bucket)
-        .bind(q.from)
-        .bind(q.to)
-        .bind(q.key_id)
-        .bind(q.owner)
-        .bind(q.tenant)
-        .bind(q.after_bucket)
-        .bind(q.after_key_id)
-        .bind(q.after_code)
-        .bind(q.fetch)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(backend)?;
-        page(rows, filter.limit)
+        usage::list_usage(&mut *self.reader().await?, filter).await
     }
 
     async fn count_root_keys(&self) -> Result<u64, StoreError> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE kind = 'root'")
-            .fetch_one(&self.readers)
-            .await
-            .map_err(backend)?;
-        Ok(count.max(0) as u64)
+        Ok(writes::count_root_keys(&mut *self.reader().await?)
+            .await?
+            .max(0) as u64)
     }
 
     async fn change_head(&self) -> Result<i64, StoreError> {
-        let head: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_log")
-            .fetch_one(&self.readers)
-            .await
-            .map_err(backend)?;
-        Ok(head.unwrap_or(0))
+        reads::change_head(&mut *self.reader().await?).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -567,81 +217,16 @@ impl KeyStore for SqliteStore {
     }
 
     async fn get_plan(&self, plan_id: &str) -> Result<Option<Plan>, StoreError> {
-        let row = sqlx::query("SELECT * FROM plans WHERE plan_id = ?1")
-            .bind(plan_id)
-            .fetch_optional(&self.readers)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(plan_from_row).transpose()
+        reads::get_plan(&mut *self.reader().await?, plan_id).await
     }
 
     async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM plans ORDER BY plan_id")
-            .fetch_all(&self.readers)
-            .await
-            .map_err(backend)?;
-        rows.iter().map(plan_from_row).collect()
+        reads::list_plans(&mut *self.reader().await?).await
     }
 
     async fn write_plan(&self, write: PlanWrite) -> Result<i64, StoreError> {
-        let PlanWrite {
-            plan: p,
-            expected_version,
-            delete,
-            audit,
-        } = write;
         let mut tx = self.write_tx().await?;
-        let permissions: Vec<&str> = p.permissions.iter().map(Permission::as_str).collect();
-        let result = if delete {
-            let in_use: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM keys WHERE json_extract(policy, '$.plan') = ?1 AND revoked_at IS NULL",
-            )
-            .bind(&p.plan_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-            if in_use > 0 {
-                return Err(StoreError::Conflict);
-            }
-            sqlx::query("DELETE FROM plans WHERE plan_id = ?1 AND version = ?2")
-                .bind(&p.plan_id)
-                .bind(expected_version)
-                .execute(&mut *tx)
-                .await
-        } else if let Some(expected) = expected_version {
-            sqlx::query(
-                "UPDATE plans SET limits = ?2, quota = ?3, permissions = ?4, version = ?5, updated_at = ?6
-                 WHERE plan_id = ?1 AND version = ?7",
-            )
-            .bind(&p.plan_id)
-            .bind(json_text(&p.limits))
-            .bind(p.quota.as_ref().map(json_text))
-            .bind(json_text(&permissions))
-            .bind(p.version)
-            .bind(to_millis(p.updated_at))
-            .bind(expected)
-            .execute(&mut *tx)
-            .await
-        } else {
-            sqlx::query(
-                "INSERT INTO plans (plan_id, limits, quota, permissions, version, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .bind(&p.plan_id)
-            .bind(json_text(&p.limits))
-            .bind(p.quota.as_ref().map(json_text))
-            .bind(json_text(&permissions))
-            .bind(p.version)
-            .bind(to_millis(p.created_at))
-            .bind(to_millis(p.updated_at))
-            .execute(&mut *tx)
-            .await
-        }
-        .map_err(backend)?;
-        if result.rows_affected() != 1 {
-            return Err(StoreError::Conflict);
-        }
-        let seq = append_in(&mut tx, audit).await?;
+        let seq = writes::write_plan(&mut *tx, write).await?;
         tx.commit().await.map_err(backend)?;
         Ok(seq)
     }
@@ -654,15 +239,9 @@ impl KeyStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<(u64, Balance), StoreError> {
         let mut tx = self.write_tx().await?;
-        let balance = read_balance(&mut tx, key_id, config, now).await?;
-        let granted = want.min(balance.remaining);
-        let after = Balance {
-            remaining: balance.remaining - granted,
-            period: balance.period,
-        };
-        write_balance(&mut tx, key_id, after).await?;
+        let taken = writes::take_credits(&mut *tx, key_id, config, want, now).await?;
         tx.commit().await.map_err(backend)?;
-        Ok((granted, after))
+        Ok(taken)
     }
 
     async fn adjust_credits(
@@ -675,24 +254,8 @@ impl KeyStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Balance, StoreError> {
         let mut tx = self.write_tx().await?;
-        let before = read_balance(&mut tx, key_id, config, now).await?;
-        let returned = before.remaining.saturating_add(unspent);
-        let remaining = match op {
-            CreditOp::Set(n) => n,
-            CreditOp::Increase(n) => returned.saturating_add(n),
-            CreditOp::Decrease(n) => returned.saturating_sub(n),
-        };
-        let after = Balance {
-            remaining,
-            period: before.period,
-        };
-        write_balance(&mut tx, key_id, after).await?;
-        let mut audit = audit;
-        if let Some(summary) = audit.summary.as_object_mut() {
-            summary.insert("before".into(), serde_json::Value::from(returned));
-            summary.insert("after".into(), serde_json::Value::from(remaining));
-        }
-        append_in(&mut tx, audit).await?;
+        let after =
+            writes::adjust_credits(&mut *tx, key_id, config, unspent, op, audit, now).await?;
         tx.commit().await.map_err(backend)?;
         Ok(after)
     }
@@ -706,14 +269,7 @@ impl KeyStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        let balance = read_balance(&mut tx, key_id, config, now).await?;
-        if balance.period == period {
-            let after = Balance {
-                remaining: balance.remaining.saturating_add(amount),
-                period,
-            };
-            write_balance(&mut tx, key_id, after).await?;
-        }
+        writes::give_back_credits(&mut *tx, key_id, config, amount, period, now).await?;
         tx.commit().await.map_err(backend)
     }
 
@@ -723,8 +279,7 @@ impl KeyStore for SqliteStore {
         config: &QuotaConfig,
         now: OffsetDateTime,
     ) -> Result<Balance, StoreError> {
-        let mut conn = self.readers.acquire().await.map_err(backend)?;
-        read_balance(&mut conn, key_id, config, now).await
+        writes::read_balance(&mut *self.reader().await?, key_id, config, now).await
     }
 }
 

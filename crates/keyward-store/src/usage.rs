@@ -1,34 +1,33 @@
-//! What both backends share for usage rows: the query's parameters and the decoding of its
-//! rows into a page. Each backend holds its own SQL text (placeholders and casts differ).
+//! Reading usage, for both backends: the query's parameters, its run, and the decoding of its
+//! rows into a page. The SQL text is the backend's (`Dialect::LIST_USAGE`): PostgreSQL must be
+//! told to compare text bytewise.
 
 use keyward_core::audit::unix_millis;
 use keyward_core::usage::{UsageCount, UsageCursor};
 use keyward_core::verify::VerifyCode;
 
-use crate::sql::from_millis;
+use crate::dialect::Dialect;
+use crate::sql::{Columns, from_millis};
+use crate::statement::{Conn, Statement};
 use crate::{StoreError, UsageFilter, UsagePage};
-
-/// A usage row as both backends select it:
-/// (bucket, key_id, code, owner, tenant, verifications, credits).
-pub(crate) type UsageTuple = (i64, String, String, String, Option<String>, i64, i64);
 
 /// The bound values of a usage query, in placeholder order:
 /// bucket size, from, to, key_id, owner, tenant, cursor (bucket, key_id, code), limit + 1.
-pub(crate) struct UsageQuery<'a> {
-    pub bucket: i64,
-    pub from: i64,
-    pub to: i64,
-    pub key_id: Option<&'a str>,
-    pub owner: Option<&'a str>,
-    pub tenant: Option<&'a str>,
-    pub after_bucket: i64,
-    pub after_key_id: &'a str,
-    pub after_code: &'a str,
-    pub fetch: i64,
+struct UsageQuery<'a> {
+    bucket: i64,
+    from: i64,
+    to: i64,
+    key_id: Option<&'a str>,
+    owner: Option<&'a str>,
+    tenant: Option<&'a str>,
+    after_bucket: i64,
+    after_key_id: &'a str,
+    after_code: &'a str,
+    fetch: i64,
 }
 
 impl<'a> UsageQuery<'a> {
-    pub fn new(filter: &'a UsageFilter) -> Self {
+    fn new(filter: &'a UsageFilter) -> Self {
         let from = unix_millis(filter.from);
         let (after_bucket, after_key_id, after_code) = match &filter.after {
             Some(c) => (unix_millis(c.start), c.key_id.as_str(), c.code.as_str()),
@@ -61,28 +60,50 @@ fn from_i64(column: &str, n: i64) -> Result<u64, StoreError> {
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("usage {column} is negative: {n}")))
 }
 
+/// Reads usage, summed per `filter.granularity`.
+pub(crate) async fn list_usage<C: Conn>(
+    conn: &mut C,
+    filter: &UsageFilter,
+) -> Result<UsagePage, StoreError> {
+    let q = UsageQuery::new(filter);
+    let rows = conn
+        .fetch_all(
+            Statement::new(C::Dialect::LIST_USAGE)
+                .bind(q.bucket)
+                .bind(q.from)
+                .bind(q.to)
+                .bind(q.key_id)
+                .bind(q.owner)
+                .bind(q.tenant)
+                .bind(q.after_bucket)
+                .bind(q.after_key_id)
+                .bind(q.after_code)
+                .bind(q.fetch),
+        )
+        .await?;
+    page(&rows, filter.limit)
+}
+
 /// Builds a page from the fetched rows (one more than the page size, if there are more).
-pub(crate) fn page(rows: Vec<UsageTuple>, limit: u32) -> Result<UsagePage, StoreError> {
+fn page(rows: &[impl Columns], limit: u32) -> Result<UsagePage, StoreError> {
     let limit = limit.max(1) as usize;
     let more = rows.len() > limit;
     let items = rows
-        .into_iter()
+        .iter()
         .take(limit)
-        .map(
-            |(bucket, key_id, code, owner, tenant, verifications, credits)| {
-                Ok(UsageCount {
-                    start: from_millis(bucket)?,
-                    code: VerifyCode::parse(&code).ok_or_else(|| {
-                        StoreError::Corrupt(format!("unknown usage code {code:?}"))
-                    })?,
-                    key_id,
-                    owner,
-                    tenant,
-                    verifications: from_i64("verifications", verifications)?,
-                    credits: from_i64("credits", credits)?,
-                })
-            },
-        )
+        .map(|row| {
+            let code = row.text("code")?;
+            Ok(UsageCount {
+                start: from_millis(row.int("bucket")?)?,
+                code: VerifyCode::parse(&code)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown usage code {code:?}")))?,
+                key_id: row.text("key_id")?,
+                owner: row.text("owner")?,
+                tenant: row.opt_text("tenant")?,
+                verifications: from_i64("verifications", row.int("verifications")?)?,
+                credits: from_i64("credits", row.int("credits")?)?,
+            })
+        })
         .collect::<Result<Vec<_>, StoreError>>()?;
     let next = if more {
         items.last().map(UsageCursor::after)

@@ -1,6 +1,8 @@
-//! keyward's webhooks: every event published on the engine's event bus
-//! ([`keyward_engine::Keyward::subscribe`]) is POSTed as JSON to each configured endpoint,
-//! signed ([`signature`]), retried with exponential backoff, and never on the verify path.
+//! keyward's webhooks: every event received from the engine's event bus (the receiver that
+//! `keyward_engine::Keyward::subscribe` returns) is POSTed as JSON ([`payload`]) to each
+//! configured endpoint, signed ([`signature`]), retried with exponential backoff, and never on
+//! the verify path. The events and their JSON are defined in `keyward-events`; this crate
+//! depends on no engine, store or Redis code.
 //!
 //! ```text
 //! engine.publish ─► broadcast (bounded, never blocks) ─► fan-out task
@@ -13,12 +15,12 @@
 //! Payloads carry key ids, owners and tenants, never a key, a hash or the webhook secret.
 //!
 //! ```no_run
-//! # async fn example(engine: std::sync::Arc<keyward_engine::Keyward>) -> Result<(), keyward_webhooks::WebhookError> {
+//! # async fn example(events: tokio::sync::broadcast::Receiver<keyward_events::Event>) -> Result<(), keyward_webhooks::WebhookError> {
 //! let config = keyward_webhooks::WebhookConfig::new(
 //!     vec!["http://alerts.internal/keyward".to_owned()],
 //!     b"a shared secret of at least 32 bytes".to_vec(),
 //! )?;
-//! let dispatcher = keyward_webhooks::Dispatcher::spawn(engine.subscribe(), config);
+//! let dispatcher = keyward_webhooks::Dispatcher::spawn(events, config);
 //! # drop(dispatcher); Ok(()) }
 //! ```
 
@@ -34,8 +36,7 @@ use hyper::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use keyward_engine::events::Event;
-use serde_json::Value;
+use keyward_events::Event;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
@@ -214,14 +215,10 @@ impl Drop for Dispatcher {
     }
 }
 
-/// The JSON body of an event: the event's own fields and `type`, plus an `id` that stays the
-/// same across retries so receivers can drop duplicates.
+/// The JSON body of an event ([`Event::webhook_body`]): the event's own fields and `type`, plus
+/// an `id` that stays the same across retries so receivers can drop duplicates.
 pub fn payload(id: &str, event: &Event) -> Bytes {
-    let mut value = serde_json::to_value(event).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut value {
-        map.insert("id".into(), Value::String(id.to_owned()));
-    }
-    Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+    Bytes::from(event.webhook_body(id))
 }
 
 fn event_id() -> String {
@@ -368,6 +365,8 @@ async fn attempt_once(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     const SECRET: &[u8; 32] = b"0123456789abcdef0123456789abcdef";

@@ -142,7 +142,7 @@ pub struct CreateRootKeyRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Confines the root key to this tenant: it sees and changes only that tenant's keys,
-    /// audit events, usage and reports (see the README, "Tenant-scoped root keys"). A root key
+    /// audit events, usage and reports (see docs/keys.md, "Tenant-scoped root keys"). A root key
     /// that is itself confined must name its own tenant here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
@@ -635,7 +635,7 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong in this occurrence.
     pub detail: String,
-    /// Stable machine-readable code (see the README's error table).
+    /// Stable machine-readable code (see the table in docs/errors.md).
     pub code: String,
     /// The request field at fault, for validation errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,7 +1,7 @@
 //! The connection settings of keyward's HTTP listeners (timeouts, cap, trusted proxies, PROXY
 //! protocol, `/metrics` host names): `keyward serve`'s flags and the gateway TOML's keys, both
-//! turned into one `keyward_http::listener::ListenerConfig` (see README "Connections and
-//! trusted proxies").
+//! turned into one `keyward_http::listener::ListenerConfig` (see
+//! docs/connections.md).
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use clap::Args;
 use keyward_http::listener::{Connections, ListenerConfig};
 use keyward_http::trusted_proxy::TrustedProxies;
 
-/// The HTTP listener's connections (README "Connections and trusted proxies").
+/// The HTTP listener's connections (docs/connections.md).
 #[derive(Debug, Clone, Args)]
 pub struct ListenerArgs {
     /// Longest time a client has to send a complete request head, counted from the connection

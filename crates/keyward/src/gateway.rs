@@ -27,7 +27,7 @@
 //! webhook_max_attempts = 5            # attempts per event and endpoint
 //! rotation_policies = ["acme/live=90", "*/*=365"]  # TENANT/ENVIRONMENT=DAYS, `*` for any
 //! expiry_warning_days = 7             # notice for key_expiring_soon
-//! on_anomaly = "alert"                # or "disable" (README "Anomaly detection and response")
+//! on_anomaly = "alert"                # or "disable" (docs/anomaly-response.md)
 //! on_anomaly_tenants = ["acme=disable"]  # per-tenant response, TENANT=alert|disable
 //! auto_disable_max_per_hour = 10      # safety brake on automatic disables (per node)
 //! anomaly_spike_factor = 5.0          # rate this many times the baseline is a spike
@@ -37,7 +37,7 @@
 //! # Each anomaly setting given as a flag or environment variable wins over the file's.
 //! otlp_endpoint = "http://127.0.0.1:4317"  # optional: export traces over OTLP/gRPC
 //! otlp_service_name = "keyward-edge"  # service.name of exported traces (default "keyward")
-//! # Connections of the gateway and admin listeners (README "Connections and trusted proxies"):
+//! # Connections of the gateway and admin listeners (docs/connections.md):
 //! header_read_timeout_ms = 10000      # a request head must arrive within this
 //! idle_timeout_ms = 60000             # no byte either way for this long closes a connection
 //! body_read_timeout_ms = 30000        # a request body must arrive within this (else 408)
@@ -67,7 +67,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::AnomalyArgs;
+use crate::cli::anomaly::AnomalyArgs;
 use crate::serve::{join_per_core, serve_per_core, stopped};
 use anyhow::{Context, bail};
 use keyward_engine::clock::SystemClock;
@@ -86,11 +86,11 @@ pub async fn run(
     redis: Option<keyward_engine::RedisConfig>,
     anomaly: AnomalyArgs,
     anomaly_given: impl Fn(&str) -> bool,
-    traces: &crate::cli::TraceArgs,
+    traces: &crate::cli::server::TraceArgs,
 ) -> anyhow::Result<()> {
     let loaded = load(config_path)?;
     let traces = crate::serve::init_telemetry(
-        crate::cli::LogFormat::Text,
+        crate::cli::server::LogFormat::Text,
         traces
             .config(
                 loaded.otlp_endpoint.as_deref(),

@@ -8,7 +8,6 @@ pub mod client;
 pub mod connections;
 pub mod gateway;
 pub mod notify;
-pub mod output;
 pub mod serve;
 pub mod simulate;
 pub mod store;

@@ -1,15 +1,15 @@
-//! Webhooks and rotation policy settings of `serve` and `gateway`: turns flags (or the gateway
-//! TOML) into the engine's [`RotationConfig`] and a running webhook [`Dispatcher`].
+//! Webhooks and rotation policy settings of `serve` and `gateway`: their flags
+//! ([`NotifyArgs`]), turned (as the gateway TOML's keys are) into the engine's
+//! [`RotationConfig`] and a running webhook [`Dispatcher`].
 
 use std::sync::Arc;
 
 use anyhow::Context;
+use clap::Args;
 use keyward_engine::Keyward;
 use keyward_engine::rotation_policy::{RotationConfig, RotationPolicy};
 use keyward_webhooks::{Dispatcher, WebhookConfig};
 use zeroize::Zeroizing;
-
-use crate::cli::NotifyArgs;
 
 /// The webhook signing secret; its `Debug` does not show it.
 #[derive(Clone)]
@@ -37,6 +37,29 @@ impl std::str::FromStr for WebhookSecret {
 /// clap's parser for `--rotation-policy`.
 pub fn parse_rotation_policy(text: &str) -> Result<RotationPolicy, String> {
     RotationPolicy::parse(text)
+}
+
+/// Webhooks and rotation policy (see docs/webhooks.md and docs/rotation-policy.md).
+#[derive(Debug, Clone, Args)]
+pub struct NotifyArgs {
+    /// POST signed JSON events (key_revoked, key_expiring_soon, rotation_overdue, anomaly,
+    /// key_disabled) to this http:// URL; repeat for several endpoints.
+    #[arg(long = "webhook", env = "KEYWARD_WEBHOOKS", value_delimiter = ',')]
+    pub webhooks: Vec<String>,
+    /// Secret for the HMAC-SHA256 Keyward-Signature header (prefer the environment variable:
+    /// command lines are visible to other users).
+    #[arg(long, env = "KEYWARD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<WebhookSecret>,
+    /// Attempts per event and endpoint before it is given up (backoff 1 s, doubling, at most 60 s).
+    #[arg(long, env = "KEYWARD_WEBHOOK_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub webhook_max_attempts: u32,
+    /// Rotation policy TENANT/ENVIRONMENT=DAYS (`*` for any): the current secret of a matching
+    /// active key must be younger than DAYS; the most specific rule applies. Repeatable.
+    #[arg(long = "rotation-policy", env = "KEYWARD_ROTATION_POLICIES", value_delimiter = ',', value_parser = parse_rotation_policy)]
+    pub rotation_policies: Vec<RotationPolicy>,
+    /// Days of notice for key_expiring_soon, and the rotation report's default "due soon" window.
+    #[arg(long, env = "KEYWARD_EXPIRY_WARNING_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=365))]
+    pub expiry_warning_days: u32,
 }
 
 /// What a node notifies about and how.

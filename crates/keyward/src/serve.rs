@@ -10,7 +10,7 @@ use keyward_http::AppState;
 use keyward_telemetry::traces::{OtlpConfig, Traces};
 use tokio::net::TcpListener;
 
-use crate::cli::{LogFormat, ServeArgs};
+use crate::cli::server::{LogFormat, ServeArgs};
 
 /// Installs the process's logging and, when `traces` is configured, the OpenTelemetry trace
 /// export: every log line and every exported span is redacted of key-shaped text on its way

@@ -10,7 +10,7 @@ use keyward_engine::simulate::{LeakScenario, describe, simulate_leak};
 use keyward_store::SqliteStore;
 use time::OffsetDateTime;
 
-use crate::cli::SimulateLeakArgs;
+use crate::cli::anomaly::SimulateLeakArgs;
 
 pub async fn run(args: &SimulateLeakArgs) -> anyhow::Result<ExitCode> {
     let scenario = LeakScenario {

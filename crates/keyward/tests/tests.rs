@@ -18,6 +18,8 @@ mod bad_input;
 mod cli;
 #[path = "it/connections.rs"]
 mod connections;
+#[path = "it/docs.rs"]
+mod docs;
 #[path = "it/edge.rs"]
 mod edge;
 #[path = "it/edge_routing.rs"]

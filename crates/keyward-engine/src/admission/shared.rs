@@ -4,7 +4,7 @@
 //! Each admission decision is one `EVALSHA` of `shared/admit.lua`: the same GCRA as
 //! [`keyward_core::limit`] over the same pools (key, owner per tenant, tenant), all-or-nothing
 //! over every limit of the key and its quota deduction together. `now` comes from the calling
-//! node's clock, so nodes need synchronised clocks (NTP); see README "Run a cluster".
+//! node's clock, so nodes need synchronised clocks (NTP); see docs/limits-and-quotas.md, "Shared limits and quotas (Redis)".
 //!
 //! Quota balances live in Redis. A balance is loaded from the store on first use (only one node
 //! initialises it), refilled by schedule inside the script and written behind to the store by
@@ -22,7 +22,8 @@
 //! reads and adjustments) in `upkeep.rs`.
 //!
 //! Limits with `mode = "local_first"` are decided from node-local state and reconciled with
-//! Redis in the background (the `local_first` module, which documents the overshoot bound).
+//! Redis in the background (the `local_first` module; the overshoot bound is in
+//! docs/limits-and-quotas.md).
 
 mod decide;
 mod local_first;

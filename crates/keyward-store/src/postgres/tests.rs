@@ -12,8 +12,11 @@ use keyward_core::quota::QuotaConfig;
 use keyward_core::record::{KeyKind, Plan};
 use serde_json::json;
 
+use super::feed::{PgChangeFeed, parse_payload};
 use super::*;
 use crate::testsuite::{T0, draft, new_key_write};
+use crate::{AuditFilter, Change, ChangeFeed, CreditOp, KeyStore, PlanWrite};
+use keyward_core::key::KeyHash;
 
 /// How long a test waits for a change to arrive before it fails.
 const WAIT: Duration = Duration::from_secs(10);

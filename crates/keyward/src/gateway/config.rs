@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::AnomalyArgs;
+use crate::cli::anomaly::AnomalyArgs;
 use anyhow::{Context, bail};
 use keyward_core::path::PathPrefix;
 use keyward_core::permission::PermissionQuery;
@@ -99,7 +99,7 @@ pub struct Loaded {
     pub quota_lease: u64,
     pub threads: usize,
     pub redis: Option<keyward_engine::RedisConfig>,
-    /// Store outage behaviour (see README "When the store is down").
+    /// Store outage behaviour (see docs/cluster.md, "When the store is down").
     pub stale_if_error: Duration,
     pub fail_open_unknown_keys: bool,
     /// Store reads for unknown keys per caller address and minute (0: no budget).
@@ -275,13 +275,13 @@ pub fn parse_config(path: &Path, text: &str) -> anyhow::Result<Loaded> {
     let otlp_endpoint = file
         .otlp_endpoint
         .as_deref()
-        .map(crate::cli::parse_otlp_endpoint)
+        .map(crate::cli::server::parse_otlp_endpoint)
         .transpose()
         .map_err(|e| anyhow::anyhow!("{}: otlp_endpoint: {e}", path.display()))?;
     let otlp_service_name = file
         .otlp_service_name
         .as_deref()
-        .map(crate::cli::parse_service_name)
+        .map(crate::cli::server::parse_service_name)
         .transpose()
         .map_err(|e| anyhow::anyhow!("{}: otlp_service_name: {e}", path.display()))?;
     let listener = crate::connections::FileListener {
@@ -477,7 +477,7 @@ case_sensitive = true
 
     #[test]
     fn trace_flags_override_the_file_and_traces_are_off_by_default() {
-        use crate::cli::TraceArgs;
+        use crate::cli::server::TraceArgs;
         let none = TraceArgs {
             otlp_endpoint: None,
             otlp_service_name: None,

@@ -124,17 +124,17 @@ async fn metrics_after_a_session_have_the_expected_series_and_no_key() {
 
     let delta =
         |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
-    // M1: by code and tenant.
+    // Verifications, by code and tenant.
     let valid = [("code", "VALID"), ("tenant", tenant)];
     assert_eq!(delta("keyward_verifications_total", &valid), 6.0);
     let revoked = [("code", "REVOKED"), ("tenant", tenant)];
     assert_eq!(delta("keyward_verifications_total", &revoked), 1.0);
     let malformed = [("code", "MALFORMED"), ("tenant", "none")];
     assert!(delta("keyward_verifications_total", &malformed) >= 1.0);
-    // M2: one latency sample per verification.
+    // One latency sample per verification.
     assert!(delta("keyward_verify_duration_seconds_count", &[]) >= 8.0);
     assert!(after.sum("keyward_verify_duration_seconds_bucket", &[("le", "+Inf")]) >= 8.0);
-    // M3.
+    // The lifecycle counters.
     for name in [
         "keyward_keys_issued_total",
         "keyward_keys_rotated_total",
@@ -142,7 +142,7 @@ async fn metrics_after_a_session_have_the_expected_series_and_no_key() {
     ] {
         assert!(delta(name, &[]) >= 1.0, "{name}");
     }
-    // M5: the key has a label of its own after enough requests, unless other tests in this
+    // The key has a label of its own after enough requests, unless other tests in this
     // process already took every slot.
     let labelled = after.label_values("keyward_key_requests_total", "key_id");
     assert!(labelled.contains("other"), "{labelled:?}");

@@ -190,7 +190,7 @@ async fn serve_on_postgres_creates_and_verifies_a_key_across_nodes() {
         seen.is_ok(),
         "node b still accepts the revoked key after 5 s"
     );
-    // Node b measured how long the revocation took to reach it (M4): it applied the change
+    // Node b measured how long the revocation took to reach it: it applied the change
     // before it could answer REVOKED, so the sample is there already.
     let metrics = http_b.raw("GET", "/metrics", None, None).await;
     let text = String::from_utf8(metrics.body).unwrap();

@@ -11,27 +11,8 @@
 //! adopts, plus what it admitted while the call was in flight. So each node learns, one
 //! interval late, what the others consumed.
 //!
-//! **Overshoot bound.** With N nodes, a limit of rate `r` (units per second) and burst `b`, and
-//! a reconcile interval `Δ`, over any stretch of time `t` the cluster admits at most
-//!
-//! ```text
-//! min( N × (b + r·t),  b + r·t + (N − 1) × (b + r·Δ) )     (exact mode: b + r·t)
-//! ```
-//!
-//! The first term holds because each node's view includes everything it admitted itself, so
-//! each node alone is a GCRA of `(r, b)`. The second: after a reconcile a node's view includes
-//! everything reconciled before it, so what it can still admit is what an exact limit would
-//! allow minus the others' units it has not seen yet, and those are at most one reconcile
-//! cycle of each other node's own allowance (`b + r·Δ`). For `t ≤ Δ` both give about
-//! `N × (b + r·Δ)`; over longer stretches the excess stays a constant `(N − 1)(b + r·Δ)` and
-//! does not grow with `t`, because the debt is paid back (every node refuses until the shared
-//! pool has refilled past it). Slow or failed reconciles widen `Δ` to the time since the last
-//! successful one. A reconcile whose reply is lost is retried with its units, which can count
-//! them twice: the error is towards refusing, never towards admitting more.
-//!
-//! While Redis is marked down, local-first limits take the node-local fallback like exact
-//! ones (each limit divided by the live nodes), so the bound above does not widen during an
-//! outage.
+//! The overshoot this allows, its bound and the bound's derivation are stated once, in
+//! docs/limits-and-quotas.md ("Overshoot bound").
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -1,5 +1,5 @@
 //! `mode = "local_first"` against a real Redis: the overshoot is real and stays within the
-//! bound documented in `shared/local_first.rs` (and the README), a key mixing exact and
+//! bound documented in docs/limits-and-quotas.md ("Overshoot bound"), a key mixing exact and
 //! local-first limits stays all-or-nothing, and the verify path never waits for Redis.
 
 use super::*;

@@ -1,4 +1,5 @@
-//! A small HTTP client for the admin API, used by the CLI's client commands.
+//! A small HTTP client for the admin API, used by the CLI's client commands, and [`connect`],
+//! which sets one up with a [`Printer`] from a command's `--url` and `--output`.
 //!
 //! Errors are one line for the user: the server's problem `detail` and `code`, or why the
 //! server could not be reached. The root key comes from `KEYWARD_ROOT_KEY` and is sent only as
@@ -15,9 +16,13 @@ use keyward_wire::Problem;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::output::Printer;
+use crate::cli::client::ClientArgs;
+
 /// Environment variable holding the root key.
 pub const ROOT_KEY_ENV: &str = "KEYWARD_ROOT_KEY";
 
+/// A client of one server's admin API, sending the root key with every request.
 pub struct Client {
     base: String,
     root_key: String,
@@ -31,6 +36,11 @@ pub struct ApiFailure {
     pub status: u16,
     pub code: String,
     pub detail: String,
+}
+
+/// The client and printer a command's `--url` and `--output` ask for.
+pub fn connect(args: &ClientArgs) -> anyhow::Result<(Client, Printer)> {
+    Ok((Client::new(&args.url)?, Printer::new(args.output)))
 }
 
 impl Client {

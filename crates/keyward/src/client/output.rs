@@ -9,8 +9,9 @@ use keyward_wire::{
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
-use crate::cli::Output;
+use crate::cli::client::Output;
 
+/// Prints a command's result in the format `--output` chose.
 pub struct Printer {
     format: Output,
 }

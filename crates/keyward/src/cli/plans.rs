@@ -1,0 +1,47 @@
+//! Arguments of `keyward plans` (create, update, list, show, delete).
+
+use clap::{Args, Subcommand};
+
+use super::client::{ClientArgs, ClientOnly};
+
+#[derive(Debug, Subcommand)]
+pub enum PlansCommand {
+    /// Create a plan.
+    Create(PlanArgs),
+    /// Replace a plan (keys on it follow at once).
+    Update(PlanArgs),
+    /// List plans.
+    List(ClientOnly),
+    /// Show a plan.
+    Show(PlanIdArgs),
+    /// Delete a plan no key follows.
+    Delete(PlanIdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The plan's name.
+    pub plan_id: String,
+    /// A permission of keys on the plan (repeatable).
+    #[arg(long = "permission")]
+    pub permissions: Vec<String>,
+    /// A rate limit (repeatable), as for `keys create --limit`.
+    #[arg(long = "limit")]
+    pub limits: Vec<String>,
+    /// Quota: starting credit balance.
+    #[arg(long)]
+    pub credits: Option<u64>,
+    /// Quota refill: daily:AMOUNT or monthly:DAY:AMOUNT.
+    #[arg(long, requires = "credits")]
+    pub refill: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanIdArgs {
+    /// The plan's name.
+    pub plan_id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
