@@ -9,9 +9,6 @@ use time::{Duration, OffsetDateTime};
 use crate::key::KeyHash;
 use crate::record::SecretInfo;
 
-/// Longest accepted grace period: 30 days.
-pub const MAX_GRACE: Duration = Duration::days(30);
-
 /// A change to an existing secret's end time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretEnd {

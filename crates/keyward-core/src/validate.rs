@@ -1,6 +1,7 @@
 //! Validation of key metadata, with errors that name the offending field.
 //!
-//! Every limit here is documented in docs/http-api.md ("Input limits"); they keep records small
+//! Every input limit of keyward is here (key metadata, policies, rotation grace, verify
+//! requests, paging), documented in docs/http-api.md ("Input limits"); they keep records small
 //! enough to cache by the hundred thousand and keep hostile input from costing much.
 
 use std::borrow::Cow;
@@ -31,6 +32,23 @@ pub const MAX_META_BYTES: usize = 4096;
 pub const MAX_REASON_CHARS: usize = 512;
 /// Longest lifetime a key can be given: 10 years.
 pub const MAX_TTL: Duration = Duration::days(3660);
+/// Longest grace period of a rotation (the old secret's remaining life): 30 days.
+pub const MAX_GRACE: Duration = Duration::days(30);
+/// Largest cost one verification may carry.
+pub const MAX_COST: u64 = 1_000_000_000;
+/// Longest request path a verify call may ask about (its query included): the path
+/// normaliser's own bound.
+pub const MAX_VERIFY_PATH_BYTES: usize = crate::path::MAX_PATH_BYTES;
+/// Longest HTTP method name a verify call may give.
+pub const MAX_METHOD_LEN: usize = 32;
+/// Largest page a list call returns.
+pub const MAX_PAGE: u32 = 1000;
+/// Page size when none is given.
+pub const DEFAULT_PAGE: u32 = 100;
+/// Largest page of a usage read.
+pub const MAX_USAGE_PAGE: u32 = 10_000;
+/// Usage page size when none is given.
+pub const DEFAULT_USAGE_PAGE: u32 = 1000;
 
 /// An input field that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -234,6 +252,82 @@ pub fn ttl(seconds: i64, now: OffsetDateTime) -> Result<OffsetDateTime, FieldErr
         ));
     }
     Ok(now + Duration::seconds(seconds))
+}
+
+/// A rotation's grace period: from 0 (the old secret ends at once) to [`MAX_GRACE`].
+pub fn grace(grace: Duration) -> Result<Duration, FieldError> {
+    if grace.is_negative() || grace > MAX_GRACE {
+        return Err(FieldError::new(
+            "grace_period_seconds",
+            format!(
+                "must be between 0 and {} (30 days)",
+                MAX_GRACE.whole_seconds()
+            ),
+        ));
+    }
+    Ok(grace)
+}
+
+/// The cost of one verification: at most [`MAX_COST`]. Inline: it is checked on every
+/// verification.
+#[inline]
+pub fn cost(cost: u64) -> Result<u64, FieldError> {
+    if cost > MAX_COST {
+        return Err(FieldError::new(
+            "cost",
+            format!("must be at most {MAX_COST}"),
+        ));
+    }
+    Ok(cost)
+}
+
+/// The request path a verify call asks about: at most [`MAX_VERIFY_PATH_BYTES`] (its normal
+/// form is checked by [`crate::path`]).
+pub fn verify_path(path: Option<&str>) -> Result<(), FieldError> {
+    if path.is_some_and(|p| p.len() > MAX_VERIFY_PATH_BYTES) {
+        return Err(FieldError::new(
+            "path",
+            format!("must be at most {MAX_VERIFY_PATH_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The HTTP method a verify call names: 1 to [`MAX_METHOD_LEN`] ASCII letters.
+pub fn verify_method(method: Option<&str>) -> Result<(), FieldError> {
+    if method.is_some_and(|m| {
+        m.is_empty() || m.len() > MAX_METHOD_LEN || !m.bytes().all(|b| b.is_ascii_alphabetic())
+    }) {
+        return Err(FieldError::new(
+            "method",
+            "must be an HTTP method name (1 to 32 letters)",
+        ));
+    }
+    Ok(())
+}
+
+/// A list call's page size: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] when absent.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, FieldError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(FieldError::new(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}"),
+        )),
+    }
+}
+
+/// A usage read's page size: 1 to [`MAX_USAGE_PAGE`], [`DEFAULT_USAGE_PAGE`] when absent.
+pub fn usage_page_limit(limit: Option<u32>) -> Result<u32, FieldError> {
+    let limit = limit.unwrap_or(DEFAULT_USAGE_PAGE);
+    if !(1..=MAX_USAGE_PAGE).contains(&limit) {
+        return Err(FieldError::new(
+            "limit",
+            format!("must be between 1 and {MAX_USAGE_PAGE}"),
+        ));
+    }
+    Ok(limit)
 }
 
 /// The key prefix: an explicit one, or `kw_test` for test-like environments and `kw_live`

@@ -1,304 +1,358 @@
-//! The admission stages after a VALID decision: rate limits (GCRA, in memory) and quotas
-//! (credits leased from the store in blocks). A request is admitted only if every limit and
-//! the quota admit it; a refused request consumes nothing from any of them.
+//! Admission: the limit and quota stages after a VALID decision. A request is admitted only if
+//! every limit and the quota admit it; a refused request consumes nothing from any of them.
 //!
-//! Quota durability: credits are taken from the store's balance in blocks of `lease_size`
-//! (one durable write per block, off the common path) and spent from memory. The store's
-//! balance therefore never exceeds what is really left, so a crash never refunds; it can
-//! overcharge by at most the unspent part of one block per key (< `lease_size` credits).
-//! A clean shutdown returns unspent credits.
+//! [`Admission::admit`] decides from node-local state (the `local` module: a GCRA limiter in
+//! memory and credits leased from the store in blocks) or, with a Redis configured, from the
+//! state every node shares (the `shared` module, which falls back to node-local enforcement
+//! while Redis does not answer). Admission also owns everything else about credits: reading
+//! and adjusting a balance, and handing leased credits back at shutdown.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod local;
+pub(crate) mod shared;
 
-use keyward_core::limit::{LimitScope, RateLimit, check, nanos};
+use std::sync::Arc;
+
+use keyward_core::audit::{AuditAction, AuditDraft};
+use keyward_core::clock::Clock;
+use keyward_core::limit::ceil_seconds;
 use keyward_core::quota::QuotaConfig;
-use keyward_core::record::KeyRecord;
+use keyward_core::record::{KeyKind, KeyRecord};
+use keyward_core::validate::FieldError;
+use keyward_core::verify::VerifyCode;
+use keyward_store::{CreditOp, KeyStore};
+use serde_json::json;
 use time::OffsetDateTime;
 
-/// One limit's report for a verify response and the RateLimit headers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitReport {
-    /// The limit's name.
-    pub name: String,
-    /// Units per period.
-    pub limit: u64,
-    /// Period in seconds.
-    pub period_seconds: u64,
-    /// Units left after this request.
-    pub remaining: u64,
-    /// Seconds until a request of the same cost would be admitted.
-    pub reset_seconds: u64,
+use crate::clock::write_time;
+use crate::error::EngineError;
+use crate::lookup::KeyLookup;
+use crate::verification::{QuotaReport, Verification};
+pub use local::LimitReport;
+use local::{Leases, Limiter, period_of};
+use shared::{Enforcement, EnforcementSource, RedisConfig, Shared};
+
+/// Retry-After for a quota without a refill rule: only an operator can add credits, so ask
+/// callers to come back in an hour rather than hammer.
+pub const EXHAUSTED_QUOTA_RETRY_SECONDS: u64 = 3600;
+
+/// What admission decided for one request: the parts of a [`Verification`] it fills.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// VALID, RATE_LIMITED or USAGE_EXCEEDED.
+    pub code: VerifyCode,
+    /// Each rate limit's state after this request.
+    pub limits: Vec<LimitReport>,
+    /// Credits left, if the request reached the quota stage.
+    pub credits_remaining: Option<u64>,
+    /// For a refused request: seconds until a retry can succeed.
+    pub retry_after: Option<u64>,
+    /// The quota as a RateLimit policy item, if the request reached the quota stage.
+    pub quota: Option<QuotaReport>,
+    /// Where the decision was made and why.
+    pub enforcement: Option<Enforcement>,
 }
 
-/// Which pool a limit draws from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct PoolKey {
-    scope: LimitScope,
-    id: String,
-    limit: String,
-}
-
-pub(crate) fn pool(key: &KeyRecord, limit: &RateLimit) -> PoolKey {
-    let (scope, id) = match (limit.scope, &key.tenant) {
-        // Owners are named per tenant: "admin" of one tenant is not "admin" of another.
-        (LimitScope::Owner, tenant) => (
-            LimitScope::Owner,
-            format!("{}\u{1f}{}", tenant.as_deref().unwrap_or(""), key.owner),
-        ),
-        (LimitScope::Tenant, Some(tenant)) => (LimitScope::Tenant, tenant.clone()),
-        // A tenant-scoped limit on a key without a tenant applies to the key alone.
-        (LimitScope::Tenant, None) | (LimitScope::Key, _) => (LimitScope::Key, key.key_id.clone()),
-    };
-    PoolKey {
-        scope,
-        id,
-        limit: limit.name.clone(),
-    }
-}
-
-impl PoolKey {
-    /// The pool's Redis key under `namespace`. The id's length is part of the name, so ids and
-    /// limit names that contain `:` cannot make two pools collide.
-    pub(crate) fn redis_key(&self, namespace: &str) -> String {
-        format!(
-            "{namespace}:l:{}:{}:{}:{}",
-            self.scope.as_str(),
-            self.id.len(),
-            self.id,
-            self.limit
-        )
-    }
-}
-
-/// Rate-limit state of this process: per pool, the theoretical arrival time and the emission
-/// interval it was computed with. When a limit changes (a plan or key update), the units already
-/// used are carried over at the new rate, so raising a limit takes effect at once.
-#[derive(Debug, Default)]
-pub(crate) struct Limiter(Mutex<HashMap<PoolKey, (i128, i128)>>);
-
-pub(crate) fn rescaled(state: Option<(i128, i128)>, limit: &RateLimit, now: i128) -> Option<i128> {
-    let (tat, interval) = state?;
-    let current = limit.emission_interval();
-    if interval == current || interval <= 0 || tat <= now {
-        return Some(tat);
-    }
-    Some(now + (tat - now) * current / interval)
-}
-
-/// A limit decision: whether all limits admit, and the per-limit reports.
-pub(crate) struct LimitDecision {
-    pub admitted: bool,
-    pub reports: Vec<LimitReport>,
-    pub retry_after: u64,
-}
-
-/// Evaluates every limit of `key` for `cost` at `now` from the given TATs (one per limit, in
-/// order; `None` for a pool never used). Returns the decision and the TATs to store if it admits.
-/// Pure: the in-memory limiter and the Redis path both report through it.
-pub(crate) fn evaluate(
-    key: &KeyRecord,
-    tats: &[Option<i128>],
-    cost: u64,
-    now: OffsetDateTime,
-) -> (LimitDecision, Vec<i128>) {
-    let limits = &key.policy.limits;
-    let mut reports = Vec::with_capacity(limits.len());
-    let mut new_tats = Vec::with_capacity(limits.len());
-    let mut admitted = true;
-    let mut retry_after = 0;
-    for (limit, tat) in limits.iter().zip(tats) {
-        let status = check(limit, *tat, cost, now);
-        admitted &= status.admitted;
-        if !status.admitted {
-            retry_after = retry_after.max(status.reset_seconds);
-        }
-        reports.push(LimitReport {
-            name: limit.name.clone(),
-            limit: limit.limit,
-            period_seconds: limit.period_seconds,
-            remaining: status.remaining,
-            reset_seconds: status.reset_seconds,
-        });
-        new_tats.push(status.new_tat);
-    }
-    if !admitted {
-        // What a refused request reports is the state as it stays.
-        for ((report, limit), tat) in reports.iter_mut().zip(limits).zip(tats) {
-            report.remaining = check(limit, *tat, 0, now).remaining;
-            if check(limit, *tat, cost, now).admitted {
-                // This limit alone would have admitted the request.
-                report.reset_seconds = 0;
-            }
+impl Default for Admitted {
+    fn default() -> Self {
+        Self {
+            code: VerifyCode::Valid,
+            limits: Vec::new(),
+            credits_remaining: None,
+            retry_after: None,
+            quota: None,
+            enforcement: None,
         }
     }
-    (
-        LimitDecision {
-            admitted,
-            reports,
-            retry_after,
-        },
-        new_tats,
-    )
 }
 
-impl Limiter {
-    /// Checks every limit of `key` for `cost` at `now` and, if all admit and `commit` is set,
-    /// records the consumption, atomically.
-    pub fn decide(
+impl Admitted {
+    /// Writes the decision into a verification that was VALID until admission.
+    pub(crate) fn apply_to(self, verification: &mut Verification) {
+        verification.code = self.code;
+        verification.limits = self.limits;
+        verification.credits_remaining = self.credits_remaining;
+        verification.retry_after = self.retry_after;
+        verification.quota = self.quota;
+        verification.enforcement = self.enforcement;
+    }
+}
+
+/// The limit and quota state of this node (and its Redis side); see the module docs.
+pub(crate) struct Admission {
+    store: Arc<dyn KeyStore>,
+    clock: Arc<dyn Clock>,
+    limiter: Limiter,
+    leases: Leases,
+    /// Credits leased from the store at a time per key.
+    quota_lease: u64,
+    /// Shared limits and quotas, when a Redis is configured.
+    shared: Option<Shared>,
+}
+
+impl Admission {
+    pub(crate) fn new(store: Arc<dyn KeyStore>, clock: Arc<dyn Clock>, quota_lease: u64) -> Self {
+        Self {
+            store,
+            clock,
+            limiter: Limiter::default(),
+            leases: Leases::default(),
+            quota_lease,
+            shared: None,
+        }
+    }
+
+    /// Shares limits and quotas through the Redis of `config` (see the `shared` module).
+    pub(crate) fn connect_redis(&mut self, config: RedisConfig) -> Result<(), EngineError> {
+        self.shared = Some(Shared::connect(config)?);
+        Ok(())
+    }
+
+    /// The limit and quota stages, all-or-nothing: limits are checked without consuming,
+    /// then the quota is charged, then the limits are consumed (re-checked under their lock);
+    /// if that last step refuses, the quota charge is given back.
+    pub(crate) async fn admit(
         &self,
-        key: &KeyRecord,
+        record: &KeyRecord,
         cost: u64,
         now: OffsetDateTime,
-        commit: bool,
-    ) -> LimitDecision {
-        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let now_nanos = nanos(now);
-        let pools: Vec<PoolKey> = key.policy.limits.iter().map(|l| pool(key, l)).collect();
-        let tats: Vec<Option<i128>> = key
-            .policy
-            .limits
-            .iter()
-            .zip(&pools)
-            .map(|(limit, pool)| rescaled(state.get(pool).copied(), limit, now_nanos))
-            .collect();
-        let (decision, new_tats) = evaluate(key, &tats, cost, now);
-        if decision.admitted && commit {
-            for ((pool, tat), limit) in pools.into_iter().zip(new_tats).zip(&key.policy.limits) {
-                state.insert(pool, (tat, limit.emission_interval()));
+    ) -> Result<Admitted, EngineError> {
+        let mut admitted = Admitted::default();
+        self.decide(record, cost, now, &mut admitted).await?;
+        Ok(admitted)
+    }
+
+    async fn decide(
+        &self,
+        record: &KeyRecord,
+        cost: u64,
+        now: OffsetDateTime,
+        admitted: &mut Admitted,
+    ) -> Result<(), EngineError> {
+        let policy = &record.policy;
+        if policy.limits.is_empty() && policy.quota.is_none() {
+            return Ok(());
+        }
+        if let Some(limit) = policy.limits.iter().find(|l| l.burst < cost) {
+            // It could never pass: a client told to retry would retry forever.
+            return Err(FieldError::new(
+                "cost",
+                format!(
+                    "{cost} exceeds the burst {} of limit {:?}; it can never be admitted",
+                    limit.burst, limit.name
+                ),
+            )
+            .into());
+        }
+        if self.shared.is_some() {
+            return self.admit_shared(record, cost, now, admitted).await;
+        }
+        admitted.enforcement = Some(Enforcement {
+            source: EnforcementSource::Local,
+            reason: "limits and quota of this node (no shared store configured)".into(),
+        });
+        let peek = self.limiter.decide(record, cost, now, false);
+        if !peek.admitted {
+            admitted.code = VerifyCode::RateLimited;
+            admitted.retry_after = Some(peek.retry_after);
+            admitted.limits = peek.reports;
+            return Ok(());
+        }
+        if let Some(quota) = &policy.quota {
+            let spent = self.spend_credits(&record.key_id, quota, cost, now).await?;
+            let remaining = spent
+                .unwrap_or_else(|| self.leases.reported_remaining(&record.key_id).unwrap_or(0));
+            self.report_quota(quota, remaining, spent.is_some(), now, admitted);
+            if spent.is_none() {
+                admitted.code = VerifyCode::UsageExceeded;
+                // Nothing was consumed: report the limits as they stand.
+                admitted.limits = self.limiter.decide(record, 0, now, false).reports;
+                return Ok(());
             }
         }
-        decision
+        let commit = self.limiter.decide(record, cost, now, true);
+        if !commit.admitted {
+            if policy.quota.is_some() {
+                self.leases.refund(&record.key_id, cost);
+            }
+            admitted.code = VerifyCode::RateLimited;
+            admitted.retry_after = Some(commit.retry_after);
+        }
+        admitted.limits = commit.reports;
+        Ok(())
     }
 
-    /// Forgets pools whose bucket is full again (their state equals a fresh one).
-    pub fn sweep(&self, now: OffsetDateTime) -> usize {
-        let now = nanos(now);
-        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let before = state.len();
-        state.retain(|_, (tat, _)| *tat > now);
-        before - state.len()
-    }
-}
-
-/// Credits leased from the store and not yet spent, per key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Lease {
-    pub available: u64,
-    /// The store's balance after the last take (for reporting).
-    pub store_remaining: u64,
-    /// The refill period the credits belong to.
-    pub period: Option<OffsetDateTime>,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Leases(
-    Mutex<HashMap<String, Lease>>,
-    Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-);
-
-/// The refill period `now` falls in, for a quota.
-pub(crate) fn period_of(config: &QuotaConfig, now: OffsetDateTime) -> Option<OffsetDateTime> {
-    config
-        .refill
-        .and_then(|r| r.schedule.last_at_or_before(now))
-}
-
-impl Leases {
-    /// Spends `cost` from the key's lease if it holds enough credits of the current period;
-    /// returns the credits left to report.
-    pub fn try_spend(
+    /// Fills the quota part of a decision: the RateLimit item, the credits left and, for a
+    /// refused request, when a retry can succeed.
+    pub(crate) fn report_quota(
         &self,
-        key_id: &str,
-        cost: u64,
-        period: Option<OffsetDateTime>,
-    ) -> Option<u64> {
-        let mut leases = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let lease = leases.get_mut(key_id)?;
-        if period > lease.period {
-            // The balance was refilled since: credits of the old period are gone.
-            leases.remove(key_id);
-            return None;
-        }
-        if period < lease.period {
-            // A request that read the clock just before a refill must not throw away the new
-            // period's lease; it goes to the store like a miss.
-            return None;
-        }
-        if lease.available < cost {
-            return None;
-        }
-        lease.available -= cost;
-        Some(lease.available + lease.store_remaining)
-    }
-
-    /// The per-key lock that serialises refills from the store.
-    pub fn refill_gate(&self, key_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut gates = self.1.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(gates.entry(key_id.to_owned()).or_default())
-    }
-
-    /// True if the store was found empty for this period and nothing is leased.
-    pub fn exhausted(&self, key_id: &str, period: Option<OffsetDateTime>) -> bool {
-        let leases = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        leases
-            .get(key_id)
-            .is_some_and(|l| l.period == period && l.store_remaining == 0)
-    }
-
-    /// Forgets refill locks nobody holds (periodic upkeep).
-    pub fn sweep(&self) {
-        let mut gates = self.1.lock().unwrap_or_else(|e| e.into_inner());
-        gates.retain(|_, gate| Arc::strong_count(gate) > 1);
-    }
-
-    /// Adds credits taken from the store.
-    pub fn add(
-        &self,
-        key_id: &str,
-        granted: u64,
-        store_remaining: u64,
-        period: Option<OffsetDateTime>,
+        quota: &QuotaConfig,
+        remaining: u64,
+        admitted: bool,
+        now: OffsetDateTime,
+        out: &mut Admitted,
     ) {
-        let mut leases = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let lease = leases.entry(key_id.to_owned()).or_insert(Lease {
-            available: 0,
-            store_remaining,
-            period,
+        let refill = quota.refill.and_then(|r| {
+            let last = r.schedule.last_at_or_before(now)?;
+            let next = r.schedule.next_after(now)?;
+            Some((r.amount, (next - last).whole_seconds(), next))
         });
-        if lease.period != period {
-            *lease = Lease {
-                available: 0,
-                store_remaining,
-                period,
+        let seconds_until = |t: OffsetDateTime| ceil_seconds((t - now).whole_nanoseconds());
+        out.quota = Some(QuotaReport {
+            quota: refill.map_or(quota.credits, |(amount, _, _)| amount),
+            window_seconds: refill.and_then(|(_, window, _)| u64::try_from(window).ok()),
+            remaining,
+            reset_seconds: refill.map(|(_, _, next)| seconds_until(next)),
+        });
+        out.credits_remaining = Some(remaining);
+        if !admitted {
+            out.retry_after = Some(
+                refill.map_or(EXHAUSTED_QUOTA_RETRY_SECONDS, |(_, _, next)| {
+                    seconds_until(next).max(1)
+                }),
+            );
+        }
+    }
+
+    /// Spends `cost` credits, leasing a block from the store when the local lease runs short;
+    /// `None` if the balance does not cover it.
+    async fn spend_credits(
+        &self,
+        key_id: &str,
+        quota: &QuotaConfig,
+        cost: u64,
+        now: OffsetDateTime,
+    ) -> Result<Option<u64>, EngineError> {
+        let period = period_of(quota, now);
+        if let Some(remaining) = self.leases.try_spend(key_id, cost, period) {
+            return Ok(Some(remaining));
+        }
+        // One refill per key at a time: concurrent misses wait for it instead of each taking a
+        // block, which keeps at most one block per key in memory (the crash bound) and one
+        // store write per block.
+        let gate = self.leases.refill_gate(key_id);
+        let _refilling = gate.lock().await;
+        if let Some(remaining) = self.leases.try_spend(key_id, cost, period) {
+            return Ok(Some(remaining));
+        }
+        if self.leases.exhausted(key_id, period) {
+            // The store had nothing left for this period: no write per refused request.
+            return Ok(None);
+        }
+        let want = cost.max(self.quota_lease);
+        let (granted, balance) = self.store.take_credits(key_id, quota, want, now).await?;
+        self.leases
+            .add(key_id, granted, balance.remaining, balance.period);
+        Ok(self.leases.try_spend(key_id, cost, balance.period))
+    }
+
+    /// Sets, increases or decreases the credits of `key_id`, whose quota (its own or its
+    /// plan's) is `quota`, on behalf of the root key `actor`; unspent leased credits are returned
+    /// to the balance first.
+    pub(crate) async fn adjust_credits(
+        &self,
+        actor: &str,
+        key_id: &str,
+        quota: Option<QuotaConfig>,
+        op: CreditOp,
+    ) -> Result<u64, EngineError> {
+        let Some(quota) = quota else {
+            return Err(FieldError::new(
+                "quota",
+                "the key has no quota (set one on the key or its plan)",
+            )
+            .into());
+        };
+        let now = write_time(self.clock.as_ref());
+        let (name, amount) = match op {
+            CreditOp::Set(n) => ("set", n),
+            CreditOp::Increase(n) => ("increase", n),
+            CreditOp::Decrease(n) => ("decrease", n),
+        };
+        let audit = AuditDraft {
+            time: now,
+            actor: Some(actor.to_owned()),
+            action: AuditAction::CreditsAdjust,
+            target: Some(key_id.to_owned()),
+            summary: json!({"op": name, "amount": amount}),
+        };
+        if let Some(after) = self
+            .adjust_shared(key_id, &quota, op, audit.clone(), now)
+            .await?
+        {
+            return Ok(after);
+        }
+        let unspent = self.leases.take(key_id);
+        let balance = self
+            .store
+            .adjust_credits(key_id, &quota, unspent, op, audit, now)
+            .await?;
+        Ok(balance.remaining)
+    }
+
+    /// Credits left for a key with a quota (durable balance plus this process's lease);
+    /// `record` is the effective one (its plan applied).
+    pub(crate) async fn credits(&self, record: &KeyRecord) -> Result<Option<u64>, EngineError> {
+        let Some(quota) = record.policy.quota else {
+            return Ok(None);
+        };
+        if let Some(live) = self.shared_credits(&record.key_id, &quota).await {
+            return Ok(Some(live));
+        }
+        let now = self.clock.now();
+        let balance = self.store.balance(&record.key_id, &quota, now).await?;
+        if self.shared.is_some() {
+            // Redis does not hold the balance (not loaded yet, or unreachable): the store's,
+            // less what this node spent locally during an outage.
+            return Ok(Some(
+                balance
+                    .remaining
+                    .saturating_sub(self.owed_credits(&record.key_id)),
+            ));
+        }
+        let leased = self
+            .leases
+            .reported_remaining(&record.key_id)
+            .map_or(0, |r| r.saturating_sub(balance.remaining));
+        Ok(Some(balance.remaining + leased))
+    }
+
+    /// The balance of `key_id` changed elsewhere: credits leased before the change are
+    /// dropped (at most one lease block, the same bound as a crash).
+    pub(crate) fn balance_changed(&self, key_id: &str) {
+        let dropped = self.leases.take(key_id);
+        if dropped > 0 {
+            tracing::debug!(key_id, dropped, "credits changed elsewhere; lease dropped");
+        }
+    }
+
+    /// Periodic upkeep: forgets rate-limit state of full buckets.
+    pub(crate) fn maintain(&self) -> usize {
+        self.leases.sweep();
+        self.maintain_shared();
+        self.limiter.sweep(self.clock.now())
+    }
+
+    /// Returns unspent leased credits to the store (at shutdown), so a clean stop loses none.
+    pub(crate) async fn release_leases(&self, keys: &KeyLookup) -> Result<(), EngineError> {
+        self.release_shared(keys).await?;
+        for (key_id, lease) in self.leases.drain() {
+            if lease.available == 0 {
+                continue;
+            }
+            let Ok(record) = keys.get_key(KeyKind::Api, &key_id, self.clock.now()).await else {
+                continue;
             };
+            if let Some(quota) = keys.effective_now(record).await?.policy.quota {
+                let now = self.clock.now();
+                self.store
+                    .give_back_credits(&key_id, &quota, lease.available, lease.period, now)
+                    .await?;
+            }
         }
-        lease.available += granted;
-        lease.store_remaining = store_remaining;
-    }
-
-    /// Gives credits back to the lease (a request that a later stage refused).
-    pub fn refund(&self, key_id: &str, cost: u64) {
-        let mut leases = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(lease) = leases.get_mut(key_id) {
-            lease.available += cost;
-        }
-    }
-
-    /// Removes a key's lease, returning its unspent credits.
-    pub fn take(&self, key_id: &str) -> u64 {
-        let mut leases = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        leases.remove(key_id).map_or(0, |l| l.available)
-    }
-
-    /// Removes every lease, for a clean shutdown.
-    pub fn drain(&self) -> Vec<(String, Lease)> {
-        let mut leases = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        leases.drain().collect()
-    }
-
-    pub fn reported_remaining(&self, key_id: &str) -> Option<u64> {
-        let leases = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        leases.get(key_id).map(|l| l.available + l.store_remaining)
+        Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "admission_tests.rs"]
+mod tests;

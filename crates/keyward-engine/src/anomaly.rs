@@ -12,8 +12,8 @@
 //! counters. A full shard first forgets entries idle for an hour, then the least recently seen
 //! half, so the work is amortised O(1) per insert and recently active keys keep their history.
 //!
-//! **Response** ([`Keyward::respond_to_anomalies`], run by the server; tests and
-//! `simulate-leak` call [`Keyward::drain_anomalies`]): the key's tenant chooses `alert` or
+//! **Response** (the `response` module: `Keyward::respond_to_anomalies`, run by the server;
+//! tests and `simulate-leak` call `Keyward::drain_anomalies`): the key's tenant chooses `alert` or
 //! `disable` ([`AnomalyConfig`]). `disable` sets the key DISABLED through the normal audited
 //! write (a `key.update` by actor [`ANOMALY_ACTOR`], reversible with `PATCH enabled=true`),
 //! publishes `Event::KeyDisabled { automatic: true }` and counts
@@ -45,15 +45,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use keyward_core::anomaly::Thresholds;
 use keyward_core::anomaly::{AnomalyKind, FailureCounter, Finding, KeyBaseline, Observation};
-use keyward_core::audit::{AuditAction, AuditDraft, summary_diff};
-use keyward_core::record::{KeyKind, KeyRecord};
+use keyward_core::record::KeyKind;
 use keyward_core::verify::VerifyCode;
-use keyward_store::KeyWrite;
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
-use crate::events::Event;
-use crate::{EngineError, Keyward, Verification};
+use crate::verification::Verification;
 
 /// Number of independently locked shards of the baseline maps.
 pub const SHARDS: usize = 16;
@@ -399,195 +396,8 @@ impl Detector {
     }
 }
 
-impl Keyward {
-    /// Replaces the anomaly detection settings (the default alerts only).
-    pub fn with_anomaly_detection(mut self, config: AnomalyConfig) -> Self {
-        self.anomaly = Detector::new(config, self.clock.now());
-        self
-    }
-
-    /// Anomalies detected by this node since it started (before any response).
-    pub fn anomalies_raised(&self) -> u64 {
-        self.anomaly.raised.load(Ordering::Relaxed)
-    }
-
-    /// Responds to every anomaly already detected and returns what was done; the server runs
-    /// [`Keyward::respond_to_anomalies`] instead.
-    pub async fn drain_anomalies(&self) -> Vec<AnomalyOutcome> {
-        let mut inbox = self.anomaly.inbox.lock().await;
-        let mut outcomes = Vec::new();
-        while let Ok(detected) = inbox.try_recv() {
-            outcomes.push(self.respond(detected).await);
-        }
-        outcomes
-    }
-
-    /// Responds to anomalies as they are detected, until the process stops.
-    pub async fn respond_to_anomalies(self: std::sync::Arc<Self>) {
-        let mut inbox = self.anomaly.inbox.lock().await;
-        while let Some(detected) = inbox.recv().await {
-            self.respond(detected).await;
-        }
-    }
-
-    async fn respond(&self, d: Detected) -> AnomalyOutcome {
-        let kind = d.finding.kind;
-        // Only traffic that verified can tell of a leak; failures are reported, never acted on.
-        let wanted = match &d.key_id {
-            Some(_) if kind.suggests_leak() => self.anomaly.config.action_for(d.tenant.as_deref()),
-            _ => AnomalyAction::Alert,
-        };
-        let mut action = AnomalyAction::Alert;
-        let mut braked = false;
-        if let (AnomalyAction::Disable, Some(key_id)) = (wanted, &d.key_id) {
-            let scope = BrakeScope::of(d.tenant.as_deref(), d.owner.as_deref());
-            let (allowed, engaged_now) = self.anomaly.allow_disable(&scope, d.at);
-            if allowed {
-                match self.disable_automatically(key_id, kind).await {
-                    Ok(true) => action = AnomalyAction::Disable,
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::error!(key_id, error = %e, "automatic disable failed");
-                    }
-                }
-            } else {
-                braked = true;
-                metrics::counter!("keyward_auto_disable_brakes_total").increment(1);
-                tracing::warn!(
-                    key_id,
-                    tenant = d.tenant.as_deref(),
-                    max_per_hour = self.anomaly.config.max_auto_disables_per_hour,
-                    "safety brake: automatic disable limit reached, anomaly only alerts"
-                );
-                if engaged_now {
-                    let mut summary = scope.summary();
-                    if let Some(map) = summary.as_object_mut() {
-                        map.insert(
-                            "max_auto_disables_per_hour".into(),
-                            self.anomaly.config.max_auto_disables_per_hour.into(),
-                        );
-                        map.insert("first_held_back".into(), key_id.as_str().into());
-                    }
-                    self.audit_anomaly(AuditAction::AnomalyBrake, None, summary)
-                        .await;
-                }
-            }
-        }
-        metrics::counter!(
-            "keyward_anomalies_total",
-            "kind" => kind.as_str(),
-            "action" => action.as_str()
-        )
-        .increment(1);
-        if kind.suggests_leak() {
-            metrics::counter!("keyward_leak_events_total", "source" => "anomaly").increment(1);
-        }
-        let ip = d.ip.map(|ip| ip.to_string());
-        tracing::warn!(
-            kind = kind.as_str(),
-            key_id = d.key_id.as_deref(),
-            ip = ip.as_deref(),
-            action = action.as_str(),
-            braked,
-            detail = %d.finding.detail,
-            "anomaly detected"
-        );
-        // Leak signals are always audited: they need traffic that verified and fire once per
-        // key and cooldown, so failures (which anyone can send) cannot crowd them out of the
-        // per-minute cap.
-        if kind.suggests_leak() || self.anomaly.may_audit(d.at) {
-            self.audit_anomaly(
-                AuditAction::AnomalyDetected,
-                d.key_id.clone(),
-                json!({
-                    "kind": kind.as_str(),
-                    "ip": ip,
-                    "action": action.as_str(),
-                    "braked": braked,
-                    "detail": d.finding.detail,
-                }),
-            )
-            .await;
-        }
-        self.publish(Event::Anomaly {
-            key_id: d.key_id.clone(),
-            ip,
-            kind: kind.as_str().to_owned(),
-            detail: d.finding.detail.clone(),
-            action: action.as_str().to_owned(),
-            at: d.at,
-        });
-        if let (AnomalyAction::Disable, Some(key_id)) = (action, &d.key_id) {
-            self.publish(Event::KeyDisabled {
-                key_id: key_id.clone(),
-                reason: format!("anomaly: {}", kind.as_str()),
-                automatic: true,
-                at: d.at,
-            });
-        }
-        AnomalyOutcome {
-            kind,
-            key_id: d.key_id,
-            ip: d.ip,
-            action,
-            braked,
-            at: d.at,
-            detail: d.finding.detail,
-        }
-    }
-
-    async fn audit_anomaly(&self, action: AuditAction, target: Option<String>, summary: Value) {
-        let draft = AuditDraft {
-            time: self.write_time(),
-            actor: Some(ANOMALY_ACTOR.to_owned()),
-            action,
-            target,
-            summary,
-        };
-        if let Err(e) = self.store.append_audit(draft).await {
-            tracing::error!(error = %e, action = action.as_str(), "writing the anomaly audit event failed");
-        }
-    }
-
-    /// Disables a key as an automated response, through the audited write; false if it was
-    /// already disabled or revoked (nothing written).
-    async fn disable_automatically(
-        &self,
-        key_id: &str,
-        kind: AnomalyKind,
-    ) -> Result<bool, EngineError> {
-        let current = self.get_key(KeyKind::Api, key_id).await?;
-        if !current.enabled || current.revoked_at.is_some() {
-            return Ok(false);
-        }
-        let reason = format!("anomaly: {}", kind.as_str());
-        self.modify(KeyKind::Api, key_id, |current: &KeyRecord, now| {
-            let mut next = current.clone();
-            next.enabled = false;
-            let mut summary = summary_diff(&current.audit_summary(), &next.audit_summary());
-            if let Some(map) = summary.as_object_mut() {
-                map.insert("reason".into(), Value::String(reason.clone()));
-                map.insert("automatic".into(), Value::Bool(true));
-            }
-            Ok(KeyWrite {
-                audit: AuditDraft {
-                    time: now,
-                    actor: Some(ANOMALY_ACTOR.to_owned()),
-                    action: AuditAction::KeyUpdate,
-                    target: Some(key_id.to_owned()),
-                    summary,
-                },
-                record: next,
-                expected_version: None,
-                new_secret: None,
-                secret_ends: Vec::new(),
-            })
-        })
-        .await?;
-        metrics::counter!("keyward_auto_disables_total").increment(1);
-        Ok(true)
-    }
-}
+mod response;
+pub(crate) use response::Anomalies;
 
 #[cfg(test)]
 #[path = "anomaly_tests.rs"]

@@ -12,7 +12,8 @@ use time::macros::datetime;
 use super::*;
 use crate::clock::ManualClock;
 use crate::events::Event;
-use crate::{EngineConfig, KeyPatch, NewKey, Principal};
+use crate::{EngineConfig, EngineError, KeyPatch, Keyward, NewKey, Principal};
+use keyward_core::audit::AuditAction;
 
 const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
 
@@ -341,7 +342,11 @@ async fn the_brake_stops_automatic_disables_after_n_per_hour_and_alerts_continue
     // An hour later the brake has released.
     s.clock.advance(Duration::hours(1));
     let acme = BrakeScope::Tenant("acme".into());
-    let (allowed, _) = s.engine.anomaly.allow_disable(&acme, s.clock.now());
+    let (allowed, _) = s
+        .engine
+        .anomaly
+        .detector()
+        .allow_disable(&acme, s.clock.now());
     assert!(allowed);
 }
 
@@ -602,7 +607,12 @@ async fn finding_4_failure_bursts_cannot_crowd_leak_signals_out_of_the_audit_log
     // Failure bursts (which anyone holding an old secret can cause) use up this minute's cap.
     for _ in 0..AUDIT_EVENTS_PER_MINUTE + 5 {
         s.engine
-            .respond(detected(AnomalyKind::KeyFailureBurst))
+            .anomaly
+            .respond(
+                detected(AnomalyKind::KeyFailureBurst),
+                &s.engine.lifecycle,
+                &s.engine.keys,
+            )
             .await;
     }
     assert_eq!(
@@ -610,7 +620,14 @@ async fn finding_4_failure_bursts_cannot_crowd_leak_signals_out_of_the_audit_log
         AUDIT_EVENTS_PER_MINUTE as usize
     );
     // A leak signal in the same minute is still audited.
-    s.engine.respond(detected(AnomalyKind::RateSpike)).await;
+    s.engine
+        .anomaly
+        .respond(
+            detected(AnomalyKind::RateSpike),
+            &s.engine.lifecycle,
+            &s.engine.keys,
+        )
+        .await;
     let audited = s.audit(AuditAction::AnomalyDetected).await;
     assert_eq!(audited.len(), AUDIT_EVENTS_PER_MINUTE as usize + 1);
     assert_eq!(audited.last().unwrap().summary["kind"], "rate_spike");

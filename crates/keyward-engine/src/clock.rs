@@ -1,4 +1,5 @@
-//! Clocks: the real one for the server and a manual one for tests.
+//! Clocks: the real one for the server and a manual one for tests, and the time a write
+//! records.
 
 use std::sync::Mutex;
 
@@ -37,4 +38,12 @@ impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// `clock`'s time truncated to the millisecond precision the store keeps, so a record returned
+/// by a write is identical to the same record read back later.
+pub(crate) fn write_time(clock: &dyn Clock) -> OffsetDateTime {
+    let now = clock.now();
+    now.replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(now)
 }

@@ -4,7 +4,7 @@
 
 use keyward_core::record::KeyKind;
 
-use crate::tests::fixture_with;
+use crate::test_fixture::fixture_with;
 use crate::{EngineConfig, EngineError, NewKey};
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //!
 //! A root key created with a `tenant` is confined to it, so a platform can hand each customer
 //! team an admin credential of its own. The scope travels inside the [`Principal`] that
-//! [`Keyward::authenticate`] returns, and every admin operation of the engine takes that
+//! `Keyward::authenticate` returns, and every admin operation of the engine takes that
 //! principal, so the HTTP layer cannot call one without it. The unscoped reads (`get_key`,
 //! `list_keys`, ...) are private to the engine.
 //!
@@ -35,15 +35,11 @@
 
 use std::sync::Arc;
 
-use keyward_core::audit::AuditEvent;
 use keyward_core::permission::Permission;
 use keyward_core::record::{KeyKind, KeyRecord};
 use keyward_core::validate::FieldError;
-use keyward_core::verify::VerifyRequest;
-use keyward_store::Page;
 
-use crate::rotation::RotationReport;
-use crate::{ChainReport, EngineError, Keyward, ListKeys, UsageQuery, UsageReport, Verification};
+use crate::error::EngineError;
 
 /// An authenticated root key.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,7 +154,7 @@ impl Principal {
 
     /// The tenant filter a scoped listing runs with: the scope itself, or `None` when the
     /// caller asked for another tenant (nothing of it is visible).
-    fn tenant_filter(&self, asked: Option<String>) -> Option<Option<String>> {
+    pub(crate) fn tenant_filter(&self, asked: Option<String>) -> Option<Option<String>> {
         match self.scope() {
             Scope::All => Some(asked),
             Scope::Tenant(scope) => match asked {
@@ -166,119 +162,6 @@ impl Principal {
                 _ => Some(Some(scope.to_owned())),
             },
         }
-    }
-}
-
-impl Keyward {
-    /// Reads a key of `kind` the principal may see.
-    pub async fn get_key_as(
-        &self,
-        actor: &Principal,
-        kind: KeyKind,
-        key_id: &str,
-    ) -> Result<KeyRecord, EngineError> {
-        let record = self.get_key(kind, key_id).await?;
-        actor.reveal(&record)?;
-        Ok(record)
-    }
-
-    /// Lists keys of `kind` the principal may see.
-    pub async fn list_keys_as(
-        &self,
-        actor: &Principal,
-        kind: KeyKind,
-        mut query: ListKeys,
-    ) -> Result<Page<KeyRecord>, EngineError> {
-        let Some(tenant) = actor.tenant_filter(query.tenant.take()) else {
-            // Validate the paging values all the same, so the answer does not depend on
-            // which tenant was asked for.
-            crate::page_limit(query.limit)?;
-            return Ok(Page {
-                items: Vec::new(),
-                next_cursor: None,
-            });
-        };
-        query.tenant = tenant;
-        self.list_keys(kind, query).await
-    }
-
-    /// Credits left for an API key the principal may see (`None`: it has no quota).
-    pub async fn credits_as(
-        &self,
-        actor: &Principal,
-        key_id: &str,
-    ) -> Result<Option<u64>, EngineError> {
-        let record = self.get_key_as(actor, KeyKind::Api, key_id).await?;
-        self.credits(&record).await
-    }
-
-    /// Lists the audit events the principal may read.
-    pub async fn list_audit_as(
-        &self,
-        actor: &Principal,
-        target: Option<String>,
-        action: Option<String>,
-        limit: Option<u32>,
-        after: Option<i64>,
-    ) -> Result<Page<AuditEvent>, EngineError> {
-        let tenant = match actor.scope() {
-            crate::Scope::All => None,
-            crate::Scope::Tenant(t) => Some(t.to_owned()),
-        };
-        self.audit_page(target, action, limit, after, tenant).await
-    }
-
-    /// Walks the audit chain; it spans every tenant, so only an unscoped principal may.
-    pub async fn verify_audit_chain_as(
-        &self,
-        actor: &Principal,
-    ) -> Result<ChainReport, EngineError> {
-        actor.require_unscoped("the audit chain links every tenant's events")?;
-        self.verify_audit_chain().await
-    }
-
-    /// Reads usage of the tenants the principal may see.
-    pub async fn usage_as(
-        &self,
-        actor: &Principal,
-        mut query: UsageQuery,
-    ) -> Result<UsageReport, EngineError> {
-        let asked = query.tenant.take();
-        let visible = actor.tenant_filter(asked.clone());
-        // The range and paging are validated the same way whichever tenant was asked for.
-        query.tenant = visible.clone().unwrap_or(asked);
-        let mut report = self.usage(query).await?;
-        if visible.is_none() {
-            report.items.clear();
-            report.next = None;
-        }
-        Ok(report)
-    }
-
-    /// The rotation report over the keys the principal may see.
-    pub async fn rotation_report_as(
-        &self,
-        actor: &Principal,
-        within_days: Option<u32>,
-    ) -> Result<RotationReport, EngineError> {
-        let tenant = match actor.scope() {
-            crate::Scope::All => None,
-            crate::Scope::Tenant(t) => Some(t),
-        };
-        self.rotation_report(tenant, within_days).await
-    }
-
-    /// Verifies an API key for a caller holding `keys.verify`: a key outside the caller's
-    /// scope answers `NOT_FOUND`, before any limit, quota or usage is touched.
-    pub async fn verify_as(
-        &self,
-        actor: &Principal,
-        presented: &str,
-        request: &VerifyRequest<'_>,
-        cost: u64,
-    ) -> Result<Verification, EngineError> {
-        self.verify_in(presented, request, cost, actor.scope())
-            .await
     }
 }
 

@@ -29,7 +29,7 @@ use keyward_core::key::KeyHash;
 use keyward_core::record::{KeyRecord, SecretInfo};
 use keyward_store::StoreError;
 
-use crate::EngineError;
+use crate::error::EngineError;
 
 /// What a store read of a hash found.
 pub(crate) type Found = Option<(Arc<KeyRecord>, SecretInfo)>;

@@ -1,7 +1,7 @@
 //! Tests of the store-miss path under a flood (issue 10, finding 5): saturation is shed, not
 //! taken for an outage; concurrent misses of one key read the store once; unknown keys are
 //! bounded per caller address; `/readyz` does not reset the failure state. They run over the
-//! counting store of `tests.rs`, which proves how many reads reached the store.
+//! counting store of `test_fixture.rs`, which proves how many reads reached the store.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use keyward_core::verify::{VerifyCode, VerifyRequest};
 use keyward_store::StoreError;
 use time::Duration;
 
-use crate::tests::{CountingStore, fixture_with, unknown_key};
+use crate::test_fixture::{CountingStore, fixture_with, unknown_key};
 use crate::unknown_keys::UnknownKeyBudget;
 use crate::{Degraded, EngineConfig, EngineError, Keyward};
 
@@ -124,7 +124,11 @@ async fn finding_5_concurrent_misses_of_one_key_read_the_store_once() {
         };
         assert_eq!(codes, [expected; 5]);
         assert_eq!(f.finds(), before + 1, "five misses, one store read");
-        assert_eq!(f.engine.flights.in_flight(), 0, "nothing left in flight");
+        assert_eq!(
+            f.engine.keys.flights.in_flight(),
+            0,
+            "nothing left in flight"
+        );
     }
 }
 
@@ -156,7 +160,7 @@ async fn finding_5_a_cancelled_reader_hands_its_read_to_a_waiter() {
     let v = second.await.unwrap();
     assert_eq!(v.code, VerifyCode::NotFound);
     assert_eq!(f.finds(), before + 2);
-    assert_eq!(f.engine.flights.in_flight(), 0);
+    assert_eq!(f.engine.keys.flights.in_flight(), 0);
 }
 
 #[tokio::test]

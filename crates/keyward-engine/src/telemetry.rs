@@ -20,8 +20,9 @@ use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 
+use crate::error::EngineError;
 use crate::heavy_hitters::{KeyLabels, OTHER};
-use crate::{EngineError, Verification};
+use crate::verification::Verification;
 
 /// Verifications by outcome `code` (the verify codes, plus `STORE_UNAVAILABLE` and `ERROR`) and
 /// `tenant` (`none` for keys without one and for unknown keys).

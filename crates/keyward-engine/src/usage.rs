@@ -1,13 +1,161 @@
 //! Bookkeeping off the verify hot path: verifications note `last_used_at` and usage counts in
-//! memory, and a background task writes each batch to the store.
+//! memory ([`Usage`]), a background task writes each batch to the store, and usage is read
+//! back for billing.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use keyward_core::clock::Clock;
 use keyward_core::record::KeyRecord;
 use keyward_core::usage::UsageCount;
+use keyward_core::validate::{self, FieldError};
 use keyward_core::verify::VerifyCode;
-use time::OffsetDateTime;
+use keyward_store::KeyStore;
+use time::{Duration, OffsetDateTime};
+
+use crate::error::EngineError;
+use crate::types::{UsageQuery, UsageReport};
+
+/// The `last_used_at` and usage buffers, their flushes, and usage reads.
+pub(crate) struct Usage {
+    store: Arc<dyn KeyStore>,
+    clock: Arc<dyn Clock>,
+    last_used: LastUsedBuffer,
+    counts: UsageBuffer,
+}
+
+impl Usage {
+    pub(crate) fn new(store: Arc<dyn KeyStore>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            clock,
+            last_used: LastUsedBuffer::default(),
+            counts: UsageBuffer::default(),
+        }
+    }
+
+    /// Notes that `key_id` verified at `at` (written by [`flush_last_used`](Self::flush_last_used)).
+    #[inline]
+    pub(crate) fn record_last_used(&self, key_id: &str, at: OffsetDateTime) {
+        self.last_used.record(key_id, at);
+    }
+
+    /// Counts one verification of `record` in the hour starting at `hour`.
+    #[inline]
+    pub(crate) fn count(
+        &self,
+        record: &KeyRecord,
+        hour: OffsetDateTime,
+        code: VerifyCode,
+        credits: u64,
+    ) {
+        self.counts.record(record, hour, code, credits);
+    }
+
+    /// Writes buffered `last_used_at` times to the store; the server calls it periodically
+    /// and at shutdown. Returns how many keys were written.
+    pub(crate) async fn flush_last_used(&self) -> Result<usize, EngineError> {
+        let batch = self.last_used.drain();
+        if let Err(e) = self.store.touch_last_used(&batch).await {
+            // Put them back so the next flush retries; later uses win on merge.
+            self.last_used.restore(batch);
+            return Err(e.into());
+        }
+        Ok(batch.len())
+    }
+
+    /// Adds the usage counted since the last flush to the store; the server calls it
+    /// periodically and at shutdown. Returns how many (key, hour, outcome) rows were written.
+    /// A failed flush keeps the counts for the next one.
+    /// Cancelling it (dropping the future mid-write) also keeps them; only a write whose
+    /// commit is lost on its way back is counted twice by the retry.
+    pub(crate) async fn flush_usage(&self) -> Result<usize, EngineError> {
+        let batch = self.counts.take_batch();
+        self.store.add_usage(batch.counts()).await?;
+        Ok(batch.written())
+    }
+
+    /// Reads usage for billing (written by [`flush_usage`](Self::flush_usage), so counts of
+    /// the last flush interval are not in it yet).
+    pub(crate) async fn report(&self, query: UsageQuery) -> Result<UsageReport, EngineError> {
+        let granularity = query.granularity;
+        let out_of_range = |field: &'static str| {
+            FieldError::new(
+                field,
+                "must be a time from 1970-01-01T00:00:00Z to before 9000-01-01T00:00:00Z",
+            )
+        };
+        for (field, t) in [("from", query.from), ("to", query.to)] {
+            if t.is_some_and(|t| !keyward_core::usage::in_range(t)) {
+                return Err(out_of_range(field).into());
+            }
+        }
+        // By default the bucket in progress is included (its counts so far). Within the
+        // range checked above, rounding and the default span cannot leave the calendar.
+        let to = match query.to {
+            Some(to) => granularity.ceil(to),
+            None => granularity
+                .floor(self.clock.now())
+                .and_then(|t| t.checked_add(Duration::milliseconds(granularity.millis()))),
+        }
+        .ok_or_else(|| out_of_range("to"))?;
+        let from = match query.from {
+            Some(from) => Some(from),
+            None => to.checked_sub(granularity.default_span()),
+        }
+        .and_then(|from| granularity.floor(from))
+        .filter(|from| keyward_core::usage::in_range(*from))
+        .ok_or_else(|| out_of_range("from"))?;
+        if from >= to {
+            return Err(FieldError::new("from", "must be before 'to'").into());
+        }
+        let longest = granularity.max_span();
+        if to - from > longest {
+            return Err(FieldError::new(
+                "from",
+                format!(
+                    "the range may span at most {} days at granularity '{}'",
+                    longest.whole_days(),
+                    granularity.as_str()
+                ),
+            )
+            .into());
+        }
+        // A cursor belongs to a page of this granularity and range: its row starts a bucket
+        // inside it (a cursor from another query would silently skip rows).
+        if let Some(after) = &query.after
+            && (granularity.floor(after.start) != Some(after.start)
+                || after.start < from
+                || after.start >= to)
+        {
+            return Err(FieldError::new(
+                "cursor",
+                "does not belong to this granularity and range: pass the same from, to and \
+                 granularity as the request that returned it",
+            )
+            .into());
+        }
+        let limit = validate::usage_page_limit(query.limit)?;
+        let filter = keyward_store::UsageFilter {
+            granularity,
+            from,
+            to,
+            key_id: query.key_id,
+            owner: query.owner,
+            tenant: query.tenant,
+            limit,
+            after: query.after,
+        };
+        let page = self.store.list_usage(&filter).await?;
+        Ok(UsageReport {
+            granularity,
+            from,
+            to,
+            items: page.items,
+            next: page.next,
+        })
+    }
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct LastUsedBuffer(Mutex<HashMap<String, OffsetDateTime>>);
@@ -185,10 +333,15 @@ mod tests {
     use keyward_core::usage::Granularity;
     use time::macros::datetime;
 
+    use std::sync::atomic::Ordering;
+
+    use keyward_core::record::KeyKind;
+
     use super::*;
+    use crate::test_fixture::{T0, fixture};
 
     fn record(key_id: &str, owner: &str) -> KeyRecord {
-        let mut r = crate::rotation::tests::sample_record();
+        let mut r = crate::rotation_policy::tests::sample_record();
         r.key_id = key_id.into();
         r.owner = owner.into();
         r
@@ -272,5 +425,69 @@ mod tests {
         assert_eq!(batch.counts().len(), 1, "the counts came back");
         assert_eq!(batch.written(), 1);
         assert!(buffer.drain().is_empty(), "a written batch is not put back");
+    }
+
+    #[tokio::test]
+    async fn last_used_is_written_by_the_flush_not_the_verify() {
+        let f = fixture().await;
+        let created = f.create(&[]).await;
+        f.clock.advance(Duration::seconds(5));
+        assert_eq!(f.code(created.key.expose()).await, VerifyCode::Valid);
+        let id = &created.record.key_id;
+        assert_eq!(
+            f.engine
+                .get_key(KeyKind::Api, id)
+                .await
+                .unwrap()
+                .last_used_at,
+            None
+        );
+        assert_eq!(f.engine.flush_last_used().await.unwrap(), 1);
+        assert_eq!(
+            f.engine
+                .get_key(KeyKind::Api, id)
+                .await
+                .unwrap()
+                .last_used_at,
+            Some(T0 + Duration::seconds(5))
+        );
+        assert_eq!(f.engine.flush_last_used().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn usage_counts_survive_a_failed_flush_and_are_written_once() {
+        use keyward_core::usage::Granularity;
+
+        let f = fixture().await;
+        let created = f.create(&[]).await;
+        let key = created.key.expose();
+        assert_eq!(f.code(key).await, VerifyCode::Valid);
+        assert_eq!(f.code(key).await, VerifyCode::Valid);
+        let query = || UsageQuery {
+            granularity: Granularity::Hour,
+            from: None,
+            to: None,
+            key_id: Some(created.record.key_id.clone()),
+            owner: None,
+            tenant: None,
+            limit: None,
+            after: None,
+        };
+        f.store.down.store(true, Ordering::SeqCst);
+        assert!(f.engine.flush_usage().await.is_err());
+        // Counted while the store is down, too (the key is cached).
+        assert_eq!(f.code(key).await, VerifyCode::Valid);
+        f.store.down.store(false, Ordering::SeqCst);
+        assert_eq!(f.engine.flush_usage().await.unwrap(), 1);
+        assert_eq!(
+            f.engine.flush_usage().await.unwrap(),
+            0,
+            "nothing is written twice"
+        );
+        let report = f.engine.usage(query()).await.unwrap();
+        assert_eq!(report.items.len(), 1);
+        assert_eq!(report.items[0].verifications, 3);
+        assert_eq!(report.items[0].code, VerifyCode::Valid);
+        assert_eq!(report.items[0].owner, "billing-team");
     }
 }

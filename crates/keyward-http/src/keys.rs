@@ -29,9 +29,6 @@ use crate::extract::{
     KeysVerify,
 };
 
-/// Longest request path a verify call may ask about (its query included).
-pub const MAX_VERIFY_PATH_BYTES: usize = keyward_core::path::MAX_PATH_BYTES;
-
 /// Filters and paging for `GET /v1/keys`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -269,24 +266,8 @@ pub async fn verify_key(
     auth: Authorized<KeysVerify>,
     ApiJson(body): ApiJson<VerifyKeyRequest>,
 ) -> Result<Json<VerifyKeyResponse>, ApiError> {
-    if body
-        .path
-        .as_ref()
-        .is_some_and(|p| p.len() > MAX_VERIFY_PATH_BYTES)
-    {
-        return Err(ApiError::field(
-            "path",
-            format!("must be at most {MAX_VERIFY_PATH_BYTES} bytes"),
-        ));
-    }
-    if body.method.as_ref().is_some_and(|m| {
-        m.is_empty() || m.len() > 32 || !m.bytes().all(|b| b.is_ascii_alphabetic())
-    }) {
-        return Err(ApiError::field(
-            "method",
-            "must be an HTTP method name (1 to 32 letters)",
-        ));
-    }
+    validate::verify_path(body.path.as_deref())?;
+    validate::verify_method(body.method.as_deref())?;
     let query = body
         .permissions
         .as_deref()

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use keyward_engine::rotation::{RotationReport, RotationStanding};
+use keyward_engine::rotation_policy::{RotationReport, RotationStanding};
 use keyward_wire::{Problem, RotationReportEntry, RotationReportView};
 use serde::Deserialize;
 use utoipa::IntoParams;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use keyward_engine::Keyward;
-use keyward_engine::rotation::{RotationConfig, RotationPolicy};
+use keyward_engine::rotation_policy::{RotationConfig, RotationPolicy};
 use keyward_webhooks::{Dispatcher, WebhookConfig};
 use zeroize::Zeroizing;
 

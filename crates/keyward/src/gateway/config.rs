@@ -108,7 +108,7 @@ pub struct Loaded {
     /// Webhook endpoints (the secret comes from KEYWARD_WEBHOOK_SECRET).
     pub webhooks: Vec<String>,
     pub webhook_max_attempts: u32,
-    pub rotation: keyward_engine::rotation::RotationConfig,
+    pub rotation: keyward_engine::rotation_policy::RotationConfig,
     /// Where to export traces (checked); `--otlp-endpoint` overrides it.
     pub otlp_endpoint: Option<String>,
     /// The service name of exported traces; `--otlp-service-name` overrides it.
@@ -269,7 +269,7 @@ pub fn parse_config(path: &Path, text: &str) -> anyhow::Result<Loaded> {
     let policies = file
         .rotation_policies
         .iter()
-        .map(|p| keyward_engine::rotation::RotationPolicy::parse(p))
+        .map(|p| keyward_engine::rotation_policy::RotationPolicy::parse(p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("{}: rotation_policies: {e}", path.display()))?;
     let otlp_endpoint = file
@@ -310,11 +310,11 @@ pub fn parse_config(path: &Path, text: &str) -> anyhow::Result<Loaded> {
         otlp_service_name,
         webhooks: file.webhooks,
         webhook_max_attempts: file.webhook_max_attempts.unwrap_or(5).clamp(1, 20),
-        rotation: keyward_engine::rotation::RotationConfig {
+        rotation: keyward_engine::rotation_policy::RotationConfig {
             policies,
             warning_days: file
                 .expiry_warning_days
-                .unwrap_or(keyward_engine::rotation::DEFAULT_WARNING_DAYS)
+                .unwrap_or(keyward_engine::rotation_policy::DEFAULT_WARNING_DAYS)
                 .min(365),
         },
         stale_if_error: file.stale_if_error_seconds.map_or(

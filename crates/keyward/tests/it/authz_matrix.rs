@@ -386,9 +386,9 @@ impl<'a> Fixture<'a> {
         // acme's key overdue for rotation, and its usage of the current hour: the listings and
         // reports have something of acme's to show, or to hide.
         s.engine
-            .set_rotation_config(keyward_engine::rotation::RotationConfig {
+            .set_rotation_config(keyward_engine::rotation_policy::RotationConfig {
                 policies: vec![
-                    keyward_engine::rotation::RotationPolicy::parse("*/live=1").unwrap(),
+                    keyward_engine::rotation_policy::RotationPolicy::parse("*/live=1").unwrap(),
                 ],
                 warning_days: 0,
             });

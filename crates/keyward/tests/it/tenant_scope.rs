@@ -406,8 +406,10 @@ async fn finding_7_a_tenant_root_key_verifies_only_its_tenants_keys() {
 async fn finding_7_a_tenant_root_key_reads_only_its_tenants_audit_usage_and_reports() {
     let s = Server::start().await;
     s.engine
-        .set_rotation_config(keyward_engine::rotation::RotationConfig {
-            policies: vec![keyward_engine::rotation::RotationPolicy::parse("*/live=30").unwrap()],
+        .set_rotation_config(keyward_engine::rotation_policy::RotationConfig {
+            policies: vec![
+                keyward_engine::rotation_policy::RotationPolicy::parse("*/live=30").unwrap(),
+            ],
             warning_days: 7,
         });
     let (acme_key, acme) = s.create(json!({"owner": "a", "tenant": "acme"})).await;

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keyward_engine::events::Event;
-use keyward_engine::rotation::{RotationConfig, RotationPolicy};
+use keyward_engine::rotation_policy::{RotationConfig, RotationPolicy};
 use keyward_webhooks::{Dispatcher, SignatureError, WebhookConfig};
 use serde_json::{Value, json};
 use time::Duration as Days;

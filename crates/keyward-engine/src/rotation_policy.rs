@@ -2,7 +2,7 @@
 //! rotation report; and the upkeep check that announces keys about to expire
 //! (`key_expiring_soon`) or past their policy (`rotation_overdue`) on the event bus.
 //!
-//! Policies come from configuration ([`Keyward::set_rotation_config`]), not from the store:
+//! Policies come from configuration (`Keyward::set_rotation_config`), not from the store:
 //! every node of a cluster is started with the same flags, and a policy change is a deploy.
 //! The age of a key is the age of its current secret: `rotated_at`, or `created_at` for a key
 //! never rotated.
@@ -13,14 +13,16 @@
 //! in memory only: after a restart every key still in a condition is announced once more.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use keyward_core::clock::Clock;
 use keyward_core::record::{KeyKind, KeyRecord, KeyStatus};
-use keyward_store::KeyFilter;
+use keyward_core::validate::MAX_PAGE;
+use keyward_store::{KeyFilter, KeyStore};
 use time::{Duration, OffsetDateTime};
 
+use crate::error::EngineError;
 use crate::events::Event;
-use crate::{EngineError, Keyward, MAX_PAGE};
 
 /// Default lead time of `key_expiring_soon` and of the report's "due soon" list.
 pub const DEFAULT_WARNING_DAYS: u32 = 7;
@@ -176,9 +178,12 @@ enum Announced {
     Overdue { key_id: String, issued_at: i64 },
 }
 
-/// The engine's rotation state: configuration and what was announced.
-#[derive(Debug, Default)]
-pub(crate) struct RotationState {
+/// The rotation policies in force, the report over them and what was announced; see the
+/// module docs.
+pub(crate) struct RotationPolicies {
+    store: Arc<dyn KeyStore>,
+    clock: Arc<dyn Clock>,
+    events: tokio::sync::broadcast::Sender<Event>,
     config: Mutex<RotationConfig>,
     announced: Mutex<HashSet<Announced>>,
 }
@@ -210,21 +215,31 @@ fn whole_days(d: Duration) -> u64 {
     u64::try_from(d.whole_days()).unwrap_or(0)
 }
 
-impl Keyward {
+impl RotationPolicies {
+    pub(crate) fn new(
+        store: Arc<dyn KeyStore>,
+        clock: Arc<dyn Clock>,
+        events: tokio::sync::broadcast::Sender<Event>,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            events,
+            config: Mutex::default(),
+            announced: Mutex::default(),
+        }
+    }
+
     /// Replaces the rotation policies and warning lead time.
-    pub fn set_rotation_config(&self, config: RotationConfig) {
-        if let Ok(mut current) = self.rotation.config.lock() {
+    pub(crate) fn set_config(&self, config: RotationConfig) {
+        if let Ok(mut current) = self.config.lock() {
             *current = config;
         }
     }
 
     /// The rotation policies and warning lead time in force.
-    pub fn rotation_config(&self) -> RotationConfig {
-        self.rotation
-            .config
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_default()
+    pub(crate) fn config(&self) -> RotationConfig {
+        self.config.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     /// Every active API key, read page by page.
@@ -259,14 +274,14 @@ impl Keyward {
     /// The keys out of policy, and those falling out of it within `within_days` (the warning
     /// lead time if `None`). Also sets the compliance gauge.
     /// With `tenant`, only that tenant's keys (a tenant-scoped root key's report; see
-    /// [`Keyward::rotation_report_as`]).
-    pub(crate) async fn rotation_report(
+    /// `Keyward::rotation_report_as`).
+    pub(crate) async fn report(
         &self,
         tenant: Option<&str>,
         within_days: Option<u32>,
     ) -> Result<RotationReport, EngineError> {
         let now = self.clock.now();
-        let config = self.rotation_config();
+        let config = self.config();
         let within_days = within_days.unwrap_or(config.warning_days);
         let keys = self.active_api_keys(now, tenant).await?;
         Ok(build_report(&config, &keys, now, within_days))
@@ -274,9 +289,9 @@ impl Keyward {
 
     /// The upkeep check: sets the compliance gauge and announces, once each, keys that expire
     /// within the lead time and keys past their rotation policy.
-    pub async fn check_rotation(&self) -> Result<RotationCheck, EngineError> {
+    pub(crate) async fn check(&self) -> Result<RotationCheck, EngineError> {
         let now = self.clock.now();
-        let config = self.rotation_config();
+        let config = self.config();
         let keys = self.active_api_keys(now, None).await?;
         let report = build_report(&config, &keys, now, 0);
         metrics::gauge!(COMPLIANCE_GAUGE).set(report.compliance_ratio);
@@ -284,7 +299,7 @@ impl Keyward {
         let mut check = RotationCheck::default();
         let mut events = Vec::new();
         {
-            let Ok(mut announced) = self.rotation.announced.lock() else {
+            let Ok(mut announced) = self.announced.lock() else {
                 return Ok(check);
             };
             let mut current = HashSet::new();
@@ -331,7 +346,8 @@ impl Keyward {
             *announced = current;
         }
         for event in events {
-            self.publish(event);
+            // Never blocks; with no subscriber the event is dropped.
+            let _ = self.events.send(event);
         }
         Ok(check)
     }

@@ -1,4 +1,8 @@
-//! Which failed admin authentications are written to the audit log (issue 10, finding 10).
+//! Root keys: which permissions one may hold, and what happens when an admin call presents
+//! one that does not pass ([`RootAuth::refuse`]). The check itself is a verification of the
+//! presented key as a root key (`Keyward::authenticate`).
+//!
+//! Which failed admin authentications are written to the audit log (issue 10, finding 10):
 //!
 //! - A failure that **names an existing root key** (revoked, expired, disabled, or lacking the
 //!   permission the call needs) is always audited, with that key_id as the actor. Its caller
@@ -16,14 +20,58 @@
 //! The windows are fixed minutes of the injected clock.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use keyward_core::audit::{AuditAction, AuditDraft};
+use keyward_core::clock::Clock;
+use keyward_core::permission::Permission;
+use keyward_core::validate::{self, FieldError};
+use keyward_core::verify::VerifyCode;
+use keyward_store::KeyStore;
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 
 use crate::address_table::{AddressTable, Entry};
-use crate::{EngineError, Keyward};
+use crate::clock::write_time;
+use crate::error::{AuthError, EngineError};
+
+/// Permissions a root key may hold.
+pub const ROOT_PERMISSIONS: [&str; 10] = [
+    "keys.create",
+    "keys.read",
+    "keys.update",
+    "keys.revoke",
+    "keys.verify",
+    "audit.read",
+    "root.manage",
+    "plans.read",
+    "plans.write",
+    "usage.read",
+];
+
+/// The permissions of a new root key: valid, each granting some root permission, at least one.
+pub(crate) fn root_permissions(values: &[String]) -> Result<Vec<Permission>, FieldError> {
+    let permissions = validate::permissions(values)?;
+    for (i, p) in permissions.iter().enumerate() {
+        let known = ROOT_PERMISSIONS.iter().any(|r| p.grants(r));
+        if !known {
+            return Err(FieldError::new(
+                format!("permissions[{i}]"),
+                format!(
+                    "{p} grants none of the root permissions ({})",
+                    ROOT_PERMISSIONS.join(", ")
+                ),
+            ));
+        }
+    }
+    if permissions.is_empty() {
+        return Err(FieldError::new(
+            "permissions",
+            "a root key needs at least one permission",
+        ));
+    }
+    Ok(permissions)
+}
 
 /// Most anonymous failed admin authentications written to the audit log per minute, in all.
 pub const AUTH_FAILURE_EVENTS_PER_MINUTE: u32 = 60;
@@ -112,20 +160,65 @@ impl FailureAudit {
     }
 }
 
-impl Keyward {
+/// Refused admin calls: their log line and audit event; see the module docs.
+pub(crate) struct RootAuth {
+    store: Arc<dyn KeyStore>,
+    clock: Arc<dyn Clock>,
+    /// Budgets of the `auth.failed` events of anonymous failures.
+    failures: FailureAudit,
+}
+
+impl RootAuth {
+    pub(crate) fn new(store: Arc<dyn KeyStore>, clock: Arc<dyn Clock>) -> Self {
+        let failures = FailureAudit::new(clock.now());
+        Self {
+            store,
+            clock,
+            failures,
+        }
+    }
+
+    /// Refuses an admin call needing `permission`: `reason` is the verification's code (or
+    /// `MISSING`), `actor` the key_id of the root key presented, when one was found. Logs and
+    /// audits the failure (see the module docs) and returns the refusal: 403 for a valid root
+    /// key lacking the permission, 401 otherwise.
+    pub(crate) async fn refuse(
+        &self,
+        reason: &'static str,
+        actor: Option<String>,
+        permission: &'static str,
+        remote: Option<IpAddr>,
+    ) -> AuthError {
+        tracing::info!(
+            key_id = actor.as_deref(),
+            reason,
+            permission,
+            "root key refused"
+        );
+        let forbidden = reason == VerifyCode::InsufficientPermissions.as_str();
+        if let Err(e) = self.audit_failure(reason, actor, permission, remote).await {
+            return e.into();
+        }
+        if forbidden {
+            AuthError::Forbidden { permission }
+        } else {
+            AuthError::Unauthenticated
+        }
+    }
+
     /// Writes the `auth.failed` event of a refused admin call, if its budget allows (see the
     /// module docs); `actor` is the key_id of the root key presented, when one was found.
-    pub(crate) async fn audit_auth_failure(
+    async fn audit_failure(
         &self,
         reason: &str,
         actor: Option<String>,
         permission: &str,
         remote: Option<IpAddr>,
     ) -> Result<(), EngineError> {
-        let now = self.write_time();
+        let now = write_time(self.clock.as_ref());
         let suppressed = match &actor {
             Some(_) => 0,
-            None => match self.auth_failures.admit_anonymous(remote, now) {
+            None => match self.failures.admit_anonymous(remote, now) {
                 Some(suppressed) => suppressed,
                 None => {
                     tracing::warn!(
@@ -164,10 +257,11 @@ impl Keyward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::fixture_with;
-    use crate::{AuthError, EngineConfig, NewKey};
+    use crate::test_fixture::{fixture, fixture_with};
+    use crate::{EngineConfig, Keyward, NewKey};
     use keyward_core::audit::AuditEvent;
     use keyward_core::record::KeyKind;
+    use keyward_store::Page;
     use time::macros::datetime;
 
     const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
@@ -320,5 +414,132 @@ mod tests {
         let last = &events[per];
         assert_eq!(last.summary["remote_addr"], "0.0.0.8");
         assert_eq!(last.summary["suppressed_before"], 1000 - per);
+    }
+
+    #[tokio::test]
+    async fn root_keys_and_api_keys_do_not_mix() {
+        let f = fixture().await;
+        let api = f.create(&["*"]).await;
+        // The root key does not verify as an API key, and an API key cannot administer keyward.
+        assert_eq!(f.code(f.root_key.expose()).await, VerifyCode::NotFound);
+        assert!(matches!(
+            f.engine
+                .authenticate(
+                    Some(api.key.expose()),
+                    "keys.read",
+                    Some([127, 0, 0, 1].into())
+                )
+                .await,
+            Err(AuthError::Unauthenticated)
+        ));
+        let principal = f
+            .engine
+            .authenticate(Some(f.root_key.expose()), "keys.read", None)
+            .await
+            .unwrap();
+        assert_eq!(principal, f.root);
+
+        let reader = f
+            .engine
+            .create_root_key(
+                &f.root,
+                NewKey {
+                    owner: "ops".into(),
+                    permissions: vec!["keys.read".into()],
+                    ..NewKey::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(reader.key.expose().starts_with("kwroot_"));
+        assert!(
+            f.engine
+                .authenticate(Some(reader.key.expose()), "keys.read", None)
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            f.engine
+                .authenticate(Some(reader.key.expose()), "keys.create", None)
+                .await,
+            Err(AuthError::Forbidden {
+                permission: "keys.create"
+            })
+        ));
+        f.engine
+            .revoke_key(
+                &f.root,
+                KeyKind::Root,
+                &reader.record.key_id,
+                "rotated staff",
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            f.engine
+                .authenticate(Some(reader.key.expose()), "keys.read", None)
+                .await,
+            Err(AuthError::Unauthenticated)
+        ));
+        assert!(matches!(
+            f.engine.authenticate(None, "keys.read", None).await,
+            Err(AuthError::Unauthenticated)
+        ));
+
+        let failures = f
+            .engine
+            .list_audit(None, Some("auth.failed".into()), None, None)
+            .await
+            .unwrap();
+        let reasons: Vec<_> = failures
+            .items
+            .iter()
+            .map(|e| e.summary["reason"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "NOT_FOUND",
+                "INSUFFICIENT_PERMISSIONS",
+                "REVOKED",
+                "MISSING"
+            ]
+        );
+        assert_eq!(failures.items[0].summary["remote_addr"], "127.0.0.1");
+        for event in &failures.items {
+            assert!(!event.summary.to_string().contains(api.key.expose()));
+            assert!(!event.summary.to_string().contains(reader.key.expose()));
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_authentications_are_audited_at_a_bounded_rate() {
+        let f = fixture().await;
+        // Anonymous failures from many addresses: the total cap holds (one address alone is
+        // capped lower, see root_auth.rs).
+        for i in 0..(AUTH_FAILURE_EVENTS_PER_MINUTE + 10) {
+            let from = std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+            let _ = f
+                .engine
+                .authenticate(Some("junk"), "keys.read", Some(from))
+                .await;
+        }
+        let count = |page: Page<AuditEvent>| page.items.len();
+        let audited = count(
+            f.engine
+                .list_audit(None, Some("auth.failed".into()), Some(1000), None)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(audited, AUTH_FAILURE_EVENTS_PER_MINUTE as usize);
+        f.clock.advance(Duration::minutes(1));
+        let _ = f.engine.authenticate(Some("junk"), "keys.read", None).await;
+        let page = f
+            .engine
+            .list_audit(None, Some("auth.failed".into()), Some(1000), None)
+            .await
+            .unwrap();
+        let last = page.items.last().unwrap();
+        assert_eq!(last.summary["suppressed_before"], 10);
     }
 }

@@ -2,7 +2,8 @@
 //! with no Redis round trip on the verify path, and reconciled with Redis in the background.
 //!
 //! Each node keeps, per local-first pool, a TAT (its view of the shared pool) and the units it
-//! admitted since its last reconcile. [`Keyward::reconcile_local_first`] (run every
+//! admitted since its last reconcile.
+//! [`reconcile_local_first`](crate::Keyward::reconcile_local_first) (run every
 //! [`RedisConfig::reconcile_interval`](super::RedisConfig), default 100 ms, by the server's
 //! upkeep) sends those units for every pool in one `shared/reconcile.lua` call per node: the
 //! script advances each shared TAT by `interval × units` (no admission check: the units were
@@ -21,8 +22,9 @@ use keyward_core::record::KeyRecord;
 use time::OffsetDateTime;
 
 use super::{CallError, POOL_TTL_MARGIN_MS, Shared, micros, micros_to_nanos, strings};
-use crate::Keyward;
-use crate::admission::{LimitDecision, PoolKey, evaluate, pool, rescaled};
+use crate::admission::Admission;
+use crate::admission::local::{LimitDecision, PoolKey, evaluate, pool, rescaled};
+use crate::lookup::KeyLookup;
 
 /// Pools per reconcile script call: bounds the size of one call on a node with many pools.
 const RECONCILE_BATCH: usize = 500;
@@ -45,7 +47,7 @@ struct Batch {
     units: u64,
 }
 
-/// What one [`Keyward::reconcile_local_first`] did.
+/// What one [`reconcile_local_first`](crate::Keyward::reconcile_local_first) did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
     /// Redis answered (or there was nothing to reconcile and Redis was not known to be down).
@@ -178,9 +180,10 @@ impl LocalFirst {
     }
 }
 
-impl Keyward {
-    /// How often [`Keyward::reconcile_local_first`] should run; `None` without Redis.
-    pub fn reconcile_interval(&self) -> Option<std::time::Duration> {
+impl Admission {
+    /// How often [`reconcile_local_first`](crate::Keyward::reconcile_local_first) should run;
+    /// `None` without Redis.
+    pub(crate) fn reconcile_interval(&self) -> Option<std::time::Duration> {
         self.shared.as_ref().map(|s| s.config.reconcile_interval)
     }
 
@@ -190,7 +193,7 @@ impl Keyward {
     /// `RedisConfig::reconcile_interval`); tests call it explicitly. Never fails: a Redis
     /// failure keeps the units for the next call and marks Redis down. Without Redis, or with
     /// no local-first pool in use, it does nothing.
-    pub async fn reconcile_local_first(&self) -> ReconcileReport {
+    pub(crate) async fn reconcile_local_first(&self, keys: &KeyLookup) -> ReconcileReport {
         let Some(shared) = self.shared.as_ref() else {
             return ReconcileReport::default();
         };
@@ -230,7 +233,7 @@ impl Keyward {
             None => {
                 report.redis_up = true;
                 if shared.mark_up() {
-                    self.settle_owed(shared).await;
+                    self.settle_owed(shared, keys).await;
                 }
             }
         }
