@@ -130,9 +130,8 @@ fn make_room<V: Entry>(map: &mut HashMap<Source, V>, cap: usize, now: OffsetDate
 mod tests {
     use super::*;
     use time::Duration;
-    use time::macros::datetime;
 
-    const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+    use keyward_testkit::T0;
 
     struct Seen(OffsetDateTime, bool);
 

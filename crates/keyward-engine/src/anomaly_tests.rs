@@ -7,7 +7,6 @@ use keyward_core::clock::Clock;
 use keyward_core::permission::PermissionQuery;
 use keyward_core::verify::VerifyRequest;
 use keyward_store::{AuditFilter, SqliteStore};
-use time::macros::datetime;
 
 use super::*;
 use crate::clock::ManualClock;
@@ -15,7 +14,7 @@ use crate::events::Event;
 use crate::{EngineConfig, EngineError, KeyPatch, Keyward, NewKey, Principal};
 use keyward_core::audit::AuditAction;
 
-const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
+use crate::test_fixture::T0;
 
 struct Setup {
     engine: Keyward,

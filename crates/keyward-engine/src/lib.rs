@@ -156,5 +156,3 @@ impl Keyward {
 
 #[cfg(test)]
 mod test_fixture;
-#[cfg(test)]
-mod test_proxy;

@@ -262,9 +262,8 @@ mod tests {
     use keyward_core::audit::AuditEvent;
     use keyward_core::record::KeyKind;
     use keyward_store::Page;
-    use time::macros::datetime;
 
-    const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+    use keyward_testkit::T0;
 
     fn ip(n: u32) -> Option<IpAddr> {
         Some(IpAddr::from(n.to_be_bytes()))

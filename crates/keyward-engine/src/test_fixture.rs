@@ -18,12 +18,15 @@ use keyward_store::{
     SqliteStore, StoreError,
 };
 use time::OffsetDateTime;
-use time::macros::datetime;
 
 use crate::clock::ManualClock;
 use crate::{Created, EngineConfig, Keyward, NewKey, Principal};
 
-pub(crate) const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
+/// The engine tests' instant: the testkit's `T0` plus 59 days and 12 hours (2026-03-01 12:00
+/// UTC). Noon, not midnight, because tests such as `daily_refill_follows_the_clock` count on a
+/// day boundary falling between two of their steps.
+pub(crate) const T0: OffsetDateTime =
+    keyward_testkit::T0.saturating_add(time::Duration::hours(59 * 24 + 12));
 
 /// Pauses one `find_by_hash` after its store read: signals `.0`, waits for `.1`.
 pub(crate) type Gate = (

@@ -155,9 +155,8 @@ impl UnknownKeys {
 mod tests {
     use super::*;
     use time::Duration;
-    use time::macros::datetime;
 
-    const T0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+    use keyward_testkit::T0;
 
     fn ip(text: &str) -> Option<IpAddr> {
         Some(text.parse().unwrap())

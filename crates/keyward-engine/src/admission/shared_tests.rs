@@ -6,55 +6,21 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use keyward_store::SqliteStore;
-use redis::AsyncCommands;
-use time::macros::datetime;
 
 use std::sync::Arc;
 
 use keyward_core::verify::{VerifyCode, VerifyRequest};
-use time::{Duration, OffsetDateTime};
+use time::Duration;
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::test_proxy::{CutProxy, redis_socket};
 use crate::*;
+use keyward_testkit::proxy::CutProxy;
+pub(crate) use keyward_testkit::redis::{
+    namespace, socket as redis_socket, url as redis_url, wipe,
+};
 
-const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
-
-/// The Redis to test against, or `None` (after saying so) when none is configured.
-pub(crate) fn redis_url(test: &str) -> Option<String> {
-    match std::env::var("KEYWARD_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test}: KEYWARD_TEST_REDIS_URL is not set, and CI=true requires Redis"
-            );
-            // Straight to stderr, past the test harness's capture, so the skip is seen.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: set KEYWARD_TEST_REDIS_URL=redis://127.0.0.1:6379 to run it"
-            );
-            None
-        }
-    }
-}
-
-fn namespace() -> String {
-    let id = keyward_core::key::generate_key_id(&mut rand::rngs::SysRng).unwrap();
-    format!("kwtest:{id}")
-}
-
-/// Deletes every key of a namespace (a Redis restart that lost its data, or cleanup).
-async fn wipe(url: &str, namespace: &str) {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = conn.keys(format!("{namespace}:*")).await.unwrap();
-    if !keys.is_empty() {
-        let _: () = conn.del(keys).await.unwrap();
-    }
-}
+use crate::test_fixture::T0;
 
 struct Cluster {
     nodes: Vec<Arc<Keyward>>,
