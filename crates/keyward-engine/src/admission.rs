@@ -354,5 +354,4 @@ impl Admission {
 }
 
 #[cfg(test)]
-#[path = "admission_tests.rs"]
 mod tests;

@@ -400,5 +400,4 @@ mod response;
 pub(crate) use response::Anomalies;
 
 #[cfg(test)]
-#[path = "anomaly_tests.rs"]
 mod tests;

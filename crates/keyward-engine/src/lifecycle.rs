@@ -533,8 +533,6 @@ impl Lifecycle {
 }
 
 #[cfg(test)]
-#[path = "root_guard_tests.rs"]
 mod root_guard_tests;
 #[cfg(test)]
-#[path = "lifecycle_tests.rs"]
 mod tests;

@@ -356,8 +356,6 @@ impl KeyLookup {
 }
 
 #[cfg(test)]
-#[path = "store_miss_tests.rs"]
 mod store_miss_tests;
 #[cfg(test)]
-#[path = "lookup_tests.rs"]
 mod tests;

@@ -153,5 +153,4 @@ impl Plans {
 }
 
 #[cfg(test)]
-#[path = "plans_tests.rs"]
 mod tests;

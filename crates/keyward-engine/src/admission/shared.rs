@@ -425,5 +425,4 @@ enum Outcome {
 }
 
 #[cfg(test)]
-#[path = "shared_tests.rs"]
 mod tests;

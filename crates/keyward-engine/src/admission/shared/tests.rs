@@ -509,7 +509,5 @@ async fn losing_redis_data_refunds_at_most_the_spend_since_the_last_write_behind
     assert_eq!(c.store_balance(&created).await, 65);
 }
 
-#[path = "shared/local_first_tests.rs"]
 mod local_first;
-#[path = "shared/store_outage_tests.rs"]
 mod store_outage;
