@@ -7,9 +7,6 @@ use keyward_core::record::KeyRecord;
 use keyward_core::verify::VerifyCode;
 use time::OffsetDateTime;
 
-use crate::admission::LimitReport;
-use crate::admission::shared::Enforcement;
-
 /// The result of a verification.
 #[derive(Debug, Clone)]
 pub struct Verification {
@@ -85,4 +82,54 @@ impl Verification {
             degraded: None,
         }
     }
+}
+
+/// One limit's report for a verify response and the RateLimit headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitReport {
+    /// The limit's name.
+    pub name: String,
+    /// Units per period.
+    pub limit: u64,
+    /// Period in seconds.
+    pub period_seconds: u64,
+    /// Units left after this request.
+    pub remaining: u64,
+    /// Seconds until a request of the same cost would be admitted.
+    pub reset_seconds: u64,
+}
+
+/// Where an admission decision was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnforcementSource {
+    /// In Redis, shared by every node.
+    Redis,
+    /// On this node, because Redis did not answer.
+    LocalFallback,
+    /// On this node: no Redis is configured.
+    Local,
+    /// On this node, from its view of the shared state (`local_first` limits), reconciled with
+    /// Redis in the background.
+    LocalFirst,
+}
+
+impl EnforcementSource {
+    /// The stable name (`redis`, `local_fallback`, `local`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::LocalFallback => "local_fallback",
+            Self::Local => "local",
+            Self::LocalFirst => "local_first",
+        }
+    }
+}
+
+/// Which state decided a request's limits and quota, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enforcement {
+    /// Where the decision was made.
+    pub source: EnforcementSource,
+    /// Why, in words.
+    pub reason: String,
 }

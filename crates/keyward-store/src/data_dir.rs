@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use crate::StoreError;
 
 /// The database files SQLite keeps in WAL mode, relative to the data directory.
-const DB_FILES: [&str; 3] = [crate::sqlite::DB_FILE, "keyward.db-wal", "keyward.db-shm"];
+/// The SQLite database file inside the data directory.
+pub const DB_FILE: &str = "keyward.db";
+const DB_FILES: [&str; 3] = [DB_FILE, "keyward.db-wal", "keyward.db-shm"];
 
 /// Creates or checks `data_dir` as described in the module documentation; returns the path
 /// of the database file.
@@ -55,7 +57,7 @@ pub(crate) fn prepare(data_dir: &Path) -> Result<PathBuf, StoreError> {
                 .map_err(|e| open_error(format!("cannot make {name} private to this user: {e}")))?;
         }
     }
-    let db = data_dir.join(crate::sqlite::DB_FILE);
+    let db = data_dir.join(DB_FILE);
     #[cfg(unix)]
     if !db.exists() {
         use std::os::unix::fs::OpenOptionsExt as _;
@@ -178,7 +180,7 @@ mod tests {
             .unwrap();
         store.close().await;
         drop(store);
-        let db = dir.path().join(crate::sqlite::DB_FILE);
+        let db = dir.path().join(super::DB_FILE);
         std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
         // A group-readable directory is allowed (only writability is refused).
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();

@@ -27,9 +27,6 @@ use crate::{
 };
 use crate::{reads, usage, writes};
 
-/// File name of the database inside the data directory.
-pub const DB_FILE: &str = "keyward.db";
-
 /// The SQLite-backed [`KeyStore`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -313,7 +310,7 @@ mod tests {
     #[tokio::test]
     async fn corrupt_database_is_a_clear_open_error() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(DB_FILE), b"this is not a database, just some bytes that fill a header ........................................").unwrap();
+        std::fs::write(dir.path().join(crate::data_dir::DB_FILE), b"this is not a database, just some bytes that fill a header ........................................").unwrap();
         let err = SqliteStore::open(dir.path()).await.unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, StoreError::Open { .. }), "{text}");

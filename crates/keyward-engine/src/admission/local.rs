@@ -16,20 +16,7 @@ use keyward_core::quota::QuotaConfig;
 use keyward_core::record::KeyRecord;
 use time::OffsetDateTime;
 
-/// One limit's report for a verify response and the RateLimit headers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitReport {
-    /// The limit's name.
-    pub name: String,
-    /// Units per period.
-    pub limit: u64,
-    /// Period in seconds.
-    pub period_seconds: u64,
-    /// Units left after this request.
-    pub remaining: u64,
-    /// Seconds until a request of the same cost would be admitted.
-    pub reset_seconds: u64,
-}
+pub use crate::verification::LimitReport;
 
 /// Which pool a limit draws from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

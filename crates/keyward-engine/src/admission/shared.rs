@@ -29,6 +29,7 @@ mod decide;
 mod local_first;
 mod upkeep;
 
+pub use crate::verification::{Enforcement, EnforcementSource};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,41 +93,6 @@ impl RedisConfig {
             reconcile_interval: StdDuration::from_millis(100),
         }
     }
-}
-
-/// Where an admission decision was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EnforcementSource {
-    /// In Redis, shared by every node.
-    Redis,
-    /// On this node, because Redis did not answer.
-    LocalFallback,
-    /// On this node: no Redis is configured.
-    Local,
-    /// On this node, from its view of the shared state (`local_first` limits), reconciled with
-    /// Redis in the background.
-    LocalFirst,
-}
-
-impl EnforcementSource {
-    /// The stable name (`redis`, `local_fallback`, `local`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Redis => "redis",
-            Self::LocalFallback => "local_fallback",
-            Self::Local => "local",
-            Self::LocalFirst => "local_first",
-        }
-    }
-}
-
-/// Which state decided a request's limits and quota, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Enforcement {
-    /// Where the decision was made.
-    pub source: EnforcementSource,
-    /// Why, in words.
-    pub reason: String,
 }
 
 /// Whether Redis answers (for `/readyz`).
