@@ -1,9 +1,10 @@
 //! Every JSON request body of the admin API (the `keyward-wire` request types), decoded as the
 //! server decodes it (`ApiJson`: a top-level array is refused, then serde), then run through the
-//! validation the engine applies (`keyward_core::validate`, the rotation grace bound, the credit
-//! op) and the pure code a valid body reaches (rate-limit checks, quota balances, the verify
-//! call's permission query and address). The first byte picks the type, modulo 8 (the seeds use
-//! the digits `'0'` to `'7'`, 0x30 to 0x37): 0 `CreateKeyRequest`, 1 `CreateRootKeyRequest`,
+//! validation the engine applies (`keyward_core::validate`, which holds the rotation grace
+//! bound and verify's path and method limits, and the credit op) and the pure code a valid body
+//! reaches (rate-limit checks, quota balances, the verify call's permission query and address).
+//! The first byte picks the type, modulo 8 (the seeds use the digits `'0'` to `'7'`, 0x30 to
+//! 0x37): 0 `CreateKeyRequest`, 1 `CreateRootKeyRequest`,
 //! 2 `UpdateKeyRequest`, 3 `RotateKeyRequest`, 4 `RevokeKeyRequest`, 5 `VerifyKeyRequest`,
 //! 6 `CreditsRequest`, 7 `PlanRequest`; the rest is the body.
 //!
@@ -25,11 +26,6 @@ use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The engine's bound on a rotation's grace period (30 days).
-const MAX_GRACE_SECONDS: i64 = 30 * 86_400;
-/// The verify handler's bound on the `path` it checks.
-const MAX_VERIFY_PATH_BYTES: usize = 4096;
-
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {
         return;
@@ -39,13 +35,7 @@ fuzz_target!(|data: &[u8]| {
         1 => check::<CreateRootKeyRequest>(body, |r| create_root_key(r)),
         2 => check::<UpdateKeyRequest>(body, |r| update_key(r)),
         3 => check::<RotateKeyRequest>(body, |r| {
-            let g = r.grace_period_seconds;
-            let _ = time::Duration::seconds(g);
-            if (0..=MAX_GRACE_SECONDS).contains(&g) {
-                Ok(())
-            } else {
-                Err(field("grace"))
-            }
+            validate::grace(time::Duration::seconds(r.grace_period_seconds)).map(drop)
         }),
         4 => check::<RevokeKeyRequest>(body, |r| validate::reason(&r.reason).map(drop)),
         5 => check::<VerifyKeyRequest>(body, |r| verify(r)),
@@ -220,17 +210,8 @@ fn update_key(r: &UpdateKeyRequest) -> Result<(), FieldError> {
 /// What `POST /v1/keys/verify` checks before the engine looks the key up.
 fn verify(r: &VerifyKeyRequest) -> Result<(), FieldError> {
     let _ = keyward_core::key::ParsedKey::parse(&r.key);
-    if r.path
-        .as_ref()
-        .is_some_and(|p| p.len() > MAX_VERIFY_PATH_BYTES)
-    {
-        return Err(field("path"));
-    }
-    if r.method.as_ref().is_some_and(|m| {
-        m.is_empty() || m.len() > 32 || !m.bytes().all(|b| b.is_ascii_alphabetic())
-    }) {
-        return Err(field("method"));
-    }
+    validate::verify_path(r.path.as_deref())?;
+    validate::verify_method(r.method.as_deref())?;
     if let Some(query) = &r.permissions {
         PermissionQuery::parse(query).map_err(|_| field("permissions"))?;
     }

@@ -187,6 +187,41 @@ pub struct Plan {
     pub updated_at: OffsetDateTime,
 }
 
+/// A record for tests, defined once for every crate's tests (`test-support` feature): an
+/// enabled API key `key_00000000000000000000` of owner `billing` in `live`, created at `t0`,
+/// granting nothing, with no secret. A test sets the fields it is about with struct-update
+/// syntax (`KeyRecord { owner: …, ..KeyRecord::sample(T0) }`).
+#[cfg(any(test, feature = "test-support"))]
+impl KeyRecord {
+    pub fn sample(t0: OffsetDateTime) -> Self {
+        Self {
+            key_id: "key_00000000000000000000".into(),
+            kind: KeyKind::Api,
+            owner: "billing".into(),
+            name: None,
+            tenant: None,
+            environment: "live".into(),
+            purpose: None,
+            tags: vec![],
+            meta: Map::new(),
+            permissions: vec![],
+            routes: vec![],
+            expires_at: None,
+            enabled: true,
+            created_at: t0,
+            created_by: None,
+            updated_at: t0,
+            last_used_at: None,
+            revoked_at: None,
+            revoked_reason: None,
+            rotated_at: None,
+            version: 1,
+            secrets: vec![],
+            policy: KeyPolicy::default(),
+        }
+    }
+}
+
 impl KeyRecord {
     /// The record as verification sees it: the plan's settings filled in under the key's own.
     pub fn with_plan(mut self, plan: Option<&Plan>) -> Self {

@@ -171,10 +171,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::key::KeyHash;
     use crate::permission::Permission;
-    use crate::record::KeyKind;
     use crate::route::RoutePattern;
     use keyward_testkit::T0;
-    use serde_json::Map;
     use time::Duration;
 
     pub(crate) fn secret(expires_at: Option<OffsetDateTime>) -> SecretInfo {
@@ -188,29 +186,10 @@ pub(crate) mod tests {
 
     pub(crate) fn record() -> KeyRecord {
         KeyRecord {
-            key_id: "key_00000000000000000000".into(),
-            kind: KeyKind::Api,
             owner: "billing-team".into(),
-            name: None,
-            tenant: None,
-            environment: "live".into(),
-            purpose: None,
-            tags: vec![],
-            meta: Map::new(),
             permissions: vec![Permission::new("orders.read").unwrap()],
-            routes: vec![],
-            expires_at: None,
-            enabled: true,
-            created_at: T0,
-            created_by: None,
-            updated_at: T0,
-            last_used_at: None,
-            revoked_at: None,
-            revoked_reason: None,
-            rotated_at: None,
-            version: 1,
             secrets: vec![secret(None)],
-            policy: Default::default(),
+            ..KeyRecord::sample(T0)
         }
     }
 

@@ -411,32 +411,7 @@ pub(crate) mod tests {
 
     /// An active API key record (also used by other modules' tests).
     pub(crate) fn sample_record() -> KeyRecord {
-        let t0 = OffsetDateTime::UNIX_EPOCH;
-        KeyRecord {
-            key_id: "key_00000000000000000000".into(),
-            kind: KeyKind::Api,
-            owner: "billing".into(),
-            name: None,
-            tenant: None,
-            environment: "live".into(),
-            purpose: None,
-            tags: vec![],
-            meta: serde_json::Map::new(),
-            permissions: vec![],
-            routes: vec![],
-            expires_at: None,
-            enabled: true,
-            created_at: t0,
-            created_by: None,
-            updated_at: t0,
-            last_used_at: None,
-            revoked_at: None,
-            revoked_reason: None,
-            rotated_at: None,
-            version: 1,
-            secrets: vec![],
-            policy: Default::default(),
-        }
+        KeyRecord::sample(OffsetDateTime::UNIX_EPOCH)
     }
 
     #[test]

@@ -175,26 +175,9 @@ mod tests {
             key_id: "key_00000000000000000001".into(),
             kind: KeyKind::Root,
             owner: "o".into(),
-            name: None,
             tenant: tenant.map(str::to_owned),
-            environment: "live".into(),
-            purpose: None,
-            tags: Vec::new(),
-            meta: serde_json::Map::new(),
             permissions: grants(held),
-            routes: Vec::new(),
-            expires_at: None,
-            enabled: true,
-            created_at: t0,
-            created_by: None,
-            updated_at: t0,
-            last_used_at: None,
-            revoked_at: None,
-            revoked_reason: None,
-            rotated_at: None,
-            version: 1,
-            secrets: Vec::new(),
-            policy: Default::default(),
+            ..KeyRecord::sample(t0)
         })
     }
 

@@ -20,31 +20,17 @@ pub(crate) use keyward_testkit::T0;
 pub(crate) fn record(key_id: &str, owner: &str) -> KeyRecord {
     KeyRecord {
         key_id: key_id.into(),
-        kind: KeyKind::Api,
         owner: owner.into(),
         name: Some("name".into()),
         tenant: Some("acme".into()),
-        environment: "live".into(),
-        purpose: None,
         tags: vec!["ci".into()],
         meta: json!({"plan": "pro", "n": 1.5})
             .as_object()
             .cloned()
             .unwrap_or_default(),
         permissions: vec![Permission::new("orders.*").unwrap()],
-        routes: vec![],
-        expires_at: None,
-        enabled: true,
-        created_at: T0,
         created_by: Some("key_root".into()),
-        updated_at: T0,
-        last_used_at: None,
-        revoked_at: None,
-        revoked_reason: None,
-        rotated_at: None,
-        version: 1,
-        secrets: vec![],
-        policy: Default::default(),
+        ..KeyRecord::sample(T0)
     }
 }
 
