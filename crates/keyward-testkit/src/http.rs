@@ -175,4 +175,10 @@ impl Http {
             json["record"]["key_id"].as_str().unwrap().to_owned(),
         )
     }
+
+    /// `POST /v1/keys/verify` with `body`, authenticated by `root`.
+    pub async fn verify(&self, root: &str, body: Value) -> Response {
+        self.call("POST", "/v1/keys/verify", Some(root), Some(body))
+            .await
+    }
 }

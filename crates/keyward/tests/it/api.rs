@@ -179,12 +179,7 @@ async fn admin_calls_need_a_root_key_with_the_right_permission() {
             .contains("keys.create")
     );
     s.http
-        .call(
-            "POST",
-            "/v1/keys/verify",
-            Some(&reader),
-            Some(json!({"key": api_key})),
-        )
+        .verify(&reader, json!({"key": api_key}))
         .await
         .problem(403, "forbidden");
     s.http

@@ -568,14 +568,7 @@ async fn a_panicking_handler_leaks_no_key() {
         )
         .await;
     assert_eq!(r.status, 500);
-    let r2 = http
-        .call(
-            "POST",
-            "/v1/keys/verify",
-            Some(&root),
-            Some(json!({"key": key})),
-        )
-        .await;
+    let r2 = http.verify(&root, json!({"key": key})).await;
     assert_eq!(r2.json()["code"], "NOT_FOUND");
 
     let keys = vec![key, root];

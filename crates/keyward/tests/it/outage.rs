@@ -33,13 +33,7 @@ where
 }
 
 async fn verify(http: &Http, root: &str, key: &str) -> Response {
-    http.call(
-        "POST",
-        "/v1/keys/verify",
-        Some(root),
-        Some(json!({"key": key})),
-    )
-    .await
+    http.verify(root, json!({"key": key})).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,12 +42,7 @@ async fn serve_on_postgres_creates_and_verifies_a_key_across_nodes() {
     assert_eq!(b.root_key, None, "{:?}", b.stdout_lines);
     for node in [&http_a, &Http::new(b.addr)] {
         let verified = node
-            .call(
-                "POST",
-                "/v1/keys/verify",
-                Some(&root),
-                Some(json!({"key": key, "permissions": "orders.read"})),
-            )
+            .verify(&root, json!({"key": key, "permissions": "orders.read"}))
             .await;
         assert_eq!(verified.status, 200);
         assert_eq!(verified.json()["code"], "VALID", "{}", verified.json());
@@ -66,14 +61,7 @@ async fn serve_on_postgres_creates_and_verifies_a_key_across_nodes() {
     let http_b = Http::new(b.addr);
     let seen = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         loop {
-            let verified = http_b
-                .call(
-                    "POST",
-                    "/v1/keys/verify",
-                    Some(&root),
-                    Some(json!({"key": key})),
-                )
-                .await;
+            let verified = http_b.verify(&root, json!({"key": key})).await;
             if verified.json()["code"] == "REVOKED" {
                 return;
             }

@@ -35,14 +35,7 @@ async fn two_servers_sharing_redis_enforce_one_limit() {
     let mut codes = Vec::new();
     for i in 0..8 {
         let node = if i % 2 == 0 { &http_a } else { &http_b };
-        let r = node
-            .call(
-                "POST",
-                "/v1/keys/verify",
-                Some(&root),
-                Some(json!({"key": key})),
-            )
-            .await;
+        let r = node.verify(&root, json!({"key": key})).await;
         assert_eq!(r.status, 200);
         let body = r.json();
         assert_eq!(body["enforcement"]["source"], "redis", "{body}");

@@ -149,26 +149,14 @@ async fn serve_exports_verify_and_request_spans_with_no_key_in_them() {
     let (key, key_id) = http
         .create(&root, json!({"owner": "billing", "tenant": "acme"}))
         .await;
-    let verified = http
-        .call(
-            "POST",
-            "/v1/keys/verify",
-            Some(&root),
-            Some(json!({"key": key})),
-        )
-        .await;
+    let verified = http.verify(&root, json!({"key": key})).await;
     assert_eq!(verified.json()["code"], "VALID");
 
     // The key where a request could carry it into a span: an unknown field of a bad body, the
     // path, the query string, an unmatched route, and as the admin credential.
     let unknown = stranger("kw_live");
     let r = http
-        .call(
-            "POST",
-            "/v1/keys/verify",
-            Some(&root),
-            Some(json!({"key": key, "api_key": key})),
-        )
+        .verify(&root, json!({"key": key, "api_key": key}))
         .await;
     assert_eq!(r.status, 400);
     for path in [
@@ -180,14 +168,7 @@ async fn serve_exports_verify_and_request_spans_with_no_key_in_them() {
     }
     let r = http.call("GET", "/v1/keys", Some(&key), None).await;
     assert_eq!(r.status, 401);
-    let r = http
-        .call(
-            "POST",
-            "/v1/keys/verify",
-            Some(&root),
-            Some(json!({"key": unknown})),
-        )
-        .await;
+    let r = http.verify(&root, json!({"key": unknown})).await;
     assert_eq!(r.json()["code"], "NOT_FOUND");
 
     // Spans are exported in batches (every 5 s): a graceful shutdown sends the rest.
@@ -303,14 +284,7 @@ async fn without_an_endpoint_nothing_is_exported() {
     let root = server.root_key.clone().unwrap();
     let http = Http::new(server.addr);
     let (key, _) = http.create(&root, json!({"owner": "o"})).await;
-    let verified = http
-        .call(
-            "POST",
-            "/v1/keys/verify",
-            Some(&root),
-            Some(json!({"key": key})),
-        )
-        .await;
+    let verified = http.verify(&root, json!({"key": key})).await;
     assert_eq!(verified.json()["code"], "VALID");
     server.terminate();
     // The server has exited, so anything it exported has arrived.
