@@ -549,6 +549,14 @@ pub fn limits(
     Ok(out)
 }
 
+/// [`quota`] for a quota that may be absent (a key or plan without one, or a patch removing it).
+pub fn optional_quota(
+    field: &str,
+    spec: Option<&QuotaSpec>,
+) -> Result<Option<crate::quota::QuotaConfig>, FieldError> {
+    spec.map(|q| quota(field, q)).transpose()
+}
+
 /// A quota with its optional refill rule.
 pub fn quota(field: &str, spec: &QuotaSpec) -> Result<crate::quota::QuotaConfig, FieldError> {
     use crate::quota::{QuotaConfig, Refill, RefillSchedule};

@@ -220,11 +220,7 @@ impl Lifecycle {
         Ok(KeyPolicy {
             plan: spec.plan.clone(),
             limits: validate::limits("limits", &spec.limits)?,
-            quota: spec
-                .quota
-                .as_ref()
-                .map(|q| validate::quota("quota", q))
-                .transpose()?,
+            quota: validate::optional_quota("quota", spec.quota.as_ref())?,
             ip_allowlist: validate::ip_allowlist(&spec.ip_allowlist)?,
             origins: validate::origins(&spec.origins)?,
         })
@@ -387,10 +383,7 @@ impl Lifecycle {
                     next.policy.limits = validate::limits("limits", limits)?;
                 }
                 if let Some(quota) = &patch.quota {
-                    next.policy.quota = quota
-                        .as_ref()
-                        .map(|q| validate::quota("quota", q))
-                        .transpose()?;
+                    next.policy.quota = validate::optional_quota("quota", quota.as_ref())?;
                 }
                 if let Some(ips) = &patch.ip_allowlist {
                     next.policy.ip_allowlist = validate::ip_allowlist(ips)?;

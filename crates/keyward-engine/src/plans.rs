@@ -93,11 +93,7 @@ impl Plans {
         let plan = Plan {
             plan_id: plan_id.clone(),
             limits: validate::limits("limits", &spec.limits)?,
-            quota: spec
-                .quota
-                .as_ref()
-                .map(|q| validate::quota("quota", q))
-                .transpose()?,
+            quota: validate::optional_quota("quota", spec.quota.as_ref())?,
             permissions: validate::permissions(&spec.permissions)?,
             version,
             created_at,
