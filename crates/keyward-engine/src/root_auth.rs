@@ -258,7 +258,7 @@ impl RootAuth {
 mod tests {
     use super::*;
     use crate::test_fixture::{fixture, fixture_with};
-    use crate::{EngineConfig, Keyward, NewKey};
+    use crate::{EngineConfig, Keyward};
     use keyward_core::audit::AuditEvent;
     use keyward_core::record::KeyKind;
     use keyward_store::Page;
@@ -303,30 +303,8 @@ mod tests {
     #[tokio::test]
     async fn finding_10_an_escalation_attempt_is_audited_under_a_flood_of_anonymous_failures() {
         let f = fixture_with(EngineConfig::default()).await;
-        let reader = f
-            .engine
-            .create_root_key(
-                &f.root,
-                NewKey {
-                    owner: "ops".into(),
-                    permissions: vec!["keys.read".into()],
-                    ..NewKey::default()
-                },
-            )
-            .await
-            .unwrap();
-        let retired = f
-            .engine
-            .create_root_key(
-                &f.root,
-                NewKey {
-                    owner: "ops".into(),
-                    permissions: vec!["keys.read".into()],
-                    ..NewKey::default()
-                },
-            )
-            .await
-            .unwrap();
+        let reader = f.create_root(&["keys.read"]).await;
+        let retired = f.create_root(&["keys.read"]).await;
         f.engine
             .revoke_key(&f.root, KeyKind::Root, &retired.record.key_id, "left")
             .await
@@ -438,18 +416,7 @@ mod tests {
             .unwrap();
         assert_eq!(principal, f.root);
 
-        let reader = f
-            .engine
-            .create_root_key(
-                &f.root,
-                NewKey {
-                    owner: "ops".into(),
-                    permissions: vec!["keys.read".into()],
-                    ..NewKey::default()
-                },
-            )
-            .await
-            .unwrap();
+        let reader = f.create_root(&["keys.read"]).await;
         assert!(reader.key.expose().starts_with("kwroot_"));
         assert!(
             f.engine

@@ -20,7 +20,7 @@ use keyward_store::{
 use time::OffsetDateTime;
 
 use crate::clock::ManualClock;
-use crate::{Created, EngineConfig, Keyward, NewKey, Principal};
+use crate::{Created, EngineConfig, Keyward, NewKey, Principal, Verification};
 
 /// The engine tests' instant: the testkit's `T0` plus 59 days and 12 hours (2026-03-01 12:00
 /// UTC). Noon, not midnight, because tests such as `daily_refill_follows_the_clock` count on a
@@ -234,12 +234,24 @@ impl Fixture {
         };
         self.engine.create_key(&self.root, spec).await.unwrap()
     }
-    pub(crate) async fn code(&self, key: &str) -> VerifyCode {
+    /// A root key of owner "ops" holding `permissions`, created by the bootstrap root key.
+    pub(crate) async fn create_root(&self, permissions: &[&str]) -> Created {
+        let spec = NewKey {
+            owner: "ops".into(),
+            permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+            ..NewKey::default()
+        };
+        self.engine.create_root_key(&self.root, spec).await.unwrap()
+    }
+    /// Verifies `key` with an empty request (no cost, route or binding); the engine must answer.
+    pub(crate) async fn verify(&self, key: &str) -> Verification {
         self.engine
             .verify(key, &VerifyRequest::default())
             .await
             .unwrap()
-            .code
+    }
+    pub(crate) async fn code(&self, key: &str) -> VerifyCode {
+        self.verify(key).await.code
     }
 }
 

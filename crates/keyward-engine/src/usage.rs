@@ -434,23 +434,13 @@ mod tests {
         f.clock.advance(Duration::seconds(5));
         assert_eq!(f.code(created.key.expose()).await, VerifyCode::Valid);
         let id = &created.record.key_id;
-        assert_eq!(
-            f.engine
-                .get_key(KeyKind::Api, id)
-                .await
-                .unwrap()
-                .last_used_at,
-            None
-        );
+        let last_used = || async {
+            let record = f.engine.get_key(KeyKind::Api, id).await.unwrap();
+            record.last_used_at
+        };
+        assert_eq!(last_used().await, None);
         assert_eq!(f.engine.flush_last_used().await.unwrap(), 1);
-        assert_eq!(
-            f.engine
-                .get_key(KeyKind::Api, id)
-                .await
-                .unwrap()
-                .last_used_at,
-            Some(T0 + Duration::seconds(5))
-        );
+        assert_eq!(last_used().await, Some(T0 + Duration::seconds(5)));
         assert_eq!(f.engine.flush_last_used().await.unwrap(), 0);
     }
 

@@ -43,8 +43,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use crate::StoreError;
 use crate::sql::backend;
+use crate::{Change, StoreError};
 
 /// The migrations of the PostgreSQL schema (separate from SQLite's).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -333,9 +333,33 @@ impl PostgresStore {
         self.observed(result)
     }
 
-    /// A write transaction.
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        self.observed(self.pool.begin().await.map_err(backend))
+    /// A write transaction holding `locks` (see [`Locks`]).
+    async fn write_tx(
+        &self,
+        locks: Locks<'_>,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        let mut tx = self.observed(self.pool.begin().await.map_err(backend))?;
+        match locks {
+            Locks::Chain => lock_writes(&mut tx).await?,
+            Locks::Credits(key_id) => lock_credits(&mut tx, key_id).await?,
+            Locks::ChainThenCredits(key_id) => {
+                lock_writes(&mut tx).await?;
+                lock_credits(&mut tx, key_id).await?;
+            }
+        }
+        Ok(tx)
+    }
+
+    /// Queues `change` on the feed (delivered only if the transaction commits) and commits.
+    async fn commit(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        change: Option<&Change>,
+    ) -> Result<(), StoreError> {
+        if let Some(change) = change {
+            feed::notify(&mut tx, &self.channel, change).await?;
+        }
+        tx.commit().await.map_err(backend)
     }
 
     /// Notes an answer from the server, or tells a pool timeout's cause (see [`Answered`]).
@@ -381,6 +405,22 @@ async fn create_schema(
         }
         other => other.map(|_| ()),
     }
+}
+
+/// The locks a write transaction takes before its statements.
+///
+/// The chain lock serialises audit-chain appends (and so key, plan and credit-adjusting
+/// writes) across nodes; a credit lock serialises one key's balance. A write that needs both
+/// takes the chain lock first, and none takes them the other way round, so two writes cannot
+/// deadlock.
+#[derive(Debug, Clone, Copy)]
+enum Locks<'a> {
+    /// The chain lock only.
+    Chain,
+    /// One key's credit lock only.
+    Credits(&'a str),
+    /// The chain lock, then one key's credit lock.
+    ChainThenCredits(&'a str),
 }
 
 /// Takes the lock that serialises audit-chain appends (and key inserts) across nodes.

@@ -1,8 +1,9 @@
 //! Test support shared by keyward's crates, so that no fixture is written twice: a fixed
 //! instant [`T0`], a PostgreSQL schema per test ([`postgres`]), a Redis namespace per test
 //! ([`redis`]), a TCP proxy a test can cut ([`proxy`]), a log writer to inspect
-//! ([`logs`]), well-formed keys for leak checks ([`keys`]), an HTTP client ([`http`]), and
-//! keyward itself as a child process ([`process`]) or inside the test process ([`server`]).
+//! ([`logs`]), well-formed keys for leak checks ([`keys`]), an HTTP client ([`http`]), a
+//! bounded wait for what happens on another schedule ([`eventually`]), and keyward itself as
+//! a child process ([`process`]) or inside the test process ([`server`]).
 //!
 //! It is a dev-dependency only (`publish = false`); nothing in a release build links it.
 //!
@@ -67,8 +68,10 @@ pub mod redis;
 #[cfg(feature = "server")]
 pub mod server;
 mod service;
+mod wait;
 
 pub use service::skip;
+pub use wait::eventually;
 
 use time::OffsetDateTime;
 use time::macros::datetime;

@@ -131,6 +131,8 @@ pub(crate) enum CallError {
     StoreUnavailable(String),
 }
 
+/// The Lua scripts, one file each beside this one; those that read pools or balances start
+/// with `common.lua`, which states the rules they share.
 struct Scripts {
     admit: Script,
     init_quota: Script,
@@ -238,14 +240,26 @@ impl Shared {
             conn,
             node_id,
             scripts: Scripts {
-                admit: Script::new(include_str!("shared/admit.lua")),
+                admit: Script::new(concat!(
+                    include_str!("shared/common.lua"),
+                    include_str!("shared/admit.lua")
+                )),
                 init_quota: Script::new(include_str!("shared/init_quota.lua")),
                 take_pending: Script::new(include_str!("shared/take_pending.lua")),
                 give_back: Script::new(include_str!("shared/give_back.lua")),
-                adjust: Script::new(include_str!("shared/adjust.lua")),
-                settle: Script::new(include_str!("shared/settle.lua")),
+                adjust: Script::new(concat!(
+                    include_str!("shared/common.lua"),
+                    include_str!("shared/adjust.lua")
+                )),
+                settle: Script::new(concat!(
+                    include_str!("shared/common.lua"),
+                    include_str!("shared/settle.lua")
+                )),
                 heartbeat: Script::new(include_str!("shared/heartbeat.lua")),
-                reconcile: Script::new(include_str!("shared/reconcile.lua")),
+                reconcile: Script::new(concat!(
+                    include_str!("shared/common.lua"),
+                    include_str!("shared/reconcile.lua")
+                )),
             },
             health: Mutex::new(Health {
                 up: true,

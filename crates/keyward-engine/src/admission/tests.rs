@@ -56,11 +56,7 @@ async fn limits_are_all_or_nothing_and_report_their_state() {
         count(&codes(&f, key.expose(), 10, 1).await, VerifyCode::Valid),
         2
     );
-    let v = f
-        .engine
-        .verify(key.expose(), &VerifyRequest::default())
-        .await
-        .unwrap();
+    let v = f.verify(key.expose()).await;
     assert_eq!(v.code, VerifyCode::RateLimited);
     let minute = v.limits.iter().find(|l| l.name == "per_minute").unwrap();
     assert_eq!(
@@ -164,11 +160,7 @@ async fn daily_refill_follows_the_clock() {
         count(&codes(&f, key.expose(), 5, 1).await, VerifyCode::Valid),
         2
     );
-    let v = f
-        .engine
-        .verify(key.expose(), &VerifyRequest::default())
-        .await
-        .unwrap();
+    let v = f.verify(key.expose()).await;
     assert_eq!(
         v.retry_after,
         Some(12 * 3600),

@@ -10,18 +10,7 @@ use crate::{EngineConfig, EngineError, NewKey};
 #[tokio::test]
 async fn finding_11_two_concurrent_revocations_leave_a_root_manage_key() {
     let f = fixture_with(EngineConfig::default()).await;
-    let second = f
-        .engine
-        .create_root_key(
-            &f.root,
-            NewKey {
-                owner: "ops".into(),
-                permissions: vec!["root.manage".into()],
-                ..NewKey::default()
-            },
-        )
-        .await
-        .unwrap();
+    let second = f.create_root(&["root.manage"]).await;
     let (a, b) = tokio::join!(
         f.engine
             .revoke_key(&f.root, KeyKind::Root, &f.root.key_id, "first"),

@@ -93,18 +93,10 @@ async fn rotation_grace_period_and_second_rotation() {
         second.plan.previous.as_ref().unwrap().expires_at,
         T0 + Duration::hours(1)
     );
-    let old = f
-        .engine
-        .verify(first.key.expose(), &VerifyRequest::default())
-        .await
-        .unwrap();
+    let old = f.verify(first.key.expose()).await;
     assert_eq!(old.code, VerifyCode::Valid);
     assert_eq!(old.deprecated_until, Some(T0 + Duration::hours(1)));
-    let new = f
-        .engine
-        .verify(second.key.expose(), &VerifyRequest::default())
-        .await
-        .unwrap();
+    let new = f.verify(second.key.expose()).await;
     assert_eq!((new.code, new.deprecated_until), (VerifyCode::Valid, None));
     assert_eq!(second.record.secrets.len(), 2);
 

@@ -30,14 +30,7 @@ async fn finding_5_a_saturated_store_sheds_the_request_and_never_fails_open_or_m
     })
     .await;
     let known = f.create(&[]).await;
-    assert_eq!(
-        f.engine
-            .verify(known.key.expose(), &VerifyRequest::default())
-            .await
-            .unwrap()
-            .code,
-        VerifyCode::Valid
-    );
+    assert_eq!(f.verify(known.key.expose()).await.code, VerifyCode::Valid);
     f.clock.advance(Duration::seconds(31));
     f.store.saturated.store(true, Ordering::SeqCst);
 
@@ -67,11 +60,7 @@ async fn finding_5_a_saturated_store_sheds_the_request_and_never_fails_open_or_m
     // lookup reads it (no probe interval to wait out, no stale or fail-open answers).
     f.store.saturated.store(false, Ordering::SeqCst);
     let reads = f.finds();
-    let v = f
-        .engine
-        .verify(known.key.expose(), &VerifyRequest::default())
-        .await
-        .unwrap();
+    let v = f.verify(known.key.expose()).await;
     assert_eq!((v.code, v.degraded), (VerifyCode::Valid, None));
     let v = f
         .engine

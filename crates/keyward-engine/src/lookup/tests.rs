@@ -105,20 +105,12 @@ async fn a_store_outage_serves_cached_keys_until_stale_if_error_and_fails_unknow
     f.store.down.store(true, Ordering::SeqCst);
 
     // Fresh entries need no store at all.
-    let v = f
-        .engine
-        .verify(key, &VerifyRequest::default())
-        .await
-        .unwrap();
+    let v = f.verify(key).await;
     assert_eq!((v.code, v.degraded), (VerifyCode::Valid, None));
 
     // Past the staleness bound the store is asked; it fails, so the stale entry answers.
     f.clock.advance(Duration::seconds(31));
-    let v = f
-        .engine
-        .verify(key, &VerifyRequest::default())
-        .await
-        .unwrap();
+    let v = f.verify(key).await;
     assert_eq!(v.code, VerifyCode::Valid);
     assert_eq!(v.degraded, Some(Degraded::StaleCache { age_seconds: 31 }));
     // Permissions still come from the cached record.
@@ -159,11 +151,7 @@ async fn a_store_outage_serves_cached_keys_until_stale_if_error_and_fails_unknow
     // marker.
     f.store.down.store(false, Ordering::SeqCst);
     f.clock.advance(Duration::seconds(1));
-    let v = f
-        .engine
-        .verify(key, &VerifyRequest::default())
-        .await
-        .unwrap();
+    let v = f.verify(key).await;
     assert_eq!((v.code, v.degraded), (VerifyCode::Valid, None));
     assert_eq!(f.code(unknown.expose()).await, VerifyCode::NotFound);
 }
@@ -179,11 +167,7 @@ async fn fail_open_admits_unknown_keys_only_when_configured_and_only_while_the_s
     assert_eq!(f.code(unknown.expose()).await, VerifyCode::NotFound);
     f.clock.advance(Duration::seconds(31));
     f.store.down.store(true, Ordering::SeqCst);
-    let v = f
-        .engine
-        .verify(unknown.expose(), &VerifyRequest::default())
-        .await
-        .unwrap();
+    let v = f.verify(unknown.expose()).await;
     assert_eq!(v.code, VerifyCode::Valid);
     assert_eq!(v.degraded, Some(Degraded::FailOpenUnknownKey));
     assert!(v.key.is_none(), "no identity is invented");
@@ -224,11 +208,7 @@ async fn finding_6_fail_open_never_admits_where_a_tenant_or_environment_is_requi
         let refused = f.engine.verify(unknown.expose(), &request).await;
         assert!(matches!(refused, Err(EngineError::Store(_))), "{refused:?}");
     }
-    let admitted = f
-        .engine
-        .verify(unknown.expose(), &VerifyRequest::default())
-        .await
-        .unwrap();
+    let admitted = f.verify(unknown.expose()).await;
     assert_eq!(
         admitted.code,
         VerifyCode::Valid,
@@ -401,19 +381,11 @@ async fn a_failing_store_is_probed_once_a_second_not_on_every_verify() {
     assert_eq!(f.code(key).await, VerifyCode::Valid);
     f.clock.advance(Duration::seconds(31));
     f.store.down.store(true, Ordering::SeqCst);
-    let v = f
-        .engine
-        .verify(key, &VerifyRequest::default())
-        .await
-        .unwrap();
+    let v = f.verify(key).await;
     assert!(v.degraded.is_some());
     let reads = f.store_reads();
     for _ in 0..10 {
-        let v = f
-            .engine
-            .verify(key, &VerifyRequest::default())
-            .await
-            .unwrap();
+        let v = f.verify(key).await;
         assert_eq!(v.code, VerifyCode::Valid);
         assert!(v.degraded.is_some());
         // Unknown keys fail closed at once too.
@@ -430,11 +402,7 @@ async fn a_failing_store_is_probed_once_a_second_not_on_every_verify() {
         "no store call within the probe interval"
     );
     f.clock.advance(Duration::seconds(1));
-    let _ = f
-        .engine
-        .verify(key, &VerifyRequest::default())
-        .await
-        .unwrap();
+    let _ = f.verify(key).await;
     assert_eq!(f.store_reads(), reads + 1, "one probe per interval");
 }
 

@@ -13,8 +13,8 @@ use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use time::OffsetDateTime;
 
-use super::feed::{PgChangeFeed, key_change, notify};
-use super::{PostgresStore, lock_credits, lock_writes};
+use super::feed::{PgChangeFeed, key_change};
+use super::{Locks, PostgresStore};
 use crate::sql::{backend, to_millis};
 use crate::usage::to_i64;
 use crate::{
@@ -73,11 +73,9 @@ impl KeyStore for PostgresStore {
 
     async fn write_key(&self, write: KeyWrite) -> Result<i64, StoreError> {
         let change = key_change(&write);
-        let mut tx = self.begin().await?;
-        lock_writes(&mut tx).await?;
+        let mut tx = self.write_tx(Locks::Chain).await?;
         let seq = writes::write_key(&mut *tx, write).await?;
-        notify(&mut tx, &self.channel, &change).await?;
-        tx.commit().await.map_err(backend)?;
+        self.commit(tx, Some(&change)).await?;
         Ok(seq)
     }
 
@@ -85,21 +83,17 @@ impl KeyStore for PostgresStore {
         // Under the write lock no other node can insert a root key between the count and the
         // insert.
         let change = key_change(&write);
-        let mut tx = self.begin().await?;
-        lock_writes(&mut tx).await?;
+        let mut tx = self.write_tx(Locks::Chain).await?;
         let seq = writes::create_first_root_key(&mut *tx, write).await?;
-        if seq.is_some() {
-            notify(&mut tx, &self.channel, &change).await?;
-        }
-        tx.commit().await.map_err(backend)?;
+        // Notified only when a key was written.
+        self.commit(tx, seq.and(Some(&change))).await?;
         Ok(seq)
     }
 
     async fn append_audit(&self, draft: AuditDraft) -> Result<i64, StoreError> {
-        let mut tx = self.begin().await?;
-        lock_writes(&mut tx).await?;
+        let mut tx = self.write_tx(Locks::Chain).await?;
         let seq = writes::append_audit(&mut *tx, draft).await?;
-        tx.commit().await.map_err(backend)?;
+        self.commit(tx, None).await?;
         Ok(seq)
     }
 
@@ -210,11 +204,9 @@ impl KeyStore for PostgresStore {
         let change = Change::Plan {
             plan_id: write.plan.plan_id.clone(),
         };
-        let mut tx = self.begin().await?;
-        lock_writes(&mut tx).await?;
+        let mut tx = self.write_tx(Locks::Chain).await?;
         let seq = writes::write_plan(&mut *tx, write).await?;
-        notify(&mut tx, &self.channel, &change).await?;
-        tx.commit().await.map_err(backend)?;
+        self.commit(tx, Some(&change)).await?;
         Ok(seq)
     }
 
@@ -225,10 +217,9 @@ impl KeyStore for PostgresStore {
         want: u64,
         now: OffsetDateTime,
     ) -> Result<(u64, Balance), StoreError> {
-        let mut tx = self.begin().await?;
-        lock_credits(&mut tx, key_id).await?;
+        let mut tx = self.write_tx(Locks::Credits(key_id)).await?;
         let taken = writes::take_credits(&mut *tx, key_id, config, want, now).await?;
-        tx.commit().await.map_err(backend)?;
+        self.commit(tx, None).await?;
         Ok(taken)
     }
 
@@ -241,18 +232,13 @@ impl KeyStore for PostgresStore {
         audit: AuditDraft,
         now: OffsetDateTime,
     ) -> Result<Balance, StoreError> {
-        let mut tx = self.begin().await?;
-        // The chain lock first, then the key's credit lock: take_credits holds only the
-        // latter, so the two orders cannot deadlock.
-        lock_writes(&mut tx).await?;
-        lock_credits(&mut tx, key_id).await?;
+        let mut tx = self.write_tx(Locks::ChainThenCredits(key_id)).await?;
         let after =
             writes::adjust_credits(&mut *tx, key_id, config, unspent, op, audit, now).await?;
         let change = Change::Credits {
             key_id: key_id.to_owned(),
         };
-        notify(&mut tx, &self.channel, &change).await?;
-        tx.commit().await.map_err(backend)?;
+        self.commit(tx, Some(&change)).await?;
         Ok(after)
     }
 
@@ -264,10 +250,9 @@ impl KeyStore for PostgresStore {
         period: Option<OffsetDateTime>,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        lock_credits(&mut tx, key_id).await?;
+        let mut tx = self.write_tx(Locks::Credits(key_id)).await?;
         writes::give_back_credits(&mut *tx, key_id, config, amount, period, now).await?;
-        tx.commit().await.map_err(backend)
+        self.commit(tx, None).await
     }
 
     async fn balance(

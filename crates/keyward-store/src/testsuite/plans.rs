@@ -108,31 +108,17 @@ pub(super) async fn credits(store: &dyn KeyStore) {
     );
     assert_eq!(store.take_credits(&key, &config, 1, T0).await.unwrap().0, 0);
     // Returning 2 unspent and adding 5 gives 7; decrease never goes below zero.
-    let audit = || draft(AuditAction::CreditsAdjust, &key);
-    assert_eq!(
-        store
-            .adjust_credits(&key, &config, 2, CreditOp::Increase(5), audit(), T0)
-            .await
-            .unwrap()
-            .remaining,
-        7
-    );
-    assert_eq!(
-        store
-            .adjust_credits(&key, &config, 0, CreditOp::Decrease(50), audit(), T0)
-            .await
-            .unwrap()
-            .remaining,
-        0
-    );
-    assert_eq!(
-        store
-            .adjust_credits(&key, &config, 0, CreditOp::Set(3), audit(), T0)
-            .await
-            .unwrap()
-            .remaining,
-        3
-    );
+    let adjust = |unspent, op| {
+        let audit = draft(AuditAction::CreditsAdjust, &key);
+        let (key, config) = (&key, &config);
+        async move {
+            let after = store.adjust_credits(key, config, unspent, op, audit, T0);
+            after.await.unwrap().remaining
+        }
+    };
+    assert_eq!(adjust(2, CreditOp::Increase(5)).await, 7);
+    assert_eq!(adjust(0, CreditOp::Decrease(50)).await, 0);
+    assert_eq!(adjust(0, CreditOp::Set(3)).await, 3);
     // The next day's refill resets the balance to the refill amount.
     let tomorrow = T0 + Duration::days(1);
     assert_eq!(

@@ -77,6 +77,19 @@ pub struct PolicyArgs {
     /// Plan the key follows.
     #[arg(long)]
     pub plan: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// An allowed caller address or CIDR block (repeatable).
+    #[arg(long = "ip")]
+    pub ips: Vec<String>,
+    /// An allowed browser origin, host or *.host (repeatable).
+    #[arg(long = "origin")]
+    pub origins: Vec<String>,
+}
+
+/// Rate limits and quota, of a key or of a plan.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
     /// A rate limit (repeatable): NAME=LIMIT/PERIOD[,burst=N][,scope=key|owner|tenant][,mode=exact|local_first],
     /// e.g. per_second=50/1s,burst=100 or per_day=100000/1d.
     #[arg(long = "limit")]
@@ -87,12 +100,6 @@ pub struct PolicyArgs {
     /// Quota refill: daily:AMOUNT or monthly:DAY:AMOUNT (needs --credits).
     #[arg(long, requires = "credits")]
     pub refill: Option<String>,
-    /// An allowed caller address or CIDR block (repeatable).
-    #[arg(long = "ip")]
-    pub ips: Vec<String>,
-    /// An allowed browser origin, host or *.host (repeatable).
-    #[arg(long = "origin")]
-    pub origins: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 use clap::{Args, Subcommand};
 
 use super::client::{ClientArgs, ClientOnly};
+use super::keys::LimitArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum PlansCommand {
@@ -25,15 +26,8 @@ pub struct PlanArgs {
     /// A permission of keys on the plan (repeatable).
     #[arg(long = "permission")]
     pub permissions: Vec<String>,
-    /// A rate limit (repeatable), as for `keys create --limit`.
-    #[arg(long = "limit")]
-    pub limits: Vec<String>,
-    /// Quota: starting credit balance.
-    #[arg(long)]
-    pub credits: Option<u64>,
-    /// Quota refill: daily:AMOUNT or monthly:DAY:AMOUNT.
-    #[arg(long, requires = "credits")]
-    pub refill: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[command(flatten)]
     pub client: ClientArgs,
 }

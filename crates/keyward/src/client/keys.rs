@@ -90,8 +90,8 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 enabled: a.disabled.then_some(false),
                 prefix: a.prefix,
                 plan: a.policy.plan.clone(),
-                limits: parse_limits(&a.policy.limits)?,
-                quota: parse_quota(a.policy.credits, a.policy.refill.as_deref())?,
+                limits: parse_limits(&a.policy.limits.limits)?,
+                quota: parse_quota(a.policy.limits.credits, a.policy.limits.refill.as_deref())?,
                 ip_allowlist: a.policy.ips.clone(),
                 origins: a.policy.origins.clone(),
             };
@@ -144,12 +144,13 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 limits: if a.clear_limits {
                     Some(Vec::new())
                 } else {
-                    Some(parse_limits(&a.policy.limits)?).filter(|l| !l.is_empty())
+                    Some(parse_limits(&a.policy.limits.limits)?).filter(|l| !l.is_empty())
                 },
                 quota: if a.clear_quota {
                     Some(None)
                 } else {
-                    parse_quota(a.policy.credits, a.policy.refill.as_deref())?.map(Some)
+                    parse_quota(a.policy.limits.credits, a.policy.limits.refill.as_deref())?
+                        .map(Some)
                 },
                 ip_allowlist: list(a.policy.ips.clone(), a.clear_ips),
                 origins: list(a.policy.origins.clone(), a.clear_origins),

@@ -14,8 +14,8 @@ pub async fn run(cmd: PlansCommand) -> anyhow::Result<ExitCode> {
     let plan_body = |a: &PlanArgs, with_id: bool| -> anyhow::Result<PlanRequest> {
         Ok(PlanRequest {
             plan_id: with_id.then(|| a.plan_id.clone()),
-            limits: parse_limits(&a.limits)?,
-            quota: parse_quota(a.credits, a.refill.as_deref())?,
+            limits: parse_limits(&a.limits.limits)?,
+            quota: parse_quota(a.limits.credits, a.limits.refill.as_deref())?,
             permissions: a.permissions.clone(),
         })
     };

@@ -6,31 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use keyward_testkit::eventually;
 use keyward_testkit::http::{Http, Response};
 use keyward_testkit::postgres::Schema;
 use keyward_testkit::proxy::CutProxy;
 use serde_json::{Value, json};
 
 use crate::KEYWARD;
-
-/// Calls `attempt` until it returns `Some`, for at most `within` (the node notices a lost or
-/// returned connection on its own schedule: a failed read, the feed's reconnect backoff).
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut attempt: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    tokio::time::timeout(within, async {
-        loop {
-            if let Some(found) = attempt().await {
-                return found;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("not reached within {within:?}: {what}"))
-}
 
 async fn verify(http: &Http, root: &str, key: &str) -> Response {
     http.verify(root, json!({"key": key})).await

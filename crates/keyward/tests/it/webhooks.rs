@@ -20,6 +20,7 @@ use time::Duration as Days;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use keyward_testkit::eventually;
 use keyward_testkit::server::Server;
 
 const SECRET: &[u8] = b"whsec_test_only_0123456789abcdef0123";
@@ -94,16 +95,8 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<Received>) -> Received {
         .unwrap()
 }
 
-/// Polls `condition` every 10 ms for at most 30 s.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..3000 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
+/// How long a test waits for the dispatcher to reach a state.
+const WAIT: Duration = Duration::from_secs(30);
 
 fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
@@ -182,8 +175,8 @@ async fn a_receiver_failing_twice_gets_the_event_on_the_third_attempt() {
         assert_eq!(got.body, attempts[0].body);
         keyward_webhooks::verify(SECRET, &got.signature, &got.body, unix_now(), 300).unwrap();
     }
-    eventually("the delivery is counted", || {
-        dispatcher.stats().delivered == 1
+    eventually(WAIT, "the delivery is counted", || async {
+        (dispatcher.stats().delivered == 1).then_some(())
     })
     .await;
     let stats = dispatcher.stats();
@@ -199,7 +192,10 @@ async fn attempts_are_bounded() {
     let dispatcher = Dispatcher::spawn(s.engine.subscribe(), config);
     let (_, key_id) = s.create(json!({"owner": "o"})).await;
     revoke(&s, &key_id).await;
-    eventually("the event is given up", || dispatcher.stats().failed == 1).await;
+    eventually(WAIT, "the event is given up", || async {
+        (dispatcher.stats().failed == 1).then_some(())
+    })
+    .await;
     assert_eq!(dispatcher.stats().attempts, 3);
     for _ in 0..3 {
         next(&mut requests).await;
@@ -229,8 +225,8 @@ async fn a_receiver_that_never_answers_does_not_slow_verify() {
     let (live_key, _) = s.create(json!({"owner": "o"})).await;
     let (_, first) = s.create(json!({"owner": "o"})).await;
     revoke(&s, &first).await;
-    eventually("the first delivery is in flight", || {
-        !held.lock().unwrap().is_empty()
+    eventually(WAIT, "the first delivery is in flight", || async {
+        (!held.lock().unwrap().is_empty()).then_some(())
     })
     .await;
     for _ in 0..4 {
@@ -238,7 +234,10 @@ async fn a_receiver_that_never_answers_does_not_slow_verify() {
         revoke(&s, &key_id).await;
     }
     // One delivery hangs, two wait in the queue, two were dropped and counted.
-    eventually("the queue overflows", || dispatcher.stats().dropped == 2).await;
+    eventually(WAIT, "the queue overflows", || async {
+        (dispatcher.stats().dropped == 2).then_some(())
+    })
+    .await;
     for _ in 0..20 {
         let v = s.verify(json!({"key": live_key})).await;
         assert_eq!(v["valid"], true);

@@ -1,16 +1,8 @@
 -- An operator's credit adjustment, applied to the live balance.
 -- KEYS[1] quota hash; ARGV: op (set, increase, decrease), amount, current period, refill
 -- amount, TTL seconds. Returns {'init'} if the balance is not loaded, else {'ok', before, after}.
-local function fmt(x) return string.format('%.0f', x) end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'init'} end
-local st = redis.call('HMGET', KEYS[1], 'r', 'p', 'w')
-local rem = tonumber(st[1]) or 0
-local per = tonumber(st[2]) or -1
-local pend = tonumber(st[3]) or 0
-local period = tonumber(ARGV[3])
-if period >= 0 and per < period then
-  rem = tonumber(ARGV[4]); per = period; pend = 0
-end
+local rem, per, pend = balance(KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
 local before = rem
 local amount = tonumber(ARGV[2])
 if ARGV[1] == 'set' then

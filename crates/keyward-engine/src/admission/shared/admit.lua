@@ -14,7 +14,6 @@
 -- 'init' (the quota is not loaded yet: nothing was read or written); credits is the balance
 -- left ('' when the quota stage was not reached); tat_i is each pool's TAT before this request
 -- ('' for a pool that does not exist), from which the caller computes the reports.
-local function fmt(x) return string.format('%.0f', x) end
 local now = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
@@ -31,13 +30,7 @@ local news = {}
 for i = 1, n do
   local interval = tonumber(ARGV[2 + 2 * i])
   local burst = tonumber(ARGV[3 + 2 * i])
-  local st = redis.call('HMGET', KEYS[i], 't', 'i')
-  local tat = tonumber(st[1])
-  local iv = tonumber(st[2])
-  -- A changed limit: the units already used carry over at the new rate.
-  if tat and iv and iv > 0 and iv ~= interval and tat > now then
-    tat = now + (tat - now) * interval / iv
-  end
+  local tat = pool_tat(KEYS[i], interval, now)
   if tat then out[2 + i] = string.format('%.3f', tat) else out[2 + i] = '' end
   local base = tat or now
   if base < now then base = now end
@@ -51,13 +44,8 @@ if not admitted then
 end
 if has_quota then
   local period = tonumber(ARGV[q + 1])
-  local st = redis.call('HMGET', qkey, 'r', 'p', 'w')
-  local rem = tonumber(st[1]) or 0
-  local per = tonumber(st[2]) or -1
-  local pend = tonumber(st[3]) or 0
-  if period >= 0 and per < period then
-    -- A scheduled refill passed: the old period's credits (and their write-behind) are gone.
-    rem = tonumber(ARGV[q + 2]); per = period; pend = 0
+  local rem, per, pend, refilled = balance(qkey, period, tonumber(ARGV[q + 2]))
+  if refilled then
     redis.call('HSET', qkey, 'r', fmt(rem), 'p', fmt(per), 'w', '0')
   elseif per ~= period then
     -- The refill rule changed (removed, or a schedule whose last refill is older): no refill,

@@ -19,13 +19,7 @@ local out = {}
 for i = 1, #KEYS do
   local interval = tonumber(ARGV[1 + 2 * i])
   local units = tonumber(ARGV[2 + 2 * i])
-  local st = redis.call('HMGET', KEYS[i], 't', 'i')
-  local tat = tonumber(st[1])
-  local iv = tonumber(st[2])
-  -- A changed limit: the units already used carry over at the new rate.
-  if tat and iv and iv > 0 and iv ~= interval and tat > now then
-    tat = now + (tat - now) * interval / iv
-  end
+  local tat = pool_tat(KEYS[i], interval, now)
   if units > 0 then
     local base = tat or now
     if base < now then base = now end

@@ -3,17 +3,9 @@
 -- KEYS[1] quota hash, KEYS[2] dirty set, KEYS[3] the token's key;
 -- ARGV: credits, the period they were spent in, current period, refill amount, key id, TTL.
 -- Returns 'done' (this token was settled before), 'init' (load the balance first) or 'ok'.
-local function fmt(x) return string.format('%.0f', x) end
 if redis.call('EXISTS', KEYS[3]) == 1 then return 'done' end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'init' end
-local st = redis.call('HMGET', KEYS[1], 'r', 'p', 'w')
-local rem = tonumber(st[1]) or 0
-local per = tonumber(st[2]) or -1
-local pend = tonumber(st[3]) or 0
-local period = tonumber(ARGV[3])
-if period >= 0 and per < period then
-  rem = tonumber(ARGV[4]); per = period; pend = 0
-end
+local rem, per, pend = balance(KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
 local amount = tonumber(ARGV[1])
 -- Credits of a period that has since been refilled are gone anyway.
 if tonumber(ARGV[2]) >= per then
