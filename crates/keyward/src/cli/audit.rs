@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 
-use super::client::{ClientArgs, ClientOnly};
+use super::client::{ClientArgs, ClientOnly, PageArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -20,12 +20,8 @@ pub struct AuditListArgs {
     /// Only this action, e.g. key.revoke.
     #[arg(long)]
     pub action: Option<String>,
-    /// Page size (1 to 1000).
-    #[arg(long)]
-    pub limit: Option<u32>,
-    /// Cursor from a previous page.
-    #[arg(long)]
-    pub cursor: Option<String>,
+    #[command(flatten)]
+    pub page: PageArgs,
     #[command(flatten)]
     pub client: ClientArgs,
 }

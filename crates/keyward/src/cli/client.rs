@@ -1,7 +1,8 @@
 //! The flags every client command shares: where the server is (`--url`) and how to print
-//! (`--output`).
+//! (`--output`); and the paging flags of every list command.
 
 use clap::{Args, ValueEnum};
+use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -23,6 +24,19 @@ pub struct ClientArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
     pub output: Output,
+}
+
+/// Which page of a list to fetch; serialised as the list endpoints' query parameters.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct PageArgs {
+    /// Page size (1 to 1000).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Cursor from a previous page.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,7 @@
 
 use clap::{Args, Subcommand};
 
-use super::client::ClientArgs;
+use super::client::{ClientArgs, PageArgs};
 
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // Parsed once per process.
@@ -113,12 +113,8 @@ pub struct KeysListArgs {
     /// active, revoked or expired.
     #[arg(long)]
     pub status: Option<String>,
-    /// Page size (1 to 1000).
-    #[arg(long)]
-    pub limit: Option<u32>,
-    /// Cursor from a previous page.
-    #[arg(long)]
-    pub cursor: Option<String>,
+    #[command(flatten)]
+    pub page: PageArgs,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::http::connect;
 use super::verify::EXIT_NOT_VALID;
 use crate::cli::audit::{AuditCommand, AuditListArgs};
-use crate::cli::client::ClientOnly;
+use crate::cli::client::{ClientOnly, PageArgs};
 
 /// Runs one `keyward audit` subcommand.
 pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
@@ -28,16 +28,13 @@ async fn list(args: AuditListArgs) -> anyhow::Result<ExitCode> {
         key_id: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         action: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        limit: Option<u32>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        cursor: Option<String>,
+        #[serde(flatten)]
+        page: PageArgs,
     }
     let q = Q {
         key_id: args.key_id,
         action: args.action,
-        limit: args.limit,
-        cursor: args.cursor,
+        page: args.page,
     };
     let list: AuditList = client.get("/v1/audit", &q).await?;
     out.audit_list(&list)?;

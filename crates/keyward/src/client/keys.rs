@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::http::connect;
 use super::parse::{parse_duration, parse_limits, parse_meta, parse_quota, parse_time};
+use crate::cli::client::PageArgs;
 use crate::cli::keys::{KeysCommand, KeysListArgs, RevokeArgs};
 
 /// The query of a key list (`GET /v1/keys`, `GET /v1/root-keys`).
@@ -23,10 +24,8 @@ struct ListQuery {
     tenant: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    limit: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cursor: Option<String>,
+    #[serde(flatten)]
+    page: PageArgs,
 }
 
 impl From<&KeysListArgs> for ListQuery {
@@ -35,8 +34,7 @@ impl From<&KeysListArgs> for ListQuery {
             owner: a.owner.clone(),
             tenant: a.tenant.clone(),
             status: a.status.clone(),
-            limit: a.limit,
-            cursor: a.cursor.clone(),
+            page: a.page.clone(),
         }
     }
 }

@@ -199,6 +199,68 @@ fn readme_walkthrough() {
     }
 }
 
+/// `--limit` and `--cursor` reach the list endpoints as their query parameters, and a page
+/// says how to fetch the next one.
+#[test]
+fn list_commands_page_with_limit_and_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KEYWARD.serve(dir.path());
+    let root = server.root_key.clone().unwrap();
+    for _ in 0..3 {
+        json(&server.cli(
+            &root,
+            &["keys", "create", "--owner", "pager", "--output", "json"],
+        ));
+    }
+    let page = |command: &[&str], extra: &[&str]| {
+        let mut args = command.to_vec();
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--output", "json"]);
+        json(&server.cli(&root, &args))
+    };
+    let keys = ["keys", "list", "--owner", "pager"];
+    let first = page(&keys, &["--limit", "2"]);
+    assert_eq!(first["keys"].as_array().unwrap().len(), 2, "{first}");
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let second = page(&keys, &["--limit", "2", "--cursor", &cursor]);
+    assert_eq!(second["keys"].as_array().unwrap().len(), 1, "{second}");
+    assert!(second["next_cursor"].is_null(), "{second}");
+    let ids = |p: &Value| -> Vec<String> {
+        p["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["key_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut all = ids(&first);
+    all.extend(ids(&second));
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 3, "the two pages hold three different keys");
+
+    let audit = ["audit", "list", "--action", "key.create"];
+    let first = page(&audit, &["--limit", "1"]);
+    assert_eq!(first["events"].as_array().unwrap().len(), 1, "{first}");
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let rest = page(&audit, &["--cursor", &cursor]);
+    assert_eq!(rest["events"].as_array().unwrap().len(), 2, "{rest}");
+
+    let text = server.cli(&root, &["keys", "list", "--owner", "pager", "--limit", "1"]);
+    assert!(text.status.success());
+    assert!(
+        stdout(&text).contains("next page: --cursor "),
+        "{}",
+        stdout(&text)
+    );
+}
+
 #[test]
 fn client_errors_are_one_line_and_non_zero() {
     let dir = tempfile::tempdir().unwrap();
