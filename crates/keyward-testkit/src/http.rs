@@ -176,6 +176,13 @@ impl Http {
         )
     }
 
+    /// Revokes an API key with `POST /v1/keys/{key_id}/revoke`, authenticated by `root`.
+    pub async fn revoke(&self, root: &str, key_id: &str, reason: &str) -> Response {
+        let path = format!("/v1/keys/{key_id}/revoke");
+        let body = serde_json::json!({ "reason": reason });
+        self.call("POST", &path, Some(root), Some(body)).await
+    }
+
     /// `POST /v1/keys/verify` with `body`, authenticated by `root`.
     pub async fn verify(&self, root: &str, body: Value) -> Response {
         self.call("POST", "/v1/keys/verify", Some(root), Some(body))

@@ -110,6 +110,11 @@ impl Server {
         self.http.create(&self.root_key, body).await
     }
 
+    /// Revokes an API key.
+    pub async fn revoke(&self, key_id: &str, reason: &str) -> Response {
+        self.http.revoke(&self.root_key, key_id, reason).await
+    }
+
     /// Verifies and returns the response body.
     pub async fn verify(&self, body: Value) -> Value {
         let r = self.admin("POST", "/v1/keys/verify", Some(body)).await;

@@ -51,13 +51,7 @@ async fn create_verify_revoke() {
     assert_eq!(v["meta"], json!({"plan": "pro"}));
     assert!(v.get("rotation").is_none());
 
-    let revoked = s
-        .admin(
-            "POST",
-            &format!("/v1/keys/{key_id}/revoke"),
-            Some(json!({"reason": "leaked"})),
-        )
-        .await;
+    let revoked = s.revoke(&key_id, "leaked").await;
     assert_eq!(revoked.status, 200);
     assert_eq!(revoked.json()["status"], "revoked");
     assert_eq!(revoked.json()["revoked_reason"], "leaked");
@@ -66,13 +60,7 @@ async fn create_verify_revoke() {
         (v["valid"].clone(), v["code"].clone()),
         (json!(false), json!("REVOKED"))
     );
-    s.admin(
-        "POST",
-        &format!("/v1/keys/{key_id}/revoke"),
-        Some(json!({"reason": "again"})),
-    )
-    .await
-    .problem(409, "key_revoked");
+    s.revoke(&key_id, "again").await.problem(409, "key_revoked");
 }
 
 fn hex_sha256(text: &str) -> String {
@@ -252,12 +240,7 @@ async fn every_verify_code() {
         "MALFORMED"
     );
     let (other, other_id) = s.create(json!({"owner": "o"})).await;
-    s.admin(
-        "POST",
-        &format!("/v1/keys/{other_id}/revoke"),
-        Some(json!({"reason": "x"})),
-    )
-    .await;
+    s.revoke(&other_id, "x").await;
     assert_eq!(code(s.verify(json!({"key": other})).await), "REVOKED");
     let unknown = keyward_testkit::keys::stranger("kw_live");
     let nf = s.verify(json!({"key": unknown})).await;
@@ -545,12 +528,7 @@ async fn patch_updates_and_audits() {
 async fn audit_chain_detects_tampering() {
     let s = Server::start().await;
     let (_, key_id) = s.create(json!({"owner": "o"})).await;
-    s.admin(
-        "POST",
-        &format!("/v1/keys/{key_id}/revoke"),
-        Some(json!({"reason": "r"})),
-    )
-    .await;
+    s.revoke(&key_id, "r").await;
     let report = s.admin("POST", "/v1/audit/verify", None).await.json();
     let events = s.admin("GET", "/v1/audit", None).await.json();
     let head_hash = events["events"][2]["hash"].clone();

@@ -110,13 +110,7 @@ async fn metrics_after_a_session_have_the_expected_series_and_no_key() {
         String::from_utf8_lossy(&rotated.body)
     );
     let new_key = rotated.json()["key"].as_str().unwrap().to_owned();
-    let revoked = s
-        .admin(
-            "POST",
-            &format!("/v1/keys/{key_id}/revoke"),
-            Some(json!({"reason": "leaked"})),
-        )
-        .await;
+    let revoked = s.revoke(&key_id, "leaked").await;
     assert_eq!(revoked.status, 200);
     assert_eq!(s.verify(json!({"key": new_key})).await["code"], "REVOKED");
     let after = Scrape::of(&s).await;

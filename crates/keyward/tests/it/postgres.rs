@@ -49,14 +49,7 @@ async fn serve_on_postgres_creates_and_verifies_a_key_across_nodes() {
     }
     // Node b has the key cached; a revoke through node a reaches it through the change feed
     // long before the cache's 30 s staleness bound.
-    let revoked = http_a
-        .call(
-            "POST",
-            &format!("/v1/keys/{key_id}/revoke"),
-            Some(&root),
-            Some(json!({"reason": "leaked"})),
-        )
-        .await;
+    let revoked = http_a.revoke(&root, &key_id, "leaked").await;
     assert_eq!(revoked.status, 200);
     let http_b = Http::new(b.addr);
     let seen = tokio::time::timeout(std::time::Duration::from_secs(5), async {

@@ -64,13 +64,7 @@ async fn usage_is_counted_per_key_hour_and_outcome_and_reported_per_hour_and_day
     // 10:00-11:00: the free key is used, then revoked and tried again.
     s.clock.advance(Duration::hours(1));
     assert_eq!(s.verify(json!({"key": free})).await["code"], "VALID");
-    let revoked = s
-        .admin(
-            "POST",
-            &format!("/v1/keys/{free_id}/revoke"),
-            Some(json!({"reason": "closed"})),
-        )
-        .await;
+    let revoked = s.revoke(&free_id, "closed").await;
     assert_eq!(revoked.status, 200);
     assert_eq!(s.verify(json!({"key": free})).await["code"], "REVOKED");
     assert_eq!(s.engine.flush_usage().await.unwrap(), 2);

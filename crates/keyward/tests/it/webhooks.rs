@@ -103,13 +103,7 @@ fn unix_now() -> i64 {
 }
 
 async fn revoke(s: &Server, key_id: &str) {
-    let r = s
-        .admin(
-            "POST",
-            &format!("/v1/keys/{key_id}/revoke"),
-            Some(json!({"reason": "leaked"})),
-        )
-        .await;
+    let r = s.revoke(key_id, "leaked").await;
     assert_eq!(r.status, 200);
 }
 
@@ -484,14 +478,7 @@ async fn keyward_serve_delivers_to_its_webhook_flags_and_never_logs_the_secret()
     let root = node.root_key.clone().unwrap();
     let http = keyward_testkit::http::Http::new(node.addr);
     let (_, key_id) = http.create(&root, json!({"owner": "o"})).await;
-    let r = http
-        .call(
-            "POST",
-            &format!("/v1/keys/{key_id}/revoke"),
-            Some(&root),
-            Some(json!({"reason": "leaked"})),
-        )
-        .await;
+    let r = http.revoke(&root, &key_id, "leaked").await;
     assert_eq!(r.status, 200);
     let got = next(&mut requests).await;
     let body: Value = serde_json::from_slice(&got.body).unwrap();
