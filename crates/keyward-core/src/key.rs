@@ -26,7 +26,9 @@ pub const CHECKSUM_LEN: usize = 6;
 /// Maximum length of a prefix.
 pub const MAX_PREFIX_LEN: usize = 20;
 /// Longest possible key: prefix, underscore, random part and checksum.
-pub const MAX_KEY_LEN: usize = MAX_PREFIX_LEN + 1 + RANDOM_LEN + CHECKSUM_LEN;
+pub const MAX_KEY_LEN: usize = MAX_PREFIX_LEN + 1 + BODY_LEN;
+/// Length of the part after the separator: the random part and the checksum.
+const BODY_LEN: usize = RANDOM_LEN + CHECKSUM_LEN;
 /// Number of random characters shown in a key's public `start`.
 pub const START_RANDOM_CHARS: usize = 4;
 /// Number of base62 characters after `key_` in a key_id (about 119 bits).
@@ -85,6 +87,22 @@ fn is_valid_prefix(prefix: &str) -> bool {
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
 }
 
+/// Why `input`, which failed a format check, is malformed: the last underscore splits prefix
+/// and body (the body holds none); a prefix that is fine leaves the body at fault.
+#[cold]
+fn fault(input: &str) -> MalformedKey {
+    if input.len() > MAX_KEY_LEN {
+        return MalformedKey::BadBody;
+    }
+    let Some(separator) = input.rfind('_') else {
+        return MalformedKey::NoSeparator;
+    };
+    if !is_valid_prefix(&input[..separator]) {
+        return MalformedKey::BadPrefix;
+    }
+    MalformedKey::BadBody
+}
+
 /// A plaintext key, held only long enough to hand it to its owner once.
 ///
 /// It is zeroed on drop, and its `Debug` form shows only the public start, so a stray
@@ -128,17 +146,17 @@ impl fmt::Debug for ParsedKey<'_> {
 impl<'a> ParsedKey<'a> {
     /// Checks the format and checksum of `input` without allocating.
     pub fn parse(input: &'a str) -> Result<Self, MalformedKey> {
-        if input.len() > MAX_KEY_LEN {
-            return Err(MalformedKey::BadBody);
-        }
-        let separator = input.rfind('_').ok_or(MalformedKey::NoSeparator)?;
-        let (prefix, body) = (&input[..separator], &input[separator + 1..]);
-        if !is_valid_prefix(prefix) {
-            return Err(MalformedKey::BadPrefix);
-        }
-        let body = body.as_bytes();
-        if body.len() != RANDOM_LEN + CHECKSUM_LEN || !body.iter().all(|&b| base62::is_base62(b)) {
-            return Err(MalformedKey::BadBody);
+        // The body has a fixed length and holds no underscore, so a well-formed key's separator
+        // stands at a fixed distance from the end: no search. An input that fails a format
+        // check is malformed, and `fault` (off the hot path) names why.
+        let bytes = input.as_bytes();
+        let separator = match bytes.len().checked_sub(BODY_LEN + 1) {
+            Some(at) if bytes[at] == b'_' && bytes.len() <= MAX_KEY_LEN => at,
+            _ => return Err(fault(input)),
+        };
+        let body = &bytes[separator + 1..];
+        if !is_valid_prefix(&input[..separator]) || !body.iter().all(|&b| base62::is_base62(b)) {
+            return Err(fault(input));
         }
         let (random, checksum) = body.split_at(RANDOM_LEN);
         let mut expected = [0u8; CHECKSUM_LEN];
@@ -229,9 +247,17 @@ impl KeyHash {
         }
     }
 
-    /// Compares two hashes in constant time.
+    /// Compares two hashes in constant time: the digests' 64-bit words are XORed and ORed
+    /// together with no early exit, and the one comparison at the end goes through `subtle`,
+    /// which hides the value from the optimiser (per byte, `subtle` costs ten times more).
     pub fn ct_eq(&self, other: &Self) -> bool {
-        self.version() == other.version() && bool::from(self.digest().ct_eq(other.digest()))
+        let (Self::Sha256V1(a), Self::Sha256V1(b)) = (self, other);
+        let mut diff = 0u64;
+        for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+            let word = |bytes: &[u8]| u64::from_ne_bytes(bytes.try_into().unwrap_or([0; 8]));
+            diff |= word(x) ^ word(y);
+        }
+        bool::from(diff.ct_eq(&0))
     }
 }
 
@@ -432,6 +458,56 @@ pub(crate) mod tests {
         }
     }
 
+    /// `parse` finds the separator by position, not by search: it must answer exactly as the
+    /// search-based rule (the last underscore splits prefix and body) for inputs one edit away
+    /// from a good key, where the two could differ.
+    #[test]
+    fn parse_agrees_with_the_last_underscore_rule_one_edit_from_a_good_key() {
+        fn by_search(input: &str) -> Result<usize, MalformedKey> {
+            if input.len() > MAX_KEY_LEN {
+                return Err(MalformedKey::BadBody);
+            }
+            let separator = input.rfind('_').ok_or(MalformedKey::NoSeparator)?;
+            if !is_valid_prefix(&input[..separator]) {
+                return Err(MalformedKey::BadPrefix);
+            }
+            let body = &input.as_bytes()[separator + 1..];
+            if body.len() != BODY_LEN || !body.iter().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(MalformedKey::BadBody);
+            }
+            let mut expected = [0u8; CHECKSUM_LEN];
+            base62::encode_into(
+                u64::from(crc32fast::hash(&body[..RANDOM_LEN])),
+                &mut expected,
+            );
+            if expected != body[RANDOM_LEN..] {
+                return Err(MalformedKey::BadChecksum);
+            }
+            Ok(separator)
+        }
+        let mut inputs = Vec::new();
+        for prefix in ["kw_live", "k", &"a".repeat(20), "my_co_prod_v2"] {
+            let good = make_key(prefix, &"aB3".repeat(11)[..32]);
+            inputs.push(good.clone());
+            for at in 0..=good.len() {
+                for c in ["_", "-", "a", "Z", "0", "é", ""] {
+                    let mut edited = good.clone();
+                    edited.insert_str(at, c);
+                    inputs.push(edited);
+                    if at < good.len() {
+                        let mut replaced = good.clone();
+                        replaced.replace_range(at..=at, c);
+                        inputs.push(replaced);
+                    }
+                }
+            }
+        }
+        for input in &inputs {
+            let parsed = ParsedKey::parse(input).map(|p| p.separator);
+            assert_eq!(parsed, by_search(input), "{input:?}");
+        }
+    }
+
     #[test]
     fn prefix_is_parsed_by_the_last_underscore() {
         let key = make_key("my_co_prod_v2", &"Z".repeat(32));
@@ -451,6 +527,22 @@ pub(crate) mod tests {
         let debug = format!("{key:?} {:?}", key.parsed().unwrap());
         assert!(!debug.contains(key.expose()));
         assert!(debug.contains(key.parsed().unwrap().start()));
+    }
+
+    /// Hashes that differ in any one bit of any byte are unequal (the comparison works on
+    /// 64-bit words, so every word and every byte position within one is covered).
+    #[test]
+    fn ct_eq_sees_a_single_bit_anywhere() {
+        let KeyHash::Sha256V1(digest) = KeyHash::sha256_of("kw_live_x");
+        for byte in 0..32 {
+            for bit in [0x01u8, 0x80] {
+                let mut other = digest;
+                other[byte] ^= bit;
+                let (a, b) = (KeyHash::Sha256V1(digest), KeyHash::Sha256V1(other));
+                assert!(!a.ct_eq(&b), "byte {byte} bit {bit:#x}");
+                assert!(a.ct_eq(&KeyHash::Sha256V1(digest)));
+            }
+        }
     }
 
     #[test]

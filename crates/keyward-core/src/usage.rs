@@ -5,7 +5,7 @@
 //! batches off it (see `keyward-engine`); the store adds each batch to its hourly rows, so
 //! several nodes counting the same key add up. A day is 24 whole UTC hours.
 
-use time::{Duration, OffsetDateTime};
+use time::{Duration, OffsetDateTime, Time};
 
 use crate::audit::unix_millis;
 use crate::verify::VerifyCode;
@@ -49,6 +49,20 @@ impl Granularity {
     /// time. Buckets are Unix-epoch aligned; for times before 1970 they would not match the
     /// stores' integer division, which is why [`in_range`] starts at the epoch.
     pub fn floor(self, t: OffsetDateTime) -> Option<OffsetDateTime> {
+        // A UTC time from 1970 on (every clock reading on the verify path) keeps its date: the
+        // epoch-aligned hours and days are the UTC ones, so only the time of day is cut.
+        if t.offset().is_utc() && t.year() >= 1970 {
+            let hour = match self {
+                Self::Hour => t.hour(),
+                Self::Day => 0,
+            };
+            return Some(t.replace_time(Time::MIDNIGHT.replace_hour(hour).ok()?));
+        }
+        self.floor_by_millis(t)
+    }
+
+    /// [`floor`](Self::floor) by integer division of Unix milliseconds, as the stores bucket.
+    fn floor_by_millis(self, t: OffsetDateTime) -> Option<OffsetDateTime> {
         let ms = floor_millis(unix_millis(t), self.millis());
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
     }
@@ -172,6 +186,26 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
+
+    /// The shortcut for UTC times gives the buckets the stores compute, across day, month,
+    /// year and leap-day boundaries, at every granularity.
+    #[test]
+    fn floor_matches_the_stores_integer_division() {
+        let start = datetime!(1970-01-01 00:00 UTC).unix_timestamp();
+        let end = datetime!(2100-01-01 00:00 UTC).unix_timestamp();
+        let step = 7_919 * 60 + 17; // a prime number of seconds, to land all over the clock
+        let mut t = start;
+        while t < end {
+            for nanos in [0, 1, 999_999_999] {
+                let at =
+                    OffsetDateTime::from_unix_timestamp(t).unwrap() + Duration::nanoseconds(nanos);
+                for g in [Granularity::Hour, Granularity::Day] {
+                    assert_eq!(g.floor(at), g.floor_by_millis(at), "{g:?} {at}");
+                }
+            }
+            t += step;
+        }
+    }
 
     #[test]
     fn buckets_are_whole_utc_hours_and_days() {

@@ -199,13 +199,13 @@ struct AuditBudget {
     written: u32,
 }
 
-type Shard<V> = Mutex<HashMap<String, V>>;
+type Shard<K, V> = Mutex<HashMap<K, V>>;
 
 /// The per-node detector state; see the module docs.
 pub(crate) struct Detector {
     config: AnomalyConfig,
-    keys: Vec<Shard<KeyBaseline>>,
-    ips: Vec<Shard<FailureCounter>>,
+    keys: Vec<Shard<String, KeyBaseline>>,
+    ips: Vec<Shard<IpAddr, FailureCounter>>,
     queue: tokio::sync::mpsc::Sender<Detected>,
     inbox: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Detected>>,
     brakes: Mutex<HashMap<BrakeScope, Brake>>,
@@ -220,8 +220,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Makes room in a full map: forget entries idle for an hour, and if that is not enough, the
 /// least recently seen half (amortised O(1): the next sweep is at least half a map away).
-fn make_room<V>(
-    map: &mut HashMap<String, V>,
+fn make_room<K: std::hash::Hash + Eq, V>(
+    map: &mut HashMap<K, V>,
     cap: usize,
     now: OffsetDateTime,
     seen: fn(&V) -> OffsetDateTime,
@@ -272,7 +272,7 @@ impl Detector {
         }
     }
 
-    fn shard_of(&self, subject: &str) -> usize {
+    fn shard_of(&self, subject: impl std::hash::Hash) -> usize {
         (self.hasher.hash_one(subject) as usize) % SHARDS
     }
 
@@ -280,14 +280,22 @@ impl Detector {
         self.hasher.hash_one(ip)
     }
 
-    /// Feeds one API-key verification to the baselines; queues what it sets off.
-    pub(crate) fn observe(&self, v: &Verification, ip: Option<IpAddr>, now: OffsetDateTime) {
+    /// Feeds one API-key verification to the baselines; queues what it sets off. `now` is
+    /// asked for only when there is something to note (a MALFORMED answer without an address
+    /// costs no clock read).
+    pub(crate) fn observe(
+        &self,
+        v: &Verification,
+        ip: Option<IpAddr>,
+        now: impl FnOnce() -> OffsetDateTime,
+    ) {
         let thresholds = &self.config.thresholds;
         let detected = match &v.key {
             Some(key) if key.kind == KeyKind::Api => {
                 if v.code == VerifyCode::Disabled {
                     return;
                 }
+                let now = now();
                 let seen = Observation {
                     at: now,
                     ip: ip.map(|ip| self.ip_hash(ip)),
@@ -318,15 +326,15 @@ impl Detector {
             }
             None if matches!(v.code, VerifyCode::NotFound | VerifyCode::Malformed) => {
                 let Some(ip) = ip else { return };
-                let subject = ip.to_string();
+                let now = now();
                 let cap = (self.config.max_tracked_ips / SHARDS).max(1);
                 let finding = {
-                    let mut shard = lock(&self.ips[self.shard_of(&subject)]);
-                    if !shard.contains_key(&subject) {
+                    let mut shard = lock(&self.ips[self.shard_of(ip)]);
+                    if !shard.contains_key(&ip) {
                         make_room(&mut shard, cap, now, FailureCounter::last_seen);
                     }
                     shard
-                        .entry(subject)
+                        .entry(ip)
                         .or_insert_with(|| FailureCounter::new(now))
                         .fail(now, thresholds, AnomalyKind::IpFailureBurst)
                 };

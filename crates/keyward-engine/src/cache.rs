@@ -28,7 +28,7 @@ use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use time::OffsetDateTime;
 
-use crate::telemetry;
+use crate::telemetry::{self, CacheName};
 
 /// Cache sizing and freshness.
 #[derive(Debug, Clone, Copy)]
@@ -146,12 +146,12 @@ impl VerifyCache {
 
     pub fn secret(&self, hash: &KeyHash) -> SecretLookup {
         if let Some(found) = self.secrets.get(hash) {
-            telemetry::cache_lookup("secrets", true);
+            telemetry::meters().cache_lookup(CacheName::Secrets, true);
             return SecretLookup::Known(found);
         }
-        telemetry::cache_lookup("secrets", false);
+        telemetry::meters().cache_lookup(CacheName::Secrets, false);
         let not_found = self.not_found.get(hash);
-        telemetry::cache_lookup("not_found", not_found.is_some());
+        telemetry::meters().cache_lookup(CacheName::NotFound, not_found.is_some());
         match not_found {
             Some(at) => SecretLookup::NotFound(at),
             None => SecretLookup::Unknown,
@@ -167,7 +167,7 @@ impl VerifyCache {
 
     pub fn record(&self, key_id: &str) -> Option<CachedRecord> {
         let found = self.records.get(key_id);
-        telemetry::cache_lookup("records", found.is_some());
+        telemetry::meters().cache_lookup(CacheName::Records, found.is_some());
         found
     }
 

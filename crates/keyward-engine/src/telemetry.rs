@@ -11,8 +11,9 @@
 //! **Labels** carry key_ids, tenant names, verify codes and fixed words, never a key or its
 //! hash. `key_id` labels are capped by [`crate::heavy_hitters`]; `tenant` values are the
 //! operator's own tenants, a small set.
+//!
+//! The verify path records through handles resolved once ([`verify_meters`]).
 
-use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use keyward_core::verify::VerifyCode;
@@ -20,9 +21,11 @@ use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 
-use crate::error::EngineError;
-use crate::heavy_hitters::{KeyLabels, OTHER};
-use crate::verification::Verification;
+use crate::heavy_hitters::OTHER;
+
+mod verify_meters;
+
+pub(crate) use verify_meters::{CacheName, meters};
 
 /// Verifications by outcome `code` (the verify codes, plus `STORE_UNAVAILABLE` and `ERROR`) and
 /// `tenant` (`none` for keys without one and for unknown keys).
@@ -223,10 +226,6 @@ pub const KEY_LABEL_SLOTS: usize = 100;
 /// Requests a key must be guaranteed to have had before it may take a label slot.
 pub const KEY_LABEL_PROMOTE_AFTER: u64 = 5;
 
-/// One label set for the whole process, since the recorder is one per process too.
-static KEY_LABELS: LazyLock<Mutex<KeyLabels>> =
-    LazyLock::new(|| Mutex::new(KeyLabels::new(KEY_LABEL_SLOTS, KEY_LABEL_PROMOTE_AFTER)));
-
 /// The histogram buckets (in seconds) for `name`, if it is a histogram.
 pub fn buckets(name: &str) -> Option<&'static [f64]> {
     const FAST: &[f64] = &[
@@ -298,54 +297,10 @@ pub fn describe() {
     gauge!(ROTATION_COMPLIANCE).set(f64::NAN);
 }
 
-/// The `code` label of a verification's result.
-fn code_label(result: &Result<Verification, EngineError>) -> &'static str {
-    match result {
-        Ok(v) => v.code.as_str(),
-        Err(EngineError::Store(_)) => "STORE_UNAVAILABLE",
-        Err(_) => "ERROR",
-    }
-}
-
-/// Records one API key verification: its outcome and tenant, its latency, and for a known key
-/// its per-key request and 429 counts.
-pub(crate) fn verification(result: &Result<Verification, EngineError>, elapsed: Duration) {
-    histogram!(VERIFY_DURATION).record(elapsed.as_secs_f64());
-    let key = result.as_ref().ok().and_then(|v| v.key.as_ref());
-    // A static label value costs no allocation (most refusals have no key, hence no tenant).
-    let tenant = match key.and_then(|k| k.tenant.as_deref()) {
-        Some(tenant) => metrics::SharedString::from(tenant.to_owned()),
-        None => metrics::SharedString::const_str("none"),
-    };
-    counter!(VERIFICATIONS, "code" => code_label(result), "tenant" => tenant).increment(1);
-    let (Ok(v), Some(key)) = (result, key) else {
-        return;
-    };
-    let labelled = KEY_LABELS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .observe(&key.key_id);
-    let key_id = if labelled {
-        key.key_id.clone()
-    } else {
-        OTHER.to_owned()
-    };
-    if matches!(v.code, VerifyCode::RateLimited | VerifyCode::UsageExceeded) {
-        counter!(KEY_RATE_LIMITED, "key_id" => key_id.clone()).increment(1);
-    }
-    counter!(KEY_REQUESTS, "key_id" => key_id).increment(1);
-}
-
 /// Records how long a change took from its write to this node (negative skew counts as 0).
 pub(crate) fn propagation(lag: time::Duration) {
     let seconds = lag.as_seconds_f64().max(0.0);
     histogram!(REVOCATION_PROPAGATION).record(seconds);
-}
-
-/// Records a verify cache lookup.
-pub(crate) fn cache_lookup(cache: &'static str, hit: bool) {
-    let name = if hit { CACHE_HITS } else { CACHE_MISSES };
-    counter!(name, "cache" => cache).increment(1);
 }
 
 /// Records a verify cache entry dropped for size or age.

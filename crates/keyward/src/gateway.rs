@@ -154,6 +154,9 @@ async fn serve(
         fail_open_unknown_keys: loaded.fail_open_unknown_keys,
         unknown_key_budget: crate::serve::unknown_key_budget(loaded.unknown_keys_per_minute),
     };
+    // Before the engine: its verify path resolves its metric handles against the recorder
+    // installed at its first verification (keyward_engine::telemetry).
+    keyward_http::prometheus::install();
     let engine = Arc::new(crate::serve::with_redis(
         Keyward::new(store.shared(), Arc::new(SystemClock), config).with_anomaly_detection(anomaly),
         loaded.redis.clone(),

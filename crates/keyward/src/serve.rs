@@ -122,6 +122,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fail_open_unknown_keys: args.fail_open_unknown_keys,
         unknown_key_budget: unknown_key_budget(args.unknown_keys_per_minute),
     };
+    // Before the engine: its verify path resolves its metric handles against the recorder
+    // installed at its first verification (keyward_engine::telemetry).
+    keyward_http::prometheus::install();
     let engine = Arc::new(with_redis(
         Keyward::new(store.shared(), Arc::new(SystemClock), config)
             .with_anomaly_detection(args.anomaly.config()),

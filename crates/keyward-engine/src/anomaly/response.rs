@@ -56,7 +56,12 @@ impl Anomalies {
 
     /// Feeds one API-key verification to the baselines (see [`Detector::observe`]).
     #[inline]
-    pub(crate) fn observe(&self, v: &Verification, ip: Option<IpAddr>, now: OffsetDateTime) {
+    pub(crate) fn observe(
+        &self,
+        v: &Verification,
+        ip: Option<IpAddr>,
+        now: impl FnOnce() -> OffsetDateTime,
+    ) {
         self.detector.observe(v, ip, now);
     }
 
