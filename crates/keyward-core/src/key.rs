@@ -155,7 +155,7 @@ impl<'a> ParsedKey<'a> {
             _ => return Err(fault(input)),
         };
         let body = &bytes[separator + 1..];
-        if !is_valid_prefix(&input[..separator]) || !body.iter().all(|&b| base62::is_base62(b)) {
+        if !is_valid_prefix(&input[..separator]) || !base62::all_base62(body) {
             return Err(fault(input));
         }
         let (random, checksum) = body.split_at(RANDOM_LEN);

@@ -1,5 +1,6 @@
 //! In-process verification cost, as in a server: the Prometheus recorder installed as the
-//! process's recorder (with the server's histogram buckets), every hook of the verify path on.
+//! process's recorder (with the server's histogram buckets), the server's log subscriber
+//! (JSON at `info`, written nowhere), every hook of the verify path on.
 //! Cases: a cached VALID key, a MALFORMED string (bad checksum), a NOT_FOUND key answered by
 //! the negative cache, and SHA-256 of a key alone (the floor for VALID).
 //!
@@ -59,6 +60,13 @@ const CASES: [&str; 3] = ["cached_valid", "malformed", "not_found_cached"];
 impl Bench {
     fn new() -> Self {
         install_recorder();
+        let log = keyward_telemetry::subscriber(
+            keyward_telemetry::Format::Json,
+            tracing_subscriber::EnvFilter::new("info"),
+            std::io::sink,
+            false,
+        );
+        tracing::subscriber::set_global_default(log).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -25,7 +25,7 @@ use crate::heavy_hitters::OTHER;
 
 mod verify_meters;
 
-pub(crate) use verify_meters::{CacheName, meters};
+pub(crate) use verify_meters::{CacheName, latency_clock, meters};
 
 /// Verifications by outcome `code` (the verify codes, plus `STORE_UNAVAILABLE` and `ERROR`) and
 /// `tenant` (`none` for keys without one and for unknown keys).

@@ -67,14 +67,18 @@ impl Keyward {
         scope: Scope<'_>,
     ) -> Result<Verification, EngineError> {
         validate::cost(cost)?;
-        let (result, now) = match (scope, request.ip) {
+        let started = telemetry::latency_clock().raw();
+        let (result, now) = match (ParsedKey::parse(presented), scope, request.ip) {
+            (Err(_), ..) => (self.malformed(KeyKind::Api, started), None),
             // Boxed: a scoped caller naming an address is the rare case, and inline its future
             // would grow every verification's (a larger future is moved on every call).
-            (Scope::Tenant(_), Some(ip)) => {
-                Box::pin(self.verify_scoped_budgeted(presented, request, cost, scope, ip)).await
+            (Ok(parsed), Scope::Tenant(_), Some(ip)) => {
+                let budgeted =
+                    self.verify_scoped_budgeted(parsed, request, cost, scope, ip, started);
+                Box::pin(budgeted).await
             }
-            _ => {
-                self.verify_scoped(presented, request, KeyKind::Api, cost, scope)
+            (Ok(parsed), ..) => {
+                self.verify_scoped(parsed, request, KeyKind::Api, cost, scope, started)
                     .await
             }
         };
@@ -99,32 +103,30 @@ impl Keyward {
     /// it from the not-found cache for free, while another tenant's key costs nothing).
     async fn verify_scoped_budgeted(
         &self,
-        presented: &str,
+        parsed: ParsedKey<'_>,
         request: &VerifyRequest<'_>,
         cost: u64,
         scope: Scope<'_>,
         ip: std::net::IpAddr,
+        started: u64,
     ) -> (Result<Verification, EngineError>, Option<OffsetDateTime>) {
-        if let Ok(parsed) = ParsedKey::parse(presented) {
-            let known_here = self
-                .keys
-                .known_record(&parsed.hash())
-                .is_some_and(|cached| {
-                    cached.record.kind == KeyKind::Api
-                        && scope.admits(cached.record.tenant.as_deref())
-                });
-            if !known_here
-                && let Err(retry_after_seconds) =
-                    self.keys.unknown_keys().check(Some(ip), self.clock.now())
-            {
-                let refused = EngineError::TooManyUnknownKeys {
-                    retry_after_seconds,
-                };
-                return (Err(refused), None);
-            }
+        let known_here = self
+            .keys
+            .known_record(&parsed.hash())
+            .is_some_and(|cached| {
+                cached.record.kind == KeyKind::Api && scope.admits(cached.record.tenant.as_deref())
+            });
+        if !known_here
+            && let Err(retry_after_seconds) =
+                self.keys.unknown_keys().check(Some(ip), self.clock.now())
+        {
+            let refused = EngineError::TooManyUnknownKeys {
+                retry_after_seconds,
+            };
+            return (Err(refused), None);
         }
         let (result, now) = self
-            .verify_scoped(presented, request, KeyKind::Api, cost, scope)
+            .verify_scoped(parsed, request, KeyKind::Api, cost, scope, started)
             .await;
         if let Ok(v) = &result
             && v.code == VerifyCode::NotFound
@@ -142,20 +144,44 @@ impl Keyward {
         kind: KeyKind,
         cost: u64,
     ) -> Result<Verification, EngineError> {
-        self.verify_scoped(presented, request, kind, cost, Scope::All)
-            .await
-            .0
+        // Root keys are not in the verification metrics: no latency to time.
+        let started = 0;
+        match ParsedKey::parse(presented) {
+            Err(_) => self.malformed(kind, started),
+            Ok(parsed) => {
+                self.verify_scoped(parsed, request, kind, cost, Scope::All, started)
+                    .await
+                    .0
+            }
+        }
     }
 
-    /// A verification, recorded in its span and (for API keys) in the metrics, with the time
-    /// it was decided at (`None` for an answer that needed no clock: MALFORMED).
+    /// The answer to a string that is not a well-formed key (format or checksum), decided
+    /// before any lookup and recorded like every answer (its span; for API keys the metrics,
+    /// its latency from `started`) without entering the lookup pipeline: a flood of garbage
+    /// costs the least it can.
+    fn malformed(&self, kind: KeyKind, started: u64) -> Result<Verification, EngineError> {
+        let span = verify_span(kind);
+        let result = Ok(Verification::without_key(VerifyCode::Malformed));
+        if kind == KeyKind::Api {
+            let clock = telemetry::latency_clock();
+            telemetry::meters().verification(&result, clock.delta(started, clock.raw()));
+        }
+        record_verification(&span, &result);
+        result
+    }
+
+    /// The verification of a well-formed key, recorded in its span and (for API keys) in the
+    /// metrics (its latency from `started`, a [`telemetry::latency_clock`] reading), with the
+    /// time it was decided at (`None` if the store failed before a decision).
     async fn verify_scoped(
         &self,
-        presented: &str,
+        parsed: ParsedKey<'_>,
         request: &VerifyRequest<'_>,
         kind: KeyKind,
         cost: u64,
         scope: Scope<'_>,
+        started: u64,
     ) -> (Result<Verification, EngineError>, Option<OffsetDateTime>) {
         let span = verify_span(kind);
         // Instrumenting would move the whole decision future (kilobytes) into the wrapper on
@@ -165,10 +191,10 @@ impl Keyward {
         let mut now = None;
         let decision = async {
             if span.is_disabled() {
-                self.decide_kind(presented, request, kind, cost, scope, &mut now)
+                self.decide_kind(parsed, request, kind, cost, scope, &mut now)
                     .await
             } else {
-                Box::pin(self.decide_kind(presented, request, kind, cost, scope, &mut now))
+                Box::pin(self.decide_kind(parsed, request, kind, cost, scope, &mut now))
                     .instrument(span.clone())
                     .await
             }
@@ -178,27 +204,23 @@ impl Keyward {
             record_verification(&span, &result);
             return (result, now);
         }
-        // The latency is measured on the TSC (quanta): two reads cost a few nanoseconds, where
-        // the system's monotonic clock costs tens.
-        let started = quanta::Instant::now();
         let result = decision.await;
-        telemetry::meters().verification(&result, started.elapsed());
+        let clock = telemetry::latency_clock();
+        let elapsed = clock.delta(started, clock.raw());
+        telemetry::meters().verification(&result, elapsed);
         record_verification(&span, &result);
         (result, now)
     }
 
     async fn decide_kind(
         &self,
-        presented: &str,
+        parsed: ParsedKey<'_>,
         request: &VerifyRequest<'_>,
         kind: KeyKind,
         cost: u64,
         scope: Scope<'_>,
         decided_at: &mut Option<OffsetDateTime>,
     ) -> Result<Verification, EngineError> {
-        let Ok(parsed) = ParsedKey::parse(presented) else {
-            return Ok(Verification::without_key(VerifyCode::Malformed));
-        };
         let hash = parsed.hash();
         let now = self.clock.now();
         *decided_at = Some(now);
