@@ -23,9 +23,16 @@ use metrics::{
 
 use crate::heavy_hitters::OTHER;
 
+mod latency;
 mod verify_meters;
 
 pub(crate) use verify_meters::{CacheName, latency_clock, meters};
+
+/// Hands what the verify path aggregated on its own (the latency histogram's samples) to the
+/// recorder; call it before reading the recorder, as `/metrics` does.
+pub fn flush() {
+    meters().flush();
+}
 
 /// Verifications by outcome `code` (the verify codes, plus `STORE_UNAVAILABLE` and `ERROR`) and
 /// `tenant` (`none` for keys without one and for unknown keys).

@@ -7,6 +7,8 @@
 //! This is the hot path: every function here is measured by `benches/verify.rs`. The comments
 //! on boxing and instrumentation say why each future is shaped as it is.
 
+use std::future::Future;
+
 use keyward_core::key::ParsedKey;
 use keyward_core::permission::PermissionQuery;
 use keyward_core::record::KeyKind;
@@ -24,37 +26,39 @@ use crate::telemetry;
 use crate::verification::{Degraded, Verification};
 
 impl Keyward {
+    // The public entry points return the pipeline's own future rather than wrapping it in
+    // one more `async fn`: each wrapper would move the answer once more on its way out.
+
     /// Verifies an API key for a request. Well-formed inputs always give a [`Verification`];
     /// an error means the store failed on a cache miss.
-    pub async fn verify(
-        &self,
-        presented: &str,
-        request: &VerifyRequest<'_>,
-    ) -> Result<Verification, EngineError> {
-        self.verify_cost(presented, request, 1).await
+    pub fn verify<'a>(
+        &'a self,
+        presented: &'a str,
+        request: &'a VerifyRequest<'a>,
+    ) -> impl Future<Output = Result<Verification, EngineError>> + Send + 'a {
+        self.verify_in(presented, request, 1, Scope::All)
     }
 
     /// Verifies an API key for a request of `cost` units (0 checks without consuming).
-    pub async fn verify_cost(
-        &self,
-        presented: &str,
-        request: &VerifyRequest<'_>,
+    pub fn verify_cost<'a>(
+        &'a self,
+        presented: &'a str,
+        request: &'a VerifyRequest<'a>,
         cost: u64,
-    ) -> Result<Verification, EngineError> {
-        self.verify_in(presented, request, cost, Scope::All).await
+    ) -> impl Future<Output = Result<Verification, EngineError>> + Send + 'a {
+        self.verify_in(presented, request, cost, Scope::All)
     }
 
     /// Verifies an API key for a caller holding `keys.verify`: a key outside the caller's
     /// scope answers `NOT_FOUND`, before any limit, quota or usage is touched.
-    pub async fn verify_as(
-        &self,
-        actor: &Principal,
-        presented: &str,
-        request: &VerifyRequest<'_>,
+    pub fn verify_as<'a>(
+        &'a self,
+        actor: &'a Principal,
+        presented: &'a str,
+        request: &'a VerifyRequest<'a>,
         cost: u64,
-    ) -> Result<Verification, EngineError> {
+    ) -> impl Future<Output = Result<Verification, EngineError>> + Send + 'a {
         self.verify_in(presented, request, cost, actor.scope())
-            .await
     }
 
     /// [`verify_cost`](Self::verify_cost) for a caller confined to `scope` (see

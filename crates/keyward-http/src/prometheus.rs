@@ -108,7 +108,11 @@ pub async fn metrics(request: Request) -> Response {
         .into_response();
     }
     match install() {
-        Some(handle) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], handle.render()).into_response(),
+        Some(handle) => {
+            // The verify path aggregates its latency samples; they reach the recorder here.
+            keyward_engine::telemetry::flush();
+            ([(header::CONTENT_TYPE, CONTENT_TYPE)], handle.render()).into_response()
+        }
         None => {
             ApiError::new("internal", "metrics are not available in this process").into_response()
         }

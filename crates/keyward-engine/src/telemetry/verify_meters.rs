@@ -7,7 +7,7 @@
 //! tenant (one per code), each tenant's outcome counters, the cache hit and miss counters, and
 //! the per-key counters of the keys that hold a `key_id` label (at most
 //! [`KEY_LABEL_SLOTS`](super::KEY_LABEL_SLOTS), see [`crate::heavy_hitters`]). Recording is
-//! then an atomic add.
+//! then an atomic add; the latency is aggregated per thread first (`latency.rs`).
 //!
 //! Handles bind to the recorder installed when they are resolved, so the process must install
 //! its recorder before its first verification (the server and the gateway install it before
@@ -19,8 +19,9 @@ use std::sync::{LazyLock, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use keyward_core::verify::VerifyCode;
-use metrics::{Counter, Histogram, SharedString, counter, histogram};
+use metrics::{Counter, SharedString, counter, histogram};
 
+use super::latency::Latency;
 use super::{
     CACHE_HITS, CACHE_MISSES, KEY_LABEL_PROMOTE_AFTER, KEY_LABEL_SLOTS, KEY_RATE_LIMITED,
     KEY_REQUESTS, VERIFICATIONS, VERIFY_DURATION,
@@ -44,7 +45,7 @@ pub(crate) enum CacheName {
 
 /// The handles; see the module docs. One per process, like the recorder.
 pub(crate) struct VerifyMeters {
-    duration: Histogram,
+    latency: Latency,
     untenanted: Outcomes,
     tenants: RwLock<HashMap<Box<str>, Outcomes>>,
     /// By [`CacheName`], then miss (0) or hit (1).
@@ -142,7 +143,10 @@ impl VerifyMeters {
             ]
         };
         Self {
-            duration: histogram!(VERIFY_DURATION),
+            latency: Latency::new(
+                histogram!(VERIFY_DURATION),
+                super::buckets(VERIFY_DURATION).unwrap_or_default(),
+            ),
             untenanted: Outcomes::resolve(&SharedString::const_str("none")),
             tenants: RwLock::new(HashMap::new()),
             cache: [cache("secrets"), cache("records"), cache("not_found")],
@@ -151,6 +155,12 @@ impl VerifyMeters {
             labels: Mutex::new(KeyLabels::new(KEY_LABEL_SLOTS, KEY_LABEL_PROMOTE_AFTER)),
             slots_full: AtomicBool::new(false),
         }
+    }
+
+    /// Hands the latency samples aggregated since the last call to the recorder (see
+    /// `latency.rs`).
+    pub(crate) fn flush(&self) {
+        self.latency.flush();
     }
 
     /// Records a verify cache lookup.
@@ -165,7 +175,7 @@ impl VerifyMeters {
         result: &Result<Verification, EngineError>,
         elapsed: Duration,
     ) {
-        self.duration.record(elapsed.as_secs_f64());
+        self.latency.record(elapsed);
         let key = result.as_ref().ok().and_then(|v| v.key.as_ref());
         let outcome = outcome(result);
         match key.and_then(|k| k.tenant.as_deref()) {
