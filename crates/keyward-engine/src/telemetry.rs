@@ -23,7 +23,7 @@ use metrics::{
 
 use crate::heavy_hitters::OTHER;
 
-mod latency;
+mod aggregated;
 mod verify_meters;
 
 pub(crate) use verify_meters::{CacheName, latency_clock, meters};

@@ -21,7 +21,7 @@ use std::time::Duration;
 use keyward_core::verify::VerifyCode;
 use metrics::{Counter, SharedString, counter, histogram};
 
-use super::latency::Latency;
+use super::aggregated::{Aggregated, COUNTERS};
 use super::{
     CACHE_HITS, CACHE_MISSES, KEY_LABEL_PROMOTE_AFTER, KEY_LABEL_SLOTS, KEY_RATE_LIMITED,
     KEY_REQUESTS, VERIFICATIONS, VERIFY_DURATION,
@@ -35,6 +35,40 @@ const STORE_UNAVAILABLE: usize = VerifyCode::ALL.len();
 const ERROR: usize = STORE_UNAVAILABLE + 1;
 const OUTCOMES: usize = ERROR + 1;
 
+/// The slot of the outcome counter (tenant `none`) in the aggregated counters.
+fn untenanted(outcome: usize) -> usize {
+    outcome
+}
+
+/// The slot of a cache's hit or miss counter in the aggregated counters.
+fn cache_slot(cache: CacheName, hit: bool) -> usize {
+    OUTCOMES + 2 * cache as usize + usize::from(hit)
+}
+
+/// A slot no counter reads: for a latency sample whose count is kept elsewhere (a tenant's).
+const NO_COUNTER: usize = OUTCOMES + 6;
+const _: () = assert!(NO_COUNTER < COUNTERS, "a stripe holds every slot");
+
+/// The counters of the aggregated slots, resolved.
+fn fixed_counters() -> [Counter; COUNTERS] {
+    let none = SharedString::const_str("none");
+    std::array::from_fn(|slot| match slot {
+        _ if slot < OUTCOMES => {
+            counter!(VERIFICATIONS, "code" => outcome_label(slot), "tenant" => none.clone())
+        }
+        _ if slot < NO_COUNTER => {
+            let cache = ["secrets", "records", "not_found"][(slot - OUTCOMES) / 2];
+            let name = if (slot - OUTCOMES) % 2 == 1 {
+                CACHE_HITS
+            } else {
+                CACHE_MISSES
+            };
+            counter!(name, "cache" => cache)
+        }
+        _ => Counter::noop(),
+    })
+}
+
 /// The verify caches, as they appear in the `cache` label.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum CacheName {
@@ -45,11 +79,10 @@ pub(crate) enum CacheName {
 
 /// The handles; see the module docs. One per process, like the recorder.
 pub(crate) struct VerifyMeters {
-    latency: Latency,
-    untenanted: Outcomes,
+    /// The latency histogram and the fixed counters: the outcomes without a tenant (slots
+    /// [`untenanted`]) and the cache lookups (slots [`cache_slot`]).
+    aggregated: Aggregated,
     tenants: RwLock<HashMap<Box<str>, Outcomes>>,
-    /// By [`CacheName`], then miss (0) or hit (1).
-    cache: [[Counter; 2]; 3],
     other_key: KeyCounters,
     labelled_keys: RwLock<HashMap<Box<str>, KeyCounters>>,
     /// Which keys have earned a label of their own.
@@ -136,20 +169,13 @@ impl KeyCounters {
 
 impl VerifyMeters {
     fn resolve() -> Self {
-        let cache = |name: &'static str| {
-            [
-                counter!(CACHE_MISSES, "cache" => name),
-                counter!(CACHE_HITS, "cache" => name),
-            ]
-        };
         Self {
-            latency: Latency::new(
+            aggregated: Aggregated::new(
                 histogram!(VERIFY_DURATION),
                 super::buckets(VERIFY_DURATION).unwrap_or_default(),
+                fixed_counters(),
             ),
-            untenanted: Outcomes::resolve(&SharedString::const_str("none")),
             tenants: RwLock::new(HashMap::new()),
-            cache: [cache("secrets"), cache("records"), cache("not_found")],
             other_key: KeyCounters::resolve(SharedString::const_str(OTHER)),
             labelled_keys: RwLock::new(HashMap::new()),
             labels: Mutex::new(KeyLabels::new(KEY_LABEL_SLOTS, KEY_LABEL_PROMOTE_AFTER)),
@@ -160,12 +186,12 @@ impl VerifyMeters {
     /// Hands the latency samples aggregated since the last call to the recorder (see
     /// `latency.rs`).
     pub(crate) fn flush(&self) {
-        self.latency.flush();
+        self.aggregated.flush();
     }
 
     /// Records a verify cache lookup.
     pub(crate) fn cache_lookup(&self, cache: CacheName, hit: bool) {
-        self.cache[cache as usize][usize::from(hit)].increment(1);
+        self.aggregated.record(cache_slot(cache, hit), None);
     }
 
     /// Records one API key verification: its outcome and tenant, its latency, and for a known
@@ -175,12 +201,14 @@ impl VerifyMeters {
         result: &Result<Verification, EngineError>,
         elapsed: Duration,
     ) {
-        self.latency.record(elapsed);
         let key = result.as_ref().ok().and_then(|v| v.key.as_ref());
         let outcome = outcome(result);
         match key.and_then(|k| k.tenant.as_deref()) {
-            None => self.untenanted.0[outcome].increment(1),
-            Some(tenant) => self.count_tenant(tenant, outcome),
+            None => self.aggregated.record(untenanted(outcome), Some(elapsed)),
+            Some(tenant) => {
+                self.aggregated.record(NO_COUNTER, Some(elapsed));
+                self.count_tenant(tenant, outcome);
+            }
         }
         let (Ok(v), Some(key)) = (result, key) else {
             return;
