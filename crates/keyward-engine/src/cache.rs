@@ -24,8 +24,7 @@ use std::time::Duration;
 
 use keyward_core::key::KeyHash;
 use keyward_core::record::{KeyRecord, SecretInfo};
-use moka::notification::RemovalCause;
-use moka::sync::Cache;
+use quick_cache::{Lifecycle, OptionsBuilder, UnitWeighter};
 use time::OffsetDateTime;
 
 use crate::telemetry::{self, CacheName};
@@ -94,46 +93,61 @@ pub struct CacheSizes {
     pub not_found: u64,
 }
 
+/// One of the maps: bounded by entry count, evicting by S3-FIFO (quick_cache), counting what it
+/// evicts. A lookup is a read lock on one shard and a hash probe, with no clock read and no
+/// allocation.
+type Map<K, V> =
+    quick_cache::sync::Cache<K, V, UnitWeighter, foldhash::fast::RandomState, Evictions>;
+
 pub(crate) struct VerifyCache {
-    secrets: Cache<KeyHash, Arc<CachedSecret>>,
-    records: Cache<String, CachedRecord>,
-    not_found: Cache<KeyHash, OffsetDateTime>,
+    secrets: Map<KeyHash, Arc<CachedSecret>>,
+    records: Map<String, CachedRecord>,
+    not_found: Map<KeyHash, OffsetDateTime>,
     generation: AtomicU64,
     /// Fills hold it shared for their check-then-insert; an invalidation holds it exclusively
     /// for its bump-then-evict, so the two never interleave. Cache reads never take it.
     fill_gate: RwLock<()>,
 }
 
-/// Counts an entry dropped for size or age; invalidations and replacements are not evictions.
-fn count_eviction(cache: &'static str, cause: RemovalCause) {
-    if cause.was_evicted() {
-        telemetry::cache_eviction(cache);
+/// Counts the entries a map drops for size; invalidations and replacements are not evictions.
+#[derive(Debug, Clone, Copy)]
+struct Evictions(CacheName);
+
+impl<K, V> Lifecycle<K, V> for Evictions {
+    type RequestState = ();
+
+    fn begin_request(&self) -> Self::RequestState {}
+
+    fn on_evict(&self, _: &mut Self::RequestState, _: K, _: V) {
+        telemetry::cache_eviction(self.0.label());
+    }
+}
+
+/// A map of at most `capacity` entries.
+fn map<K: Eq + std::hash::Hash, V: Clone>(capacity: u64, name: CacheName) -> Map<K, V> {
+    let capacity = capacity.max(1);
+    let items = usize::try_from(capacity).unwrap_or(usize::MAX);
+    let hasher = foldhash::fast::RandomState::default();
+    match OptionsBuilder::new()
+        .estimated_items_capacity(items)
+        .weight_capacity(capacity)
+        .build()
+    {
+        Ok(options) => Map::with_options(options, UnitWeighter, hasher, Evictions(name)),
+        // The builder refuses only a zero capacity, which `max(1)` rules out.
+        Err(_) => Map::with(1024, 1024, UnitWeighter, hasher, Evictions(name)),
     }
 }
 
 impl VerifyCache {
     pub fn new(config: CacheConfig) -> Self {
-        // Entries live (in real time) as long as either rule may still use them; the engine
-        // decides by its own clock whether an entry is fresh or only usable on a store error.
-        let keep = config.max_staleness.max(config.stale_if_error);
+        // No time-to-live: the engine decides by its own clock, from each entry's
+        // `filled_at`, whether it is fresh, usable only when the store cannot be reached, or
+        // neither (then it is never served, and waits to be evicted by size).
         Self {
-            secrets: Cache::builder()
-                .max_capacity(config.max_secrets)
-                .time_to_live(keep)
-                // Another node's change to a key evicts that key's secrets by key_id.
-                .support_invalidation_closures()
-                .eviction_listener(|_, _, cause| count_eviction("secrets", cause))
-                .build(),
-            records: Cache::builder()
-                .max_capacity(config.max_keys)
-                .time_to_live(keep)
-                .eviction_listener(|_, _, cause| count_eviction("records", cause))
-                .build(),
-            not_found: Cache::builder()
-                .max_capacity(config.max_not_found)
-                .time_to_live(keep)
-                .eviction_listener(|_, _, cause| count_eviction("not_found", cause))
-                .build(),
+            secrets: map(config.max_secrets, CacheName::Secrets),
+            records: map(config.max_keys, CacheName::Records),
+            not_found: map(config.max_not_found, CacheName::NotFound),
             generation: AtomicU64::new(0),
             fill_gate: RwLock::new(()),
         }
@@ -173,10 +187,10 @@ impl VerifyCache {
 
     /// Inserts unless a write happened since `generation` was read (the fill's store read may
     /// predate that write).
-    fn fill<K, V>(&self, cache: &Cache<K, V>, key: K, value: V, generation: u64)
+    fn fill<K, V>(&self, cache: &Map<K, V>, key: K, value: V, generation: u64)
     where
-        K: std::hash::Hash + Eq + Send + Sync + Clone + 'static,
-        V: Clone + Send + Sync + 'static,
+        K: std::hash::Hash + Eq,
+        V: Clone,
     {
         let _shared = self.fill_gate.read().unwrap_or_else(|e| e.into_inner());
         if self.generation() == generation {
@@ -205,10 +219,10 @@ impl VerifyCache {
     pub fn invalidate<'a>(&self, key_id: &str, hashes: impl IntoIterator<Item = &'a KeyHash>) {
         let _exclusive = self.fill_gate.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.records.invalidate(key_id);
+        self.records.remove(key_id);
         for hash in hashes {
-            self.secrets.invalidate(hash);
-            self.not_found.invalidate(hash);
+            self.secrets.remove(hash);
+            self.not_found.remove(hash);
         }
     }
 
@@ -217,16 +231,9 @@ impl VerifyCache {
     pub fn invalidate_key(&self, key_id: &str) {
         let _exclusive = self.fill_gate.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.records.invalidate(key_id);
-        let owner = key_id.to_owned();
-        if let Err(e) = self
-            .secrets
-            .invalidate_entries_if(move |_, cached| cached.key_id == owner)
-        {
-            // Cannot happen (the secrets map is built with closure support); be safe anyway.
-            tracing::error!(error = %e, "cannot evict a key's secrets; evicting all");
-            self.secrets.invalidate_all();
-        }
+        self.records.remove(key_id);
+        // A scan of the secrets map: another node's change is rare next to verifications.
+        self.secrets.retain(|_, cached| cached.key_id != key_id);
     }
 
     /// Drops every fill in flight (it may have read the store before a change this node
@@ -240,17 +247,15 @@ impl VerifyCache {
     pub fn invalidate_all_records(&self) {
         let _exclusive = self.fill_gate.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.records.invalidate_all();
+        self.records.clear();
     }
 
     pub fn sizes(&self) -> CacheSizes {
-        self.secrets.run_pending_tasks();
-        self.records.run_pending_tasks();
-        self.not_found.run_pending_tasks();
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         CacheSizes {
-            keys: self.records.entry_count(),
-            secrets: self.secrets.entry_count(),
-            not_found: self.not_found.entry_count(),
+            keys: count(self.records.len()),
+            secrets: count(self.secrets.len()),
+            not_found: count(self.not_found.len()),
         }
     }
 }

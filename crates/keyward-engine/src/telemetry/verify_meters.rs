@@ -57,7 +57,7 @@ fn fixed_counters() -> [Counter; COUNTERS] {
             counter!(VERIFICATIONS, "code" => outcome_label(slot), "tenant" => none.clone())
         }
         _ if slot < NO_COUNTER => {
-            let cache = ["secrets", "records", "not_found"][(slot - OUTCOMES) / 2];
+            let cache = super::CACHES[(slot - OUTCOMES) / 2];
             let name = if (slot - OUTCOMES) % 2 == 1 {
                 CACHE_HITS
             } else {
@@ -75,6 +75,13 @@ pub(crate) enum CacheName {
     Secrets = 0,
     Records = 1,
     NotFound = 2,
+}
+
+impl CacheName {
+    /// The `cache` label value.
+    pub(crate) fn label(self) -> &'static str {
+        super::CACHES[self as usize]
+    }
 }
 
 /// The handles; see the module docs. One per process, like the recorder.
