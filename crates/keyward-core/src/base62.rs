@@ -63,6 +63,32 @@ fn word_is_base62(w: u64) -> bool {
     within(b'0', b'9') | within(b'A', b'Z') | within(b'a', b'z') == HIGH
 }
 
+/// The value of base62 `digits` (most significant first), or `None` if one is not a base62
+/// character or the value does not fit in a `u64`.
+pub fn decode(digits: &[u8]) -> Option<u64> {
+    digits.iter().try_fold(0u64, |value, &b| {
+        let digit = DIGIT[usize::from(b)];
+        if digit == NOT_A_DIGIT {
+            return None;
+        }
+        value.checked_mul(62)?.checked_add(u64::from(digit))
+    })
+}
+
+/// Marks a byte that is not a base62 character in [`DIGIT`].
+const NOT_A_DIGIT: u8 = u8::MAX;
+
+/// Each byte's base62 value, or [`NOT_A_DIGIT`].
+static DIGIT: [u8; 256] = {
+    let mut table = [NOT_A_DIGIT; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
 /// Encodes `value` in base62, left-padded with `0` to `width` characters.
 ///
 /// Values needing more than `width` digits keep all their digits.
@@ -113,6 +139,28 @@ mod tests {
             }
             assert!(all_base62(&vec![b'Z'; len]));
         }
+    }
+
+    #[test]
+    fn decode_inverts_encode_and_refuses_what_is_not_base62() {
+        for v in [
+            0u64,
+            1,
+            61,
+            62,
+            3843,
+            0xCBF4_3926,
+            u32::MAX as u64,
+            62u64.pow(6) - 1,
+        ] {
+            let mut buf = [0u8; 6];
+            assert!(encode_into(v, &mut buf));
+            assert_eq!(decode(&buf), Some(v));
+        }
+        assert_eq!(decode(b""), Some(0));
+        assert_eq!(decode(b"ab-c"), None);
+        assert_eq!(decode(b"\xff"), None);
+        assert_eq!(decode(&[b'z'; 11]), None, "62^11 - 1 does not fit in a u64");
     }
 
     #[test]

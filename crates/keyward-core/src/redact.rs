@@ -16,7 +16,6 @@
 
 use std::borrow::Cow;
 
-use crate::base62;
 use crate::key::{CHECKSUM_LEN, RANDOM_LEN};
 
 /// What a redacted run is replaced with.
@@ -41,9 +40,7 @@ fn contains_key_body(segment: &str) -> bool {
     }
     bytes.windows(BODY).any(|window| {
         let (random, checksum) = window.split_at(RANDOM_LEN);
-        let mut expected = [0u8; CHECKSUM_LEN];
-        base62::encode_into(u64::from(crc32fast::hash(random)), &mut expected);
-        expected == checksum
+        crate::key::checksum_matches(random, checksum)
     })
 }
 
@@ -101,6 +98,7 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base62;
 
     #[test]
     fn keys_are_redacted_wherever_they_appear() {

@@ -63,7 +63,8 @@ impl Default for CacheConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct CachedSecret {
     pub key_id: String,
-    pub secret: SecretInfo,
+    /// Shared with every verification it answers: handing it out is a reference count.
+    pub secret: Arc<SecretInfo>,
     pub filled_at: OffsetDateTime,
 }
 
@@ -294,7 +295,7 @@ mod tests {
                 KeyHash::sha256_of(plaintext),
                 CachedSecret {
                     key_id: key_id.into(),
-                    secret: secret(plaintext),
+                    secret: Arc::new(secret(plaintext)),
                     filled_at: at,
                 },
                 cache.generation(),

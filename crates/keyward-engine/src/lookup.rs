@@ -171,7 +171,10 @@ impl KeyLookup {
                     && self.fresh(secret.filled_at, now_nanos, trusted)
                     && self.fresh(record.filled_at, now_nanos, trusted)
                 {
-                    return Ok(Some((Arc::clone(&record.record), secret.secret.clone())));
+                    return Ok(Some((
+                        Arc::clone(&record.record),
+                        Arc::clone(&secret.secret),
+                    )));
                 }
                 record
             }
@@ -193,7 +196,7 @@ impl KeyLookup {
                     *fallback = Some(Degraded::StaleCache {
                         age_seconds: u64::try_from(age.whole_seconds()).unwrap_or(0),
                     });
-                    return Ok(Some((record.record, secret.secret.clone())));
+                    return Ok(Some((record.record, Arc::clone(&secret.secret))));
                 }
                 Err(EngineError::Store(StoreError::Backend(source)))
             }
@@ -213,6 +216,7 @@ impl KeyLookup {
             return Ok(None);
         };
         let record = Arc::new(self.effective(found.record, trusted).await?);
+        let secret = Arc::new(found.secret);
         self.cache.fill_record(
             CachedRecord {
                 record: Arc::clone(&record),
@@ -224,12 +228,12 @@ impl KeyLookup {
             *hash,
             CachedSecret {
                 key_id: record.key_id.clone(),
-                secret: found.secret.clone(),
+                secret: Arc::clone(&secret),
                 filled_at: now,
             },
             generation,
         );
-        Ok(Some((record, found.secret)))
+        Ok(Some((record, secret)))
     }
 
     /// The record as verification sees it: its plan's settings filled in.

@@ -32,7 +32,7 @@ use keyward_store::StoreError;
 use crate::error::EngineError;
 
 /// What a store read of a hash found.
-pub(crate) type Found = Option<(Arc<KeyRecord>, SecretInfo)>;
+pub(crate) type Found = Option<(Arc<KeyRecord>, Arc<SecretInfo>)>;
 
 const SHARDS: usize = 16;
 

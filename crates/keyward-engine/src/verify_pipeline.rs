@@ -387,3 +387,6 @@ fn log_verification(result: &Result<Verification, EngineError>) {
         tracing::debug!(key_id, code = v.code.as_str(), "verification refused");
     }
 }
+
+#[cfg(test)]
+mod alloc_tests;
