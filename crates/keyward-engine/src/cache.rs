@@ -65,7 +65,18 @@ pub(crate) struct CachedSecret {
     pub key_id: String,
     /// Shared with every verification it answers: handing it out is a reference count.
     pub secret: Arc<SecretInfo>,
+    /// The version of the key's record this secret was read with. Every write to a key,
+    /// a secret's change included, bumps the version, so a secret is served only with the
+    /// record of the same version (see [`CachedSecret::matches`]).
+    pub version: i64,
     pub filled_at: OffsetDateTime,
+}
+
+impl CachedSecret {
+    /// True if this secret was read together with `record` (the same key, the same write).
+    pub fn matches(&self, record: &KeyRecord) -> bool {
+        self.version == record.version && self.key_id == record.key_id
+    }
 }
 
 /// A cached record (the effective one, its plan applied).
@@ -177,7 +188,9 @@ impl VerifyCache {
     /// counting a lookup: a scoped verification asks this before its real lookup.
     pub fn known_record(&self, hash: &KeyHash) -> Option<CachedRecord> {
         let secret = self.secrets.get(hash)?;
-        self.records.get(&secret.key_id)
+        self.records
+            .get(&secret.key_id)
+            .filter(|cached| secret.matches(&cached.record))
     }
 
     pub fn record(&self, key_id: &str) -> Option<CachedRecord> {
@@ -227,14 +240,14 @@ impl VerifyCache {
         }
     }
 
-    /// Evicts a key changed elsewhere: its record and every secret of it (which ones changed
-    /// is not known here).
+    /// Evicts a key changed elsewhere. Which of its secrets changed is not known here, and
+    /// finding them would mean scanning the secrets map; evicting the record is enough: the
+    /// next verification of any of its secrets reads the store, and a cached secret is served
+    /// only with a record of the version it was read with, which the change has bumped.
     pub fn invalidate_key(&self, key_id: &str) {
         let _exclusive = self.fill_gate.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.records.remove(key_id);
-        // A scan of the secrets map: another node's change is rare next to verifications.
-        self.secrets.retain(|_, cached| cached.key_id != key_id);
     }
 
     /// Drops every fill in flight (it may have read the store before a change this node
@@ -280,40 +293,59 @@ mod tests {
         assert!(matches!(cache.secret(&hash), SecretLookup::NotFound(t) if t == at));
     }
 
+    /// Another node's change to a key evicts the key's record (only), and the key's cached
+    /// secrets stop being servable: they match only a record of the version they were read
+    /// with, and the change bumped it. (Before issue 12 the secrets were evicted by a scan of
+    /// the whole map on every change-feed event.)
     #[test]
-    fn invalidating_a_key_evicts_its_record_and_all_its_secrets_only() {
+    fn invalidating_a_key_evicts_its_record_and_its_secrets_stop_matching() {
         let cache = VerifyCache::new(CacheConfig::default());
         let at = OffsetDateTime::UNIX_EPOCH;
-        let secret = |plaintext: &str| SecretInfo {
-            hash: KeyHash::sha256_of(plaintext),
-            start: "kw_live_x".into(),
-            created_at: at,
-            expires_at: None,
+        let secret = |key_id: &str, plaintext: &str| CachedSecret {
+            key_id: key_id.into(),
+            secret: Arc::new(SecretInfo {
+                hash: KeyHash::sha256_of(plaintext),
+                start: "kw_live_x".into(),
+                created_at: at,
+                expires_at: None,
+            }),
+            version: 1,
+            filled_at: at,
         };
-        let fill = |key_id: &str, plaintext: &str| {
-            cache.fill_secret(
-                KeyHash::sha256_of(plaintext),
-                CachedSecret {
-                    key_id: key_id.into(),
-                    secret: Arc::new(secret(plaintext)),
-                    filled_at: at,
-                },
-                cache.generation(),
-            );
+        let record = |key_id: &str, version: i64| {
+            let mut record = KeyRecord::sample(at);
+            record.key_id = key_id.into();
+            record.version = version;
+            record
         };
-        fill("key_a", "kw_live_a1");
-        fill("key_a", "kw_live_a2");
-        fill("key_b", "kw_live_b1");
-        let known = |plaintext: &str| {
-            matches!(
-                cache.secret(&KeyHash::sha256_of(plaintext)),
-                SecretLookup::Known(_)
-            )
-        };
-        assert!(known("kw_live_a1") && known("kw_live_a2") && known("kw_live_b1"));
+        for (key_id, plaintext) in [("key_a", "kw_live_a1"), ("key_b", "kw_live_b1")] {
+            let hash = KeyHash::sha256_of(plaintext);
+            cache.fill_secret(hash, secret(key_id, plaintext), cache.generation());
+            let filled = CachedRecord {
+                record: Arc::new(record(key_id, 1)),
+                filled_at: at,
+            };
+            cache.fill_record(filled, cache.generation());
+        }
         cache.invalidate_key("key_a");
-        assert!(!known("kw_live_a1"));
-        assert!(!known("kw_live_a2"));
-        assert!(known("kw_live_b1"));
+        assert!(
+            cache.record("key_a").is_none(),
+            "the changed key's record is evicted"
+        );
+        assert!(cache.record("key_b").is_some(), "other keys are untouched");
+        let SecretLookup::Known(a1) = cache.secret(&KeyHash::sha256_of("kw_live_a1")) else {
+            panic!("the secret entry stays until evicted by size");
+        };
+        assert!(a1.matches(&record("key_a", 1)));
+        assert!(
+            !a1.matches(&record("key_a", 2)),
+            "not with the changed record"
+        );
+        assert!(!a1.matches(&record("key_b", 1)), "nor with another key's");
+        assert!(known_record_is_none(&cache, "kw_live_a1"));
+    }
+
+    fn known_record_is_none(cache: &VerifyCache, plaintext: &str) -> bool {
+        cache.known_record(&KeyHash::sha256_of(plaintext)).is_none()
     }
 }

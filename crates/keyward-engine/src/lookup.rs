@@ -78,8 +78,10 @@ impl KeyLookup {
     }
 
     /// True if an entry filled at `filled_at` may be served without a store read: the change
-    /// feed is trusted (no notification may have been missed) and the entry is younger than
-    /// the staleness bound.
+    /// feed is trusted (no notification may have been missed) and the entry was filled within
+    /// the staleness bound of `now`. Within, on either side: an entry "filled" later than
+    /// `now` by more than the bound (the wall clock stepped back) has no known age and is not
+    /// fresh, as the cache has no clock of its own to cap it.
     ///
     /// Compared as Unix nanoseconds (`now` already converted by the caller): on the verify
     /// path, subtracting two `OffsetDateTime`s costs several times more.
@@ -87,8 +89,8 @@ impl KeyLookup {
         let filled = unix_nanos(filled_at);
         trusted
             && filled >= self.trusted_since.load(Ordering::Acquire)
-            && i128::from(now) - i128::from(filled)
-                <= self.cache_config.max_staleness.as_nanos() as i128
+            && (i128::from(now) - i128::from(filled)).unsigned_abs()
+                <= self.cache_config.max_staleness.as_nanos()
     }
 
     /// The store read of a lookup, unless the store failed less than [`STORE_PROBE_INTERVAL`]
@@ -168,6 +170,7 @@ impl KeyLookup {
             SecretLookup::Known(secret) => {
                 let record = self.cache.record(&secret.key_id);
                 if let Some(record) = &record
+                    && secret.matches(&record.record)
                     && self.fresh(secret.filled_at, now_nanos, trusted)
                     && self.fresh(record.filled_at, now_nanos, trusted)
                 {
@@ -187,8 +190,11 @@ impl KeyLookup {
         let budgeted = !matches!(cached, SecretLookup::Known(_));
         match Box::pin(self.probe_store(hash, now, generation, trusted, ip, budgeted)).await {
             Err(EngineError::Store(StoreError::Backend(source))) => {
-                let usable = |at: OffsetDateTime| now - at <= self.cache_config.stale_if_error;
+                // Within the bound on either side, as in `fresh`.
+                let usable =
+                    |at: OffsetDateTime| (now - at).abs() <= self.cache_config.stale_if_error;
                 if let (SecretLookup::Known(secret), Some(record)) = (&cached, cached_record)
+                    && secret.matches(&record.record)
                     && usable(secret.filled_at)
                     && usable(record.filled_at)
                 {
@@ -229,6 +235,7 @@ impl KeyLookup {
             CachedSecret {
                 key_id: record.key_id.clone(),
                 secret: Arc::clone(&secret),
+                version: record.version,
                 filled_at: now,
             },
             generation,

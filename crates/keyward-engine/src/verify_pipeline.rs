@@ -177,7 +177,7 @@ impl Keyward {
 
     /// The verification of a well-formed key, recorded in its span and (for API keys) in the
     /// metrics (its latency from `started`, a [`telemetry::latency_clock`] reading), with the
-    /// time it was decided at (`None` if the store failed before a decision).
+    /// time the lookup and decision used (read once, after the key parsed).
     async fn verify_scoped(
         &self,
         parsed: ParsedKey<'_>,

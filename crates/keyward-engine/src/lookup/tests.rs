@@ -433,3 +433,36 @@ async fn a_resync_keeps_old_entries_for_stale_if_error_but_not_as_fresh() {
         "{v:?}"
     );
 }
+
+/// The cache has no clock of its own: when the wall clock steps back, an entry "filled" later
+/// than now by more than the staleness bound has no known age and is read from the store again,
+/// rather than served as fresh until the clock catches up.
+#[tokio::test]
+async fn a_wall_clock_stepped_back_does_not_keep_entries_fresh() {
+    let f = fixture().await;
+    let created = f.create(&[]).await;
+    let key = created.key.expose();
+    f.clock.advance(Duration::hours(2));
+    assert_eq!(f.code(key).await, VerifyCode::Valid);
+    let reads = f.store_reads();
+    assert_eq!(f.code(key).await, VerifyCode::Valid);
+    assert_eq!(
+        f.store_reads(),
+        reads,
+        "a fresh entry is served from the cache"
+    );
+    // A small step back stays within the bound: still fresh.
+    f.clock.advance(Duration::seconds(-10));
+    assert_eq!(f.code(key).await, VerifyCode::Valid);
+    assert_eq!(f.store_reads(), reads);
+    // NTP steps the clock back two hours: the entry is not fresh, the store is read.
+    f.clock.advance(Duration::hours(-2));
+    assert_eq!(f.code(key).await, VerifyCode::Valid);
+    assert_eq!(
+        f.store_reads(),
+        reads + 1,
+        "read from the store, then cached again"
+    );
+    assert_eq!(f.code(key).await, VerifyCode::Valid);
+    assert_eq!(f.store_reads(), reads + 1);
+}

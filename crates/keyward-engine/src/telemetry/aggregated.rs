@@ -152,11 +152,15 @@ impl Aggregated {
                 taken.sum = taken.sum.wrapping_add((mean * new as f64).round() as u64);
             }
         }
-        // A stripe whose thread is gone and whose counts are all handed over is done.
+        // A stripe whose thread is gone and whose counts are all handed over is done. The
+        // fence pairs with the release of the thread's last reference (dropping its `Arc`), so
+        // its last counts are seen here: a stripe with any still to hand over is kept.
         stripes.retain(|r| {
-            Arc::strong_count(&r.stripe) > 1
-                || (0..BUCKETS)
-                    .any(|b| r.stripe.counts[b].load(Ordering::Acquire) != r.taken[b].count)
+            if Arc::strong_count(&r.stripe) > 1 {
+                return true;
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            (0..BUCKETS).any(|b| r.stripe.counts[b].load(Ordering::Acquire) != r.taken[b].count)
                 || (0..COUNTERS)
                     .any(|c| r.stripe.counters[c].load(Ordering::Relaxed) != r.counted[c])
         });
