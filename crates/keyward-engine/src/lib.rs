@@ -102,6 +102,9 @@ impl Keyward {
     pub fn new(store: Arc<dyn KeyStore>, clock: Arc<dyn Clock>, config: EngineConfig) -> Self {
         let store: Arc<dyn KeyStore> = Arc::new(metered_store::MeteredStore::new(store));
         let events = tokio::sync::broadcast::channel(events::EVENT_BUFFER).0;
+        // The latency clock calibrates the TSC once (up to a few hundred milliseconds): here,
+        // not in the first request.
+        telemetry::latency_clock();
         Self {
             keys: lookup::KeyLookup::new(Arc::clone(&store), &config),
             admission: admission::Admission::new(
