@@ -481,12 +481,9 @@ pub(crate) mod tests {
             if body.len() != BODY_LEN || !body.iter().all(|b| b.is_ascii_alphanumeric()) {
                 return Err(MalformedKey::BadBody);
             }
-            let mut expected = [0u8; CHECKSUM_LEN];
-            base62::encode_into(
-                u64::from(crc32fast::hash(&body[..RANDOM_LEN])),
-                &mut expected,
-            );
-            if expected != body[RANDOM_LEN..] {
+            let random = &body[..RANDOM_LEN];
+            let expected = base62::encode_padded(u64::from(crc32fast::hash(random)), CHECKSUM_LEN);
+            if expected.as_bytes() != &body[RANDOM_LEN..] {
                 return Err(MalformedKey::BadChecksum);
             }
             Ok(separator)
