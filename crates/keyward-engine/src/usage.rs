@@ -2,7 +2,8 @@
 //! memory ([`Usage`]), a background task writes each batch to the store, and usage is read
 //! back for billing.
 
-use std::collections::HashMap;
+// Keyed by key ids, which keyward mints: foldhash (seeded per map) rather than SipHash.
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 
 use keyward_core::clock::Clock;

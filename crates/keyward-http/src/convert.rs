@@ -8,10 +8,8 @@ use keyward_core::record::KeyRecord;
 use keyward_core::record::Plan;
 use keyward_core::rotation::SecretEnd;
 use keyward_core::route::RoutePattern;
-use keyward_engine::LimitReport;
 use keyward_wire::{
-    AuditEventView, EndedSecret, KeyView, LimitSpec, LimitState, PlanView, QuotaSpec, SecretView,
-    Timestamp,
+    AuditEventView, EndedSecret, KeyView, LimitSpec, PlanView, QuotaSpec, SecretView, Timestamp,
 };
 use time::OffsetDateTime;
 
@@ -115,16 +113,6 @@ pub fn quota_spec(q: QuotaSpec) -> keyward_engine::QuotaSpec {
         refill_amount: q.refill_amount,
         refill_interval: q.refill_interval,
         refill_day: q.refill_day,
-    }
-}
-
-pub fn limit_state(r: &LimitReport) -> LimitState {
-    LimitState {
-        name: r.name.clone(),
-        limit: r.limit,
-        period_seconds: r.period_seconds,
-        remaining: r.remaining,
-        reset: r.reset_seconds,
     }
 }
 

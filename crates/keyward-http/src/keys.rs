@@ -3,16 +3,17 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
 use keyward_core::path::{PathOptions, normalize_target};
 use keyward_core::permission::PermissionQuery;
 use keyward_core::record::{KeyKind, KeyStatus};
 use keyward_core::validate;
-use keyward_core::verify::{VerifyCode, VerifyRequest};
-use keyward_engine::{Created, CreditOp, Degraded, KeyPatch, ListKeys, NewKey, Principal};
+use keyward_core::verify::VerifyRequest;
+use keyward_engine::{Created, CreditOp, KeyPatch, ListKeys, NewKey, Principal};
 use keyward_wire::{
-    CreateKeyRequest, CreatedKey, Credits, CreditsRequest, DegradedAnswer, KeyList, KeyView,
-    Problem, RevokeKeyRequest, RotateKeyRequest, RotatedKey, RotationHint, Timestamp,
-    UpdateKeyRequest, VerifyKeyRequest, VerifyKeyResponse,
+    CreateKeyRequest, CreatedKey, Credits, CreditsRequest, KeyList, KeyView, Problem,
+    RevokeKeyRequest, RotateKeyRequest, RotatedKey, UpdateKeyRequest, VerifyKeyRequest,
+    VerifyKeyResponse,
 };
 use serde::Deserialize;
 use time::Duration;
@@ -20,8 +21,7 @@ use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::convert::{
-    decode_cursor, encode_cursor, ended_secret, key_view, limit_spec, limit_state, parse_limit,
-    quota_spec,
+    decode_cursor, encode_cursor, ended_secret, key_view, limit_spec, parse_limit, quota_spec,
 };
 use crate::error::ApiError;
 use crate::extract::{
@@ -265,7 +265,7 @@ pub async fn verify_key(
     State(state): State<AppState>,
     auth: Authorized<KeysVerify>,
     ApiJson(body): ApiJson<VerifyKeyRequest>,
-) -> Result<Json<VerifyKeyResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     validate::verify_path(body.path.as_deref())?;
     validate::verify_method(body.method.as_deref())?;
     let query = body
@@ -310,42 +310,14 @@ pub async fn verify_key(
         .engine
         .verify_as(&auth.principal, &body.key, &request, body.cost.unwrap_or(1))
         .await?;
-    Ok(Json(verify_response(&v)))
-}
-
-/// The verify response body for a verification.
-pub(crate) fn verify_response(v: &keyward_engine::Verification) -> VerifyKeyResponse {
-    let key = v.key.as_deref();
-    VerifyKeyResponse {
-        valid: v.code == VerifyCode::Valid,
-        code: v.code.as_str().to_owned(),
-        key_id: key.map(|k| k.key_id.clone()),
-        owner: key.map(|k| k.owner.clone()),
-        name: key.and_then(|k| k.name.clone()),
-        tenant: key.and_then(|k| k.tenant.clone()),
-        environment: key.map(|k| k.environment.clone()),
-        permissions: key.map(|k| k.permissions.iter().map(ToString::to_string).collect()),
-        meta: key.map(|k| k.meta.clone()),
-        expires_at: key.and_then(|k| k.expires_at).map(Timestamp),
-        rotation: v.deprecated_until.map(|t| RotationHint {
-            deprecated: true,
-            expires_at: Timestamp(t),
-        }),
-        limits: v.limits.iter().map(limit_state).collect(),
-        credits_remaining: v.credits_remaining,
-        retry_after: v.retry_after,
-        enforcement: v.enforcement.as_ref().map(|e| keyward_wire::Enforcement {
-            source: e.source.as_str().to_owned(),
-            reason: e.reason.clone(),
-        }),
-        degraded: v.degraded.map(|d| DegradedAnswer {
-            reason: d.reason().to_owned(),
-            age_seconds: match d {
-                Degraded::StaleCache { age_seconds } => Some(age_seconds),
-                Degraded::FailOpenUnknownKey => None,
-            },
-        }),
-    }
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        crate::verify_json::verify_body(&v),
+    )
+        .into_response())
 }
 
 /// Sets, increases or decreases a key's credits (audited).

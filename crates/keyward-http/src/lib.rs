@@ -14,6 +14,7 @@ pub mod error;
 pub mod ext_authz;
 pub mod extract;
 pub mod gateway;
+mod hot;
 pub mod keys;
 mod links;
 pub mod listener;
@@ -27,6 +28,7 @@ mod spans;
 pub mod system;
 pub mod trusted_proxy;
 pub mod usage;
+mod verify_json;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -133,24 +135,40 @@ fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response
 /// pasted into a path or query must not reach the log or a trace): one span per request (see
 /// [`spans`]) and one log line.
 async fn log_request(request: Request, next: Next) -> Response {
-    let span = spans::request_span(spans::Server::Admin, request.method());
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    logged(
+        &method,
+        route.as_ref().map(MatchedPath::as_str),
+        next.run(request),
+    )
+    .await
+}
+
+/// Runs `handled`, the handling of one admin API request for `route` (a template, `None` when
+/// no route matched), inside its request span, and logs it: what [`log_request`] does for the
+/// router, and [`hot`] for the endpoints it serves itself.
+async fn logged(
+    method: &axum::http::Method,
+    route: Option<&str>,
+    handled: impl std::future::Future<Output = Response>,
+) -> Response {
+    let span = spans::request_span(spans::Server::Admin, method);
     let logged = tracing::enabled!(tracing::Level::INFO);
     // Nothing is captured when neither wants it: this runs on every request.
     if span.is_disabled() && !logged {
-        return next.run(request).await;
+        return handled.await;
     }
-    let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    if let Some(route) = &route {
-        spans::record_route(&span, &method, route.as_str());
+    if let Some(route) = route {
+        spans::record_route(&span, method, route);
     }
     let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
+    let response = handled.instrument(span.clone()).await;
     spans::record_status(&span, response.status());
     if logged {
         tracing::info!(
             %method,
-            route = route.as_ref().map_or("<unmatched>", MatchedPath::as_str),
+            route = route.unwrap_or("<unmatched>"),
             status = response.status().as_u16(),
             micros = started.elapsed().as_micros() as u64,
             "request"
@@ -167,7 +185,8 @@ pub async fn serve(
     connections: listener::Connections,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    listener::serve_router(listener, router(state), connections, shutdown).await
+    let hot = Some(state.clone());
+    listener::serve_app(listener, router(state), hot, connections, shutdown).await
 }
 
 struct SecurityAddon;

@@ -41,6 +41,8 @@ use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request};
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -221,6 +223,20 @@ pub async fn serve_router(
     connections: Connections,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_app(listener, router, None, connections, shutdown).await
+}
+
+/// [`serve_router`] for the admin API: with `hot` (the API's state), its two hot endpoints are
+/// served on the lean path in front of `router` (see the `hot` module). [`crate::serve`]
+/// uses it; tests that serve the router with extra routes ([`crate::router_with`]) call it
+/// directly so they exercise the same path.
+pub async fn serve_app(
+    listener: TcpListener,
+    router: Router,
+    hot: Option<crate::AppState>,
+    connections: Connections,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let listener_local = listener.local_addr()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     // Each connection task holds a sender; when all are gone, every connection has closed.
@@ -251,6 +267,7 @@ pub async fn serve_router(
             stream,
             Accepted { peer, local },
             router.clone(),
+            hot.clone(),
             connections.clone(),
             stop_rx.clone(),
             (drain_tx.clone(), slot),
@@ -286,6 +303,7 @@ async fn serve_connection(
     mut stream: TcpStream,
     accepted: Accepted,
     router: Router,
+    hot: Option<crate::AppState>,
     connections: Connections,
     mut stop: watch::Receiver<bool>,
     _held: (mpsc::Sender<()>, OwnedSemaphorePermit),
@@ -329,7 +347,15 @@ async fn serve_connection(
         let mut request = request.map(|body| Body::new(TimedBody::new(body, body_timeout)));
         request.extensions_mut().insert(ConnectInfo(peer));
         request.extensions_mut().insert(info.clone());
-        router.clone().oneshot(request)
+        match hot
+            .as_ref()
+            .and_then(|state| Some((state.clone(), crate::hot::endpoint(&request)?)))
+        {
+            Some((state, endpoint)) => Either::Left(
+                crate::hot::serve(state, endpoint, request).map(Ok::<_, std::convert::Infallible>),
+            ),
+            None => Either::Right(router.clone().oneshot(request)),
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -80,9 +80,10 @@ impl Server {
         let state = AppState {
             engine: engine.clone(),
         };
-        tokio::spawn(keyward_http::listener::serve_router(
+        tokio::spawn(keyward_http::listener::serve_app(
             listener,
-            keyward_http::router_with(state, extra),
+            keyward_http::router_with(state.clone(), extra),
+            Some(state),
             connections,
             async move {
                 let _ = rx.await;

@@ -30,6 +30,8 @@ mod edge_routing;
 mod ext_authz;
 #[path = "it/gateway.rs"]
 mod gateway;
+#[path = "it/hot_path.rs"]
+mod hot_path;
 #[path = "it/limits.rs"]
 mod limits;
 #[path = "it/metrics.rs"]
