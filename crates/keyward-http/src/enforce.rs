@@ -171,44 +171,70 @@ pub fn decorate(headers: &mut HeaderMap, v: &Verification) {
         }
     }
     // Each limit is a policy item; `r` is capped at `q` (a burst above the steady rate is
-    // spendable at once, but the field's quota is the steady `limit` per window).
-    let mut policy: Vec<String> = v
-        .limits
-        .iter()
-        .map(|l| format!("\"{}\";q={};w={}", l.name, l.limit, l.period_seconds))
-        .collect();
-    let mut state: Vec<String> = v
-        .limits
-        .iter()
-        .map(|l| {
-            format!(
-                "\"{}\";r={};t={}",
-                l.name,
-                l.remaining.min(l.limit),
-                l.reset_seconds
-            )
-        })
-        .collect();
+    // spendable at once, but the field's quota is the steady `limit` per window). Both fields
+    // are written into one buffer each: this runs on every gateway and auth_request answer,
+    // and a `format!` per item and a join cost more than the rest of the headers together.
+    if v.limits.is_empty() && v.quota.is_none() {
+        if let Some(retry) = v.retry_after {
+            insert(headers, "retry-after", itoa::Buffer::new().format(retry));
+        }
+        return;
+    }
+    let items = v.limits.len() + usize::from(v.quota.is_some());
+    let mut policy = String::with_capacity(40 * items);
+    let mut state = String::with_capacity(40 * items);
+    for l in &v.limits {
+        ratelimit_item(
+            &mut policy,
+            &l.name,
+            ('q', l.limit),
+            Some(('w', l.period_seconds)),
+        );
+        ratelimit_item(
+            &mut state,
+            &l.name,
+            ('r', l.remaining.min(l.limit)),
+            Some(('t', l.reset_seconds)),
+        );
+    }
     if let Some(q) = &v.quota {
-        policy.push(match q.window_seconds {
-            Some(w) => format!("\"quota\";q={};w={w}", q.quota),
-            None => format!("\"quota\";q={}", q.quota),
-        });
+        ratelimit_item(
+            &mut policy,
+            "quota",
+            ('q', q.quota),
+            q.window_seconds.map(|w| ('w', w)),
+        );
         let reset = match (v.code, v.retry_after) {
             (VerifyCode::UsageExceeded, Some(retry)) => Some(retry),
             _ => q.reset_seconds,
         };
-        state.push(match reset {
-            Some(t) => format!("\"quota\";r={};t={t}", q.remaining.min(q.quota)),
-            None => format!("\"quota\";r={}", q.remaining.min(q.quota)),
-        });
+        ratelimit_item(
+            &mut state,
+            "quota",
+            ('r', q.remaining.min(q.quota)),
+            reset.map(|t| ('t', t)),
+        );
     }
-    if !policy.is_empty() {
-        insert(headers, "ratelimit-policy", &policy.join(", "));
-        insert(headers, "ratelimit", &state.join(", "));
-    }
+    insert(headers, "ratelimit-policy", &policy);
+    insert(headers, "ratelimit", &state);
     if let Some(retry) = v.retry_after {
-        insert(headers, "retry-after", &retry.to_string());
+        insert(headers, "retry-after", itoa::Buffer::new().format(retry));
+    }
+}
+
+/// Appends one item of a RateLimit field (`"name";a=1;b=2`), after `, ` unless it is the first.
+fn ratelimit_item(out: &mut String, name: &str, first: (char, u64), second: Option<(char, u64)>) {
+    if !out.is_empty() {
+        out.push_str(", ");
+    }
+    out.push('"');
+    out.push_str(name);
+    out.push('"');
+    for (param, value) in std::iter::once(first).chain(second) {
+        out.push(';');
+        out.push(param);
+        out.push('=');
+        out.push_str(itoa::Buffer::new().format(value));
     }
 }
 
@@ -271,5 +297,68 @@ mod tests {
                 "{owner}"
             );
         }
+    }
+
+    #[test]
+    fn ratelimit_fields_list_every_limit_then_the_quota() {
+        use keyward_engine::{LimitReport, QuotaReport};
+        let limit = |name: &str, remaining, reset_seconds| LimitReport {
+            name: name.into(),
+            limit: 10,
+            period_seconds: 60,
+            remaining,
+            reset_seconds,
+        };
+        let mut v = Verification {
+            code: VerifyCode::UsageExceeded,
+            key: None,
+            deprecated_until: None,
+            // More left than the limit (a burst) is reported as the limit.
+            limits: vec![limit("per_minute", 12, 0), limit("per_day", 0, 7)],
+            credits_remaining: Some(0),
+            retry_after: Some(3600),
+            quota: Some(QuotaReport {
+                quota: 100,
+                window_seconds: Some(86_400),
+                remaining: 0,
+                reset_seconds: Some(5),
+            }),
+            enforcement: None,
+            degraded: None,
+        };
+        let mut headers = HeaderMap::new();
+        decorate(&mut headers, &v);
+        assert_eq!(
+            headers["ratelimit-policy"],
+            r#""per_minute";q=10;w=60, "per_day";q=10;w=60, "quota";q=100;w=86400"#
+        );
+        // A spent quota resets when a retry can succeed.
+        assert_eq!(
+            headers["ratelimit"],
+            r#""per_minute";r=10;t=0, "per_day";r=0;t=7, "quota";r=0;t=3600"#
+        );
+        assert_eq!(headers["retry-after"], "3600");
+
+        // A quota without refill has neither window nor reset; no limits, no leading comma.
+        v.code = VerifyCode::Valid;
+        v.limits.clear();
+        v.retry_after = None;
+        v.quota = Some(QuotaReport {
+            quota: 5,
+            window_seconds: None,
+            remaining: 4,
+            reset_seconds: None,
+        });
+        let mut headers = HeaderMap::new();
+        decorate(&mut headers, &v);
+        assert_eq!(headers["ratelimit-policy"], r#""quota";q=5"#);
+        assert_eq!(headers["ratelimit"], r#""quota";r=4"#);
+        assert!(headers.get("retry-after").is_none());
+
+        // Nothing to report: no RateLimit fields at all.
+        v.quota = None;
+        let mut headers = HeaderMap::new();
+        decorate(&mut headers, &v);
+        assert!(headers.get("ratelimit").is_none() && headers.get("ratelimit-policy").is_none());
     }
 }

@@ -148,6 +148,9 @@ pub fn choose_route<'a>(config: &'a GatewayConfig, path: &NormalPath) -> Option<
 
 /// The query string without the `api_key` parameter, and the key it carried.
 fn split_query_key(query: &str) -> (String, Option<String>) {
+    if query.is_empty() {
+        return (String::new(), None);
+    }
     let mut key = None;
     let kept: Vec<&str> = query
         .split('&')
@@ -387,20 +390,26 @@ async fn forward(
         return Err(response);
     }
 
-    // Exactly the normal form the route and the allowlist were checked on.
-    let path_and_query = if query.is_empty() {
-        path.as_str().to_owned()
-    } else {
-        format!("{path}?{query}")
-    };
-    let upstream = format!(
-        "{}{}",
-        route.upstream.to_string().trim_end_matches('/'),
-        path_and_query
-    );
+    // Exactly the normal form the route and the allowlist were checked on, after the
+    // upstream's own path (without its trailing `/`), built in one buffer.
+    let base = route
+        .upstream
+        .path_and_query()
+        .map_or("", |p| p.as_str())
+        .trim_end_matches('/');
+    let mut target = String::with_capacity(base.len() + path.as_str().len() + 1 + query.len());
+    target.push_str(base);
+    target.push_str(path.as_str());
+    if !query.is_empty() {
+        target.push('?');
+        target.push_str(&query);
+    }
+    let mut upstream = route.upstream.clone().into_parts();
+    upstream.path_and_query = Some(target.try_into().map_err(|_| {
+        ApiError::new("bad_gateway", "the upstream URL is invalid").into_response()
+    })?);
     let forwarding = Forwarding::of(&parts.headers, &parts.uri, route, from.as_ref());
-    parts.uri = upstream
-        .parse()
+    parts.uri = Uri::from_parts(upstream)
         .map_err(|_| ApiError::new("bad_gateway", "the upstream URL is invalid").into_response())?;
     clean_forward_headers(&mut parts.headers);
     forwarding.apply(&mut parts.headers);
