@@ -1,8 +1,8 @@
 //! The lean path for the two endpoints that carry the traffic: `POST /v1/keys/verify` and
 //! `GET /v1/auth` (nginx's `auth_request`).
 //!
-//! The listener asks [`endpoint`] of every admin request, on its method and raw path bytes,
-//! before the router sees it. A match is served here by the very extractors and handlers the
+//! The listener offers every admin request to [`Hot`] before the router sees it; it takes those
+//! [`endpoint`] names, on their method and raw path bytes. A match is served here by the very extractors and handlers the
 //! router would run (so the answers, problem bodies included, are the same by construction),
 //! with the layers the router puts around them restated in the same order: the panic catcher
 //! outermost, then the request span and log line ([`crate::logged`]), then the body limit.
@@ -51,8 +51,24 @@ pub(crate) fn endpoint<B>(request: &axum::http::Request<B>) -> Option<Endpoint> 
     }
 }
 
+/// The lean path as the listener's front ([`crate::listener::Front`]).
+#[derive(Clone)]
+pub(crate) struct Hot(pub(crate) AppState);
+
+impl crate::listener::Front for Hot {
+    fn take(
+        &self,
+        request: Request,
+    ) -> Result<impl Future<Output = Response> + Send + use<>, Request> {
+        match endpoint(&request) {
+            Some(endpoint) => Ok(serve(self.0.clone(), endpoint, request)),
+            None => Err(request),
+        }
+    }
+}
+
 /// Serves `request` for `endpoint` as the router would.
-pub(crate) async fn serve(state: AppState, endpoint: Endpoint, mut request: Request) -> Response {
+async fn serve(state: AppState, endpoint: Endpoint, mut request: Request) -> Response {
     DefaultBodyLimit::max(crate::MAX_BODY_BYTES).apply(&mut request);
     let method = request.method().clone();
     let handled = crate::logged(

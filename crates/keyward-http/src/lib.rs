@@ -185,8 +185,27 @@ pub async fn serve(
     connections: listener::Connections,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let hot = Some(state.clone());
-    listener::serve_app(listener, router(state), hot, connections, shutdown).await
+    serve_api(
+        listener,
+        state.clone(),
+        router(state),
+        connections,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `router` (built over `state` by [`router`] or [`router_with`]) as [`serve`] does: with
+/// the lean path of `POST /v1/keys/verify` and `GET /v1/auth` in front of it (the `hot`
+/// module). Tests that add routes serve through it so they exercise the same path.
+pub async fn serve_api(
+    listener: TcpListener,
+    state: AppState,
+    router: Router,
+    connections: listener::Connections,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listener::serve_fronted(listener, hot::Hot(state), router, connections, shutdown).await
 }
 
 struct SecurityAddon;

@@ -223,17 +223,41 @@ pub async fn serve_router(
     connections: Connections,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_app(listener, router, None, connections, shutdown).await
+    serve_fronted(listener, NoFront, router, connections, shutdown).await
 }
 
-/// [`serve_router`] for the admin API: with `hot` (the API's state), its two hot endpoints are
-/// served on the lean path in front of `router` (see the `hot` module). [`crate::serve`]
-/// uses it; tests that serve the router with extra routes ([`crate::router_with`]) call it
-/// directly so they exercise the same path.
-pub async fn serve_app(
+/// A handler that may take a request before the router: the admin API's lean path for its two
+/// hot endpoints ([`crate::serve_api`]).
+pub trait Front: Clone + Send + Sync + 'static {
+    /// The answer to `request` if this front serves it, else the request back for the router.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the request goes straight on to the router; boxing it would allocate for every request"
+    )]
+    fn take(
+        &self,
+        request: Request<Body>,
+    ) -> Result<impl Future<Output = axum::response::Response> + Send + use<Self>, Request<Body>>;
+}
+
+/// No front: every request goes to the router.
+#[derive(Clone, Copy)]
+pub struct NoFront;
+
+impl Front for NoFront {
+    fn take(
+        &self,
+        request: Request<Body>,
+    ) -> Result<impl Future<Output = axum::response::Response> + Send + use<>, Request<Body>> {
+        Err::<std::future::Pending<_>, _>(request)
+    }
+}
+
+/// [`serve_router`] with `front` offered every request before the router.
+pub async fn serve_fronted(
     listener: TcpListener,
+    front: impl Front,
     router: Router,
-    hot: Option<crate::AppState>,
     connections: Connections,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -267,7 +291,7 @@ pub async fn serve_app(
             stream,
             Accepted { peer, local },
             router.clone(),
-            hot.clone(),
+            front.clone(),
             connections.clone(),
             stop_rx.clone(),
             (drain_tx.clone(), slot),
@@ -303,7 +327,7 @@ async fn serve_connection(
     mut stream: TcpStream,
     accepted: Accepted,
     router: Router,
-    hot: Option<crate::AppState>,
+    front: impl Front,
     connections: Connections,
     mut stop: watch::Receiver<bool>,
     _held: (mpsc::Sender<()>, OwnedSemaphorePermit),
@@ -347,14 +371,9 @@ async fn serve_connection(
         let mut request = request.map(|body| Body::new(TimedBody::new(body, body_timeout)));
         request.extensions_mut().insert(ConnectInfo(peer));
         request.extensions_mut().insert(info.clone());
-        match hot
-            .as_ref()
-            .and_then(|state| Some((state.clone(), crate::hot::endpoint(&request)?)))
-        {
-            Some((state, endpoint)) => Either::Left(
-                crate::hot::serve(state, endpoint, request).map(Ok::<_, std::convert::Infallible>),
-            ),
-            None => Either::Right(router.clone().oneshot(request)),
+        match front.take(request) {
+            Ok(answer) => Either::Left(answer.map(Ok::<_, std::convert::Infallible>)),
+            Err(request) => Either::Right(router.clone().oneshot(request)),
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

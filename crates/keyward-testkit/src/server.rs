@@ -80,10 +80,10 @@ impl Server {
         let state = AppState {
             engine: engine.clone(),
         };
-        tokio::spawn(keyward_http::listener::serve_app(
+        tokio::spawn(keyward_http::serve_api(
             listener,
-            keyward_http::router_with(state.clone(), extra),
-            Some(state),
+            state.clone(),
+            keyward_http::router_with(state, extra),
             connections,
             async move {
                 let _ = rx.await;
