@@ -22,6 +22,14 @@ pub(crate) trait Dialect: Database {
     /// owner `$5` and tenant `$6` (each when not null), after the cursor (`$7`, `$8`, `$9`)
     /// with text compared bytewise, at most `$10` of them (see `usage.rs`).
     const LIST_USAGE: &'static str;
+
+    /// [`Self::LIST_USAGE`] for hourly buckets, where each bucket of a key and code is one
+    /// stored row: the rows before `$1` filtered by key_id `$2`, owner `$3` and tenant `$4`,
+    /// after (`$5`, `$6`, `$7`) bytewise, at most `$8`. They are read in (hour, key_id, code)
+    /// order from that start, an index seek, so a page costs its own rows, not every row of
+    /// the window (which the grouping query sums before it can apply the cursor). The start is
+    /// the cursor or, before it, (`from`, "", ""): one row-value bound the index can seek.
+    const LIST_USAGE_HOURLY: &'static str;
 }
 
 impl Dialect for sqlx::Sqlite {
@@ -50,6 +58,15 @@ impl Dialect for sqlx::Sqlite {
          ) AS t
          WHERE bucket > $7 OR (bucket = $7 AND (key_id > $8 OR (key_id = $8 AND code > $9)))
          ORDER BY bucket, key_id, code LIMIT $10";
+
+    // The row value comparison seeks the primary key (hour, key_id, code) from the start.
+    const LIST_USAGE_HOURLY: &'static str =
+        "SELECT hour AS bucket, key_id, code, owner, tenant, verifications, credits
+         FROM usage_hourly
+         WHERE hour < $1 AND ($2 IS NULL OR key_id = $2)
+           AND ($3 IS NULL OR owner = $3) AND ($4 IS NULL OR tenant = $4)
+           AND (hour, key_id, code) > ($5, $6, $7)
+         ORDER BY hour, key_id, code LIMIT $8";
 }
 
 impl Dialect for sqlx::Postgres {
@@ -82,4 +99,14 @@ impl Dialect for sqlx::Postgres {
            ) AS t
            WHERE bucket > $7 OR (bucket = $7 AND (key_id > $8 OR (key_id = $8 AND code > $9)))
            ORDER BY bucket, key_id, code LIMIT $10"#;
+
+    // Bytewise order, as SQLite's: the index `usage_hourly_by_hour_bytes` (migration 0003)
+    // holds the rows in it, so the row comparison seeks it from the cursor.
+    const LIST_USAGE_HOURLY: &'static str = r#"SELECT hour AS bucket, key_id, code, owner, tenant,
+                    verifications, credits
+             FROM usage_hourly
+             WHERE hour < $1 AND ($2::text IS NULL OR key_id = $2)
+               AND ($3::text IS NULL OR owner = $3) AND ($4::text IS NULL OR tenant = $4)
+               AND (hour, key_id COLLATE "C", code COLLATE "C") > ($5, $6::text, $7::text)
+             ORDER BY hour, key_id COLLATE "C", code COLLATE "C" LIMIT $8"#;
 }

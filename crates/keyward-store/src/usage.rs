@@ -3,7 +3,7 @@
 //! told to compare text bytewise.
 
 use keyward_core::audit::unix_millis;
-use keyward_core::usage::{UsageCount, UsageCursor};
+use keyward_core::usage::{Granularity, UsageCount, UsageCursor};
 use keyward_core::verify::VerifyCode;
 
 use crate::dialect::Dialect;
@@ -11,8 +11,9 @@ use crate::sql::{Columns, from_millis};
 use crate::statement::{Conn, Statement};
 use crate::{StoreError, UsageFilter, UsagePage};
 
-/// The bound values of a usage query, in placeholder order:
-/// bucket size, from, to, key_id, owner, tenant, cursor (bucket, key_id, code), limit + 1.
+/// The bound values of a usage query: for the grouping query, in placeholder order, bucket
+/// size, from, to, key_id, owner, tenant, cursor (bucket, key_id, code), limit + 1; the hourly
+/// query binds `hourly_start` for from and cursor, and no bucket size.
 struct UsageQuery<'a> {
     bucket: i64,
     from: i64,
@@ -24,6 +25,9 @@ struct UsageQuery<'a> {
     after_key_id: &'a str,
     after_code: &'a str,
     fetch: i64,
+    /// Where an hourly page starts, exclusive: the cursor, or (`from`, "", "") if that is
+    /// later (every stored key_id is longer than "", so the hour `from` itself is in).
+    hourly_start: (i64, &'a str, &'a str),
 }
 
 impl<'a> UsageQuery<'a> {
@@ -47,6 +51,7 @@ impl<'a> UsageQuery<'a> {
             after_key_id,
             after_code,
             fetch: i64::from(filter.limit.max(1)) + 1,
+            hourly_start: (after_bucket, after_key_id, after_code).max((from, "", "")),
         }
     }
 }
@@ -66,21 +71,32 @@ pub(crate) async fn list_usage<C: Conn>(
     filter: &UsageFilter,
 ) -> Result<UsagePage, StoreError> {
     let q = UsageQuery::new(filter);
-    let rows = conn
-        .fetch_all(
-            Statement::new(C::Dialect::LIST_USAGE)
-                .bind(q.bucket)
-                .bind(q.from)
+    let statement = match filter.granularity {
+        Granularity::Hour => {
+            let (hour, key_id, code) = q.hourly_start;
+            Statement::new(C::Dialect::LIST_USAGE_HOURLY)
                 .bind(q.to)
                 .bind(q.key_id)
                 .bind(q.owner)
                 .bind(q.tenant)
-                .bind(q.after_bucket)
-                .bind(q.after_key_id)
-                .bind(q.after_code)
-                .bind(q.fetch),
-        )
-        .await?;
+                .bind(hour)
+                .bind(key_id)
+                .bind(code)
+                .bind(q.fetch)
+        }
+        Granularity::Day => Statement::new(C::Dialect::LIST_USAGE)
+            .bind(q.bucket)
+            .bind(q.from)
+            .bind(q.to)
+            .bind(q.key_id)
+            .bind(q.owner)
+            .bind(q.tenant)
+            .bind(q.after_bucket)
+            .bind(q.after_key_id)
+            .bind(q.after_code)
+            .bind(q.fetch),
+    };
+    let rows = conn.fetch_all(statement).await?;
     page(&rows, filter.limit)
 }
 
