@@ -86,8 +86,20 @@ pub(crate) async fn get_key(
     }
 }
 
-/// A page of keys, oldest first. (`CAST(... AS TEXT)` gives PostgreSQL a parameter's type
-/// where it is only tested for null; on SQLite it changes nothing.)
+/// One page of keys of kind `$1` after seq `$2`, filtered by owner `$3`, tenant `$4` and
+/// status `$5` at `$6`, at most `$7` (an index seek on (kind, seq): migration 0004).
+/// (`CAST(... AS TEXT)` gives PostgreSQL a parameter's type where it is only tested for null;
+/// on SQLite it changes nothing.)
+pub(crate) const LIST_KEYS: &str = "SELECT * FROM keys WHERE kind = $1 AND seq > $2
+                   AND (CAST($3 AS TEXT) IS NULL OR owner = $3)
+                   AND (CAST($4 AS TEXT) IS NULL OR tenant = $4)
+                   AND (CAST($5 AS TEXT) IS NULL
+                        OR ($5 = 'revoked' AND revoked_at IS NOT NULL)
+                        OR ($5 = 'expired' AND revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= $6)
+                        OR ($5 = 'active' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $6)))
+                 ORDER BY seq LIMIT $7";
+
+/// A page of keys, oldest first.
 pub(crate) async fn list_keys(
     conn: &mut impl Conn,
     filter: &KeyFilter,
@@ -95,23 +107,14 @@ pub(crate) async fn list_keys(
     let limit = i64::from(filter.limit.max(1));
     let rows = conn
         .fetch_all(
-            Statement::new(
-                "SELECT * FROM keys WHERE kind = $1 AND seq > $2
-                   AND (CAST($3 AS TEXT) IS NULL OR owner = $3)
-                   AND (CAST($4 AS TEXT) IS NULL OR tenant = $4)
-                   AND (CAST($5 AS TEXT) IS NULL
-                        OR ($5 = 'revoked' AND revoked_at IS NOT NULL)
-                        OR ($5 = 'expired' AND revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= $6)
-                        OR ($5 = 'active' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $6)))
-                 ORDER BY seq LIMIT $7",
-            )
-            .bind(filter.kind.as_str())
-            .bind(filter.after.unwrap_or(0))
-            .bind(&filter.owner)
-            .bind(&filter.tenant)
-            .bind(filter.status.map(KeyStatus::as_str))
-            .bind(to_millis(filter.now))
-            .bind(limit + 1),
+            Statement::new(LIST_KEYS)
+                .bind(filter.kind.as_str())
+                .bind(filter.after.unwrap_or(0))
+                .bind(&filter.owner)
+                .bind(&filter.tenant)
+                .bind(filter.status.map(KeyStatus::as_str))
+                .bind(to_millis(filter.now))
+                .bind(limit + 1),
         )
         .await?;
     let more = rows.len() as i64 > limit;

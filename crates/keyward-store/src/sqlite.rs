@@ -349,4 +349,66 @@ mod tests {
             .await;
         assert!(delete.unwrap_err().to_string().contains("append-only"));
     }
+
+    /// An hourly usage page seeks the primary key from its start (the row value), so its cost
+    /// does not grow with the rows of the window before it (found linear by bench/scale.sh).
+    #[tokio::test]
+    async fn an_hourly_usage_page_seeks_the_index() {
+        use crate::dialect::Dialect as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        // A constant of this crate, not input: safe to format into the statement.
+        let explain = format!("EXPLAIN QUERY PLAN {}", Sqlite::LIST_USAGE_HOURLY);
+        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(explain))
+            .bind(1_i64)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(0_i64)
+            .bind("")
+            .bind("")
+            .bind(10_i64)
+            .fetch_all(&store.writer)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| sqlx::Row::get::<String, _>(row, "detail"))
+            .collect();
+        let plan = plan.join("; ");
+        assert!(
+            plan.contains("USING INDEX") && plan.contains("(hour,key_id,code)>(?,?,?)"),
+            "{plan}"
+        );
+        assert!(
+            !plan.contains("SCAN") && !plan.contains("TEMP B-TREE"),
+            "{plan}"
+        );
+    }
+
+    /// A page of keys seeks (kind, seq) from its cursor and needs no sort, so its cost does not
+    /// grow with the key count (found linear by bench/scale.sh).
+    #[tokio::test]
+    async fn a_page_of_keys_seeks_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        // The statement of `reads::list_keys`, with its binds.
+        let explain = format!("EXPLAIN QUERY PLAN {}", crate::reads::LIST_KEYS);
+        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(explain))
+            .bind("api")
+            .bind(0_i64)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(0_i64)
+            .bind(101_i64)
+            .fetch_all(&store.writer)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| sqlx::Row::get::<String, _>(row, "detail"))
+            .collect();
+        let plan = plan.join("; ");
+        assert!(plan.contains("keys_kind_seq (kind=? AND seq>?)"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
 }

@@ -680,3 +680,97 @@ async fn an_unreachable_server_is_a_clear_open_error() {
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
     assert!(!text.contains("secret"), "{text}");
 }
+
+/// An hourly usage page can seek the bytewise index from its start (the row value) and needs
+/// no sort, so its cost does not grow with the rows of the window before it (found linear by
+/// bench/scale.sh). Sequential scans are off for the plan: on a small table PostgreSQL rightly
+/// prefers one.
+#[tokio::test]
+async fn an_hourly_usage_page_seeks_the_index() {
+    use crate::dialect::Dialect as _;
+    let Some(db) = TestDb::new("an_hourly_usage_page_seeks_the_index") else {
+        return;
+    };
+    let store = db.store("a").await;
+    // An hour of traffic on 5,000 keys, for the planner's statistics.
+    let hour = T0;
+    let counts: Vec<keyward_core::usage::UsageCount> = (0..5_000)
+        .map(|i| keyward_core::usage::UsageCount {
+            start: hour,
+            key_id: format!("key_{i:020}"),
+            owner: "o".into(),
+            tenant: None,
+            code: keyward_core::verify::VerifyCode::Valid,
+            verifications: 1,
+            credits: 0,
+        })
+        .collect();
+    store.add_usage(&counts).await.unwrap();
+    sqlx::query("ANALYZE usage_hourly")
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    let hour = keyward_core::audit::unix_millis(hour);
+    let mut tx = store.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // A constant of this crate, not input: safe to format into the statement.
+    let explain = format!("EXPLAIN {}", sqlx::Postgres::LIST_USAGE_HOURLY);
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+        .bind(hour + 3_600_000)
+        .bind(None::<&str>)
+        .bind(None::<&str>)
+        .bind(None::<&str>)
+        .bind(hour)
+        .bind("key_00000000000000002500")
+        .bind("VALID")
+        .bind(10_i64)
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("usage_hourly_by_hour_bytes") && plan.contains("ROW(hour"),
+        "{plan}"
+    );
+    assert!(!plan.contains("Sort"), "{plan}");
+    tx.rollback().await.unwrap();
+    store.close().await;
+    db.drop().await;
+}
+
+/// A page of keys reads one index in seq order from its cursor and needs no sort, so its cost
+/// does not grow with the key count (found linear on SQLite by bench/scale.sh).
+#[tokio::test]
+async fn a_page_of_keys_needs_no_sort() {
+    let Some(db) = TestDb::new("a_page_of_keys_needs_no_sort") else {
+        return;
+    };
+    let store = db.store("a").await;
+    let mut tx = store.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // The statement of `reads::list_keys`, with its binds.
+    let explain = format!("EXPLAIN {}", crate::reads::LIST_KEYS);
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+        .bind("api")
+        .bind(0_i64)
+        .bind(None::<&str>)
+        .bind(None::<&str>)
+        .bind(None::<&str>)
+        .bind(0_i64)
+        .bind(101_i64)
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("Index Scan"), "{plan}");
+    assert!(!plan.contains("Sort"), "{plan}");
+    tx.rollback().await.unwrap();
+    store.close().await;
+    db.drop().await;
+}
