@@ -100,13 +100,13 @@ impl Dialect for sqlx::Postgres {
            WHERE bucket > $7 OR (bucket = $7 AND (key_id > $8 OR (key_id = $8 AND code > $9)))
            ORDER BY bucket, key_id, code LIMIT $10"#;
 
-    // Bytewise order, as SQLite's: the index `usage_hourly_by_hour_bytes` (migration 0003)
-    // holds the rows in it, so the row comparison seeks it from the cursor.
+    // key_id and code are in the "C" collation (migration 0003): the primary key's index is
+    // in bytewise order, as SQLite's, and the row comparison seeks it from the start.
     const LIST_USAGE_HOURLY: &'static str = r#"SELECT hour AS bucket, key_id, code, owner, tenant,
                     verifications, credits
              FROM usage_hourly
              WHERE hour < $1 AND ($2::text IS NULL OR key_id = $2)
                AND ($3::text IS NULL OR owner = $3) AND ($4::text IS NULL OR tenant = $4)
-               AND (hour, key_id COLLATE "C", code COLLATE "C") > ($5, $6::text, $7::text)
-             ORDER BY hour, key_id COLLATE "C", code COLLATE "C" LIMIT $8"#;
+               AND (hour, key_id, code) > ($5, $6::text, $7::text)
+             ORDER BY hour, key_id, code LIMIT $8"#;
 }

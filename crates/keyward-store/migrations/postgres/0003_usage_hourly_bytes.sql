@@ -1,5 +1,8 @@
--- Issue 12: hourly usage pages are read in bytewise (key_id, code) order within each hour, as
--- SQLite orders them, so a page seeks this index from its cursor instead of summing every row
--- of the window (see LIST_USAGE_HOURLY in src/dialect.rs). The primary key's index is in the
--- database's collation, which need not be bytewise.
-CREATE INDEX usage_hourly_by_hour_bytes ON usage_hourly (hour, key_id COLLATE "C", code COLLATE "C");
+-- Issue 12: usage rows are ordered bytewise by key_id and code (as SQLite orders them), and an
+-- hourly page reads them in (hour, key_id, code) order from its cursor (LIST_USAGE_HOURLY in
+-- src/dialect.rs). With the columns in the "C" collation the primary key's index is in that
+-- order, so a page is an index seek and needs no sort, whatever the database's collation and
+-- whether or not the planner has statistics yet. (This rewrites the table and its indexes once.)
+ALTER TABLE usage_hourly
+    ALTER COLUMN key_id TYPE TEXT COLLATE "C",
+    ALTER COLUMN code TYPE TEXT COLLATE "C";
