@@ -5,8 +5,8 @@
 # keep-alive client sends WARM requests, the counters are zeroed (`callgrind_control -z`), it
 # sends N more and they are dumped: the count covers every thread of the server for exactly N
 # requests. Unlike wrk's timings these do not move with machine load. Under valgrind SHA-256
-# runs without the CPU's SHA extensions (~3,500 instructions per key checked). See
-# bench/README.md.
+# runs without the CPU's SHA extensions (~3,500 instructions per key checked). The one home of
+# HTTP instruction counts (it replaced callgrind-gateway.sh). See bench/README.md.
 #
 #   bash bench/callgrind-http.sh            # N=2000 requests per case after WARM=200
 set -euo pipefail
